@@ -1,0 +1,28 @@
+"""The ``hrnet-tfx`` command. Each subcommand group lives in its own module and imports TensorFlow
+only when a command runs, so ``hrnet-tfx --help`` is instant."""
+
+import logging
+import os
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter; errors still show
+warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+
+import click  # noqa: E402
+
+import hrnet_tfx  # noqa: E402
+from hrnet_tfx.cli.models import models  # noqa: E402
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(hrnet_tfx.__version__, prog_name="hrnet-tfx")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def main(verbose: bool) -> None:
+    """Train and serve HRNet image classifiers with TFX, Horovod and TF Serving."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+main.add_command(models)

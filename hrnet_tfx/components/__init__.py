@@ -1,0 +1,4 @@
+"""TFX components: the Beam ImageNet ExampleGen, the Horovod Trainer and their executors.
+
+Planned; see the project issues for its scope.
+"""

@@ -1,0 +1,275 @@
+"""HRNet-C in Keras 2 (tf_keras), layer for layer the official PyTorch network.
+
+The network is assembled from small functional building blocks (:func:`basic_block`,
+:func:`bottleneck`, :func:`transition`, :func:`hr_module`, :func:`classification_head`) out of stock
+Keras layers only, so the model serialises (``get_config``, SavedModel, checkpoints) and loads without
+custom objects anywhere (TFMA, TF Serving, Beam workers).
+
+Every layer that holds weights is named by its PyTorch module path in the official code and in timm
+(``layer1.0.conv1``, ``stage3.2.fuse_layers.1.0.0.0``, ``classifier`` ...): importing official weights is
+a name lookup (see :mod:`hrnet_tfx.models.weights`).
+
+Fidelity to the official network: BatchNorm momentum 0.9 (PyTorch 0.1) and epsilon 1e-5; stride-2 3x3
+convs pad 1 pixel on every side (``ZeroPadding2D`` + ``valid``, not TF's asymmetric ``same``); nearest
+upsampling; convs have no bias except the four head convs; conv kernels are kaiming-normal (fan-out,
+ReLU gain); the classifier uses PyTorch's default Linear init; no dropout.
+
+Reference: Wang et al., "Deep High-Resolution Representation Learning for Visual Recognition",
+TPAMI 2020 (arXiv:1908.07919).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+import tf_keras as keras
+
+from hrnet_tfx.models.config import BLOCK_EXPANSION, HRNetConfig, StageConfig
+
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def _kaiming_fan_out() -> keras.initializers.Initializer:
+    """PyTorch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / fan_out).
+
+    A new instance per layer: an unseeded Keras initializer instance returns the same values on every call.
+    """
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def _torch_default_uniform(fan_in: int) -> keras.initializers.Initializer:
+    """PyTorch's default init for Linear weights and conv/linear biases: U(-1/sqrt(fan_in), +)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+class _Builder:
+    """Creates the layers of one model with a shared dtype policy."""
+
+    def __init__(self, dtype_policy: str | None):
+        self.dtype = dtype_policy
+
+    def conv(self, x, filters: int, kernel: int, stride: int, name: str, bias: bool = False):
+        """Conv2D named ``name``; stride-2 convs pad symmetrically like PyTorch's ``padding=k//2``."""
+        pad = kernel // 2
+        if pad and stride > 1:
+            x = keras.layers.ZeroPadding2D(pad, name=f"{name}.pad", dtype=self.dtype)(x)
+            padding = "valid"
+        else:
+            padding = "same" if pad else "valid"  # stride 1, odd kernel: 'same' is symmetric
+        fan_in = kernel * kernel * x.shape[-1]
+        return keras.layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding=padding,
+            use_bias=bias,
+            kernel_initializer=_kaiming_fan_out(),
+            bias_initializer=_torch_default_uniform(fan_in),
+            name=name,
+            dtype=self.dtype,
+        )(x)
+
+    def bn(self, x, name: str):
+        return keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=self.dtype
+        )(x)
+
+    def relu(self, x, name: str):
+        return keras.layers.ReLU(name=name, dtype=self.dtype)(x)
+
+    def add(self, xs, name: str):
+        return keras.layers.Add(name=name, dtype=self.dtype)(list(xs))
+
+    def conv_bn(self, x, filters, kernel, stride, conv_name, bn_name, relu_name=None, bias=False):
+        """conv -> BN (-> ReLU when ``relu_name`` is given)."""
+        x = self.bn(self.conv(x, filters, kernel, stride, conv_name, bias=bias), bn_name)
+        return self.relu(x, relu_name) if relu_name else x
+
+
+def _shortcut(b: _Builder, x, out_channels: int, stride: int, name: str):
+    if stride == 1 and x.shape[-1] == out_channels:
+        return x
+    return b.conv_bn(x, out_channels, 1, stride, f"{name}.downsample.0", f"{name}.downsample.1")
+
+
+def basic_block(b: _Builder, x, planes: int, stride: int, name: str):
+    """ResNet v1 BasicBlock: 3x3-BN-ReLU-3x3-BN + shortcut, ReLU (expansion 1)."""
+    shortcut = _shortcut(b, x, planes, stride, name)
+    y = b.conv_bn(x, planes, 3, stride, f"{name}.conv1", f"{name}.bn1", f"{name}.relu1")
+    y = b.conv_bn(y, planes, 3, 1, f"{name}.conv2", f"{name}.bn2")
+    return b.relu(b.add([y, shortcut], f"{name}.add"), f"{name}.relu")
+
+
+def bottleneck(b: _Builder, x, planes: int, stride: int, name: str):
+    """ResNet v1 Bottleneck: 1x1-BN-ReLU-3x3(stride)-BN-ReLU-1x1-BN + shortcut, ReLU (expansion 4)."""
+    out = planes * BLOCK_EXPANSION["BOTTLENECK"]
+    shortcut = _shortcut(b, x, out, stride, name)
+    y = b.conv_bn(x, planes, 1, 1, f"{name}.conv1", f"{name}.bn1", f"{name}.relu1")
+    y = b.conv_bn(y, planes, 3, stride, f"{name}.conv2", f"{name}.bn2", f"{name}.relu2")
+    y = b.conv_bn(y, out, 1, 1, f"{name}.conv3", f"{name}.bn3")
+    return b.relu(b.add([y, shortcut], f"{name}.add"), f"{name}.relu")
+
+
+_BLOCKS = {"BASIC": basic_block, "BOTTLENECK": bottleneck}
+
+
+def blocks(b: _Builder, x, block: str, planes: int, count: int, name: str):
+    """``count`` blocks in a row named ``name.0`` .. ``name.{count-1}`` (a PyTorch ``Sequential``)."""
+    for k in range(count):
+        x = _BLOCKS[block](b, x, planes, 1, f"{name}.{k}")
+    return x
+
+
+def transition(b: _Builder, xs: Sequence, out_channels: Sequence[int], name: str) -> list:
+    """Adapts the previous stage's branches to the next stage.
+
+    An existing branch whose width changes gets a 3x3 conv-BN-ReLU (else passes through); each new
+    branch is made from the lowest-resolution input by 3x3 stride-2 conv-BN-ReLUs.
+    """
+    outs = []
+    n_prev = len(xs)
+    for i, c in enumerate(out_channels):
+        if i < n_prev:
+            x = xs[i]
+            if x.shape[-1] != c:
+                x = b.conv_bn(x, c, 3, 1, f"{name}.{i}.0", f"{name}.{i}.1", f"{name}.{i}.2")
+        else:
+            x = xs[-1]
+            steps = i + 1 - n_prev
+            for j in range(steps):
+                filters = c if j == steps - 1 else xs[-1].shape[-1]
+                x = b.conv_bn(x, filters, 3, 2, f"{name}.{i}.{j}.0", f"{name}.{i}.{j}.1", f"{name}.{i}.{j}.2")
+        outs.append(x)
+    return outs
+
+
+def hr_module(b: _Builder, xs: Sequence, stage: StageConfig, name: str) -> list:
+    """One HighResolutionModule: a stack of blocks per branch, then sum-fusion across resolutions.
+
+    Output ``i`` is ``ReLU(sum_j f_ij(x_j))``: identity for ``j == i``; for a lower resolution
+    (``j > i``) 1x1 conv + BN + nearest upsampling by ``2**(j-i)``; for a higher resolution (``j < i``)
+    ``i-j`` chained 3x3 stride-2 conv + BN, with ReLU on all but the last.
+    """
+    ys = [
+        blocks(b, x, stage.block, planes, count, f"{name}.branches.{i}")
+        for i, (x, planes, count) in enumerate(zip(xs, stage.num_channels, stage.num_blocks))
+    ]
+    if len(ys) == 1:
+        return ys
+    outs = []
+    for i, yi in enumerate(ys):
+        terms = []
+        for j, yj in enumerate(ys):
+            f = f"{name}.fuse_layers.{i}.{j}"
+            if j == i:
+                terms.append(yj)
+            elif j > i:
+                z = b.conv_bn(yj, yi.shape[-1], 1, 1, f"{f}.0", f"{f}.1")
+                up = 2 ** (j - i)
+                terms.append(keras.layers.UpSampling2D(up, interpolation="nearest", name=f"{f}.2", dtype=b.dtype)(z))
+            else:
+                z = yj
+                for k in range(i - j):
+                    last = k == i - j - 1
+                    z = b.conv_bn(
+                        z,
+                        yi.shape[-1] if last else yj.shape[-1],
+                        3,
+                        2,
+                        f"{f}.{k}.0",
+                        f"{f}.{k}.1",
+                        None if last else f"{f}.{k}.2",
+                    )
+                terms.append(z)
+        outs.append(b.relu(b.add(terms, f"{name}.fuse.{i}"), f"{name}.fuse_act.{i}"))
+    return outs
+
+
+def backbone(b: _Builder, x, config: HRNetConfig) -> list:
+    """Stem and stages; returns one feature map per branch, highest resolution first."""
+    s1, s2 = config.stem_channels
+    x = b.conv_bn(x, s1, 3, 2, "conv1", "bn1", "relu1")
+    x = b.conv_bn(x, s2, 3, 2, "conv2", "bn2", "relu2")
+    first = config.stages[0]
+    xs = [blocks(b, x, first.block, first.num_channels[0], first.num_blocks[0], "layer1")]
+    for k, stage in enumerate(config.stages[1:], start=1):
+        xs = transition(b, xs, stage.out_channels, f"transition{k}")
+        for m in range(stage.num_modules):
+            xs = hr_module(b, xs, stage, f"stage{k + 1}.{m}")
+    return xs
+
+
+def classification_head(b: _Builder, xs: Sequence, config: HRNetConfig, num_classes: int):
+    """Incre Bottleneck per branch, stride-2 downsampling merges from high to low resolution, 1x1 conv to
+    ``num_features``, global average pooling and the float32 classifier (logits)."""
+    y = None
+    for i, (x, planes) in enumerate(zip(xs, config.head_channels)):
+        z = bottleneck(b, x, planes, 1, f"incre_modules.{i}.0")
+        if y is not None:
+            d = f"downsamp_modules.{i - 1}"
+            y = b.conv_bn(y, z.shape[-1], 3, 2, f"{d}.0", f"{d}.1", f"{d}.2", bias=config.head_conv_bias)
+            z = b.add([z, y], f"head.add.{i}")
+        y = z
+    y = b.conv_bn(y, config.num_features, 1, 1, "final_layer.0", "final_layer.1", "final_layer.2",
+                  bias=config.head_conv_bias)
+    y = keras.layers.GlobalAveragePooling2D(name="global_pool", dtype=b.dtype)(y)
+    return keras.layers.Dense(
+        num_classes,
+        kernel_initializer=_torch_default_uniform(config.num_features),
+        bias_initializer=_torch_default_uniform(config.num_features),
+        name="classifier",
+        dtype="float32",
+    )(y)
+
+
+def build_hrnet(
+    config: HRNetConfig,
+    num_classes: int = 1000,
+    image_size: int | tuple[int, int] | None = 224,
+    include_head: bool = True,
+    dtype_policy: str | None = None,
+    name: str = "hrnet",
+) -> keras.Model:
+    """Builds a functional HRNet-C from a config (see :func:`hrnet_tfx.models.build_model`)."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if image_size is None:
+        hw = (None, None)
+    else:
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        factor = config.downsample_factor
+        if len(hw) != 2 or any(not isinstance(s, int) or s <= 0 or s % factor for s in hw):
+            raise ValueError(f"image_size must be positive and divisible by {factor}, got {image_size!r}")
+    b = _Builder(dtype_policy)
+    inputs = keras.Input(shape=(*hw, 3), name="image")
+    xs = backbone(b, inputs, config)
+    if include_head:
+        outputs = classification_head(b, xs, config, num_classes)
+    else:
+        outputs = [keras.layers.Activation("linear", dtype="float32", name=f"features.{i}")(x)
+                   for i, x in enumerate(xs)]
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-adds of the Conv2D and Dense layers for one image, as the official counter counts them
+    (``prod(kernel shape) * output H * W`` per conv, ``in * out`` per Dense; biases not counted).
+
+    The model needs a static input size. ``macs / 1024**3`` is the "GFLOPs" column of the official
+    HRNet tables.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, _ = layer.output_shape
+            if h is None or w is None:
+                raise ValueError("count_macs needs a model built with a fixed image_size")
+            total += int(tf.size(layer.kernel)) * h * w
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(tf.size(layer.kernel))
+    return total

@@ -1,0 +1,200 @@
+"""The model library: registry, config, exact parameter counts and GFLOPs, fidelity to the official
+network, forward/backward, serialisation, mixed precision and XLA."""
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from hrnet_tfx import models
+from hrnet_tfx.models.config import ConfigError, HRNetConfig
+
+# HRNET.md: trainable parameters (exact) and the official "GFLOPs" column (conv + linear MACs / 1024**3).
+OFFICIAL = {
+    "hrnet_w18_small": (13_187_464, 1.49),
+    "hrnet_w18_small_v2": (15_597_464, 2.42),
+    "hrnet_w18": (21_299_004, 3.99),
+    "hrnet_w30": (37_712_220, 7.55),
+    "hrnet_w32": (41_232_680, 8.31),
+    "hrnet_w40": (57_557_160, 11.8),
+    "hrnet_w44": (67_064_984, 13.9),
+    "hrnet_w48": (77_469_864, 16.1),
+    "hrnet_w64": (128_059_944, 26.9),
+}
+
+
+def _decimals(value: float) -> int:
+    return len(repr(value).split(".")[1])
+
+
+def test_registry_lists_the_nine_official_variants():
+    assert models.list_models() == list(OFFICIAL)
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_parameter_count_and_gflops_match_official_table(name):
+    keras.backend.clear_session()
+    info = models.model_summary(name)
+    params, gflops = OFFICIAL[name]
+    assert info["trainable_params"] == params
+    assert round(info["macs"] / 1024**3, _decimals(gflops)) == gflops
+    assert info["layers"]["Dense"] == 1
+
+
+def test_registry_refuses_duplicates_and_explains_failed_lookup():
+    with pytest.raises(ValueError, match="already registered"):
+        models.register("hrnet_w18", models.regular_config(18))
+    with pytest.raises(ConfigError) as err:
+        models.get_config("hrnet_w81")
+    assert "hrnet_w18" in str(err.value) and "Did you mean" in str(err.value)
+
+
+def test_regular_variants_are_generated_from_width():
+    cfg = models.get_config("hrnet_w30")
+    assert cfg == models.regular_config(30)
+    assert cfg.stages[-1].num_channels == (30, 60, 120, 240)
+    assert [s.num_modules for s in cfg.stages] == [1, 1, 4, 3]
+
+
+def test_config_is_frozen_and_round_trips(tiny_config_path):
+    cfg = HRNetConfig.from_file(tiny_config_path)
+    with pytest.raises(Exception):
+        cfg.num_features = 3
+    assert HRNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(dropout=0.2), r"unknown key\(s\) \['dropout'\]"),
+        (lambda d: d["stages"][1].update(fuse="SUM"), r"stages\[1\]: unknown key\(s\) \['fuse'\]"),
+        (lambda d: d.pop("stages"), r"missing key\(s\) \['stages'\]"),
+        (lambda d: d["stages"][2].pop("num_blocks"), r"stages\[2\]: missing key\(s\) \['num_blocks'\]"),
+        (lambda d: d["stages"][1].update(block="DENSE"), "block must be one of"),
+        (lambda d: d["stages"][2].update(num_channels=[4, 8]), "one entry per branch"),
+        (lambda d: d.update(head_channels=[2, 4]), "head_channels: need one entry per final branch"),
+    ],
+)
+def test_config_file_errors_name_the_problem(tmp_path, tiny_config_path, mutate, message):
+    import yaml
+
+    data = yaml.safe_load(tiny_config_path.read_text())
+    mutate(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        models.build_model(str(path))
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        models.get_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_config_path):
+    return models.build_model(str(tiny_config_path), num_classes=7, image_size=64)
+
+
+def test_official_layer_details(tiny):
+    convs = [layer for layer in tiny.layers if isinstance(layer, keras.layers.Conv2D)]
+    bns = [layer for layer in tiny.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(convs) == len(bns)
+    assert all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
+    biased = sorted(c.name for c in convs if c.use_bias)
+    assert biased == ["downsamp_modules.0.0", "downsamp_modules.1.0", "downsamp_modules.2.0", "final_layer.0"]
+    for conv in convs:
+        if conv.strides == (2, 2):  # symmetric explicit padding, as PyTorch's padding=1
+            assert conv.padding == "valid"
+            assert isinstance(tiny.get_layer(conv.name + ".pad"), keras.layers.ZeroPadding2D)
+    ups = [layer for layer in tiny.layers if isinstance(layer, keras.layers.UpSampling2D)]
+    assert ups and all(u.interpolation == "nearest" for u in ups)
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in tiny.layers)
+    assert tiny.output_shape == (None, 7)
+
+
+def test_initialisation_is_kaiming_fan_out_and_every_kernel_distinct():
+    model = models.build_model("hrnet_w18_small", num_classes=10, image_size=64)
+    kernels = [layer.kernel.numpy() for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len({k.tobytes() for k in kernels}) == len(kernels)  # no shared unseeded initializer
+    big = model.get_layer("final_layer.0").kernel.numpy()  # 1x1, 1024 -> 2048: fan_out = 2048
+    assert abs(big.std() - math.sqrt(2 / 2048)) < 0.02 * math.sqrt(2 / 2048)
+    bn = model.get_layer("bn1")
+    assert np.all(bn.gamma.numpy() == 1) and np.all(bn.beta.numpy() == 0)
+
+
+def test_forward_backward_on_tiny_config(tiny):
+    x = tf.random.normal([2, 64, 64, 3], seed=1)
+    y = tf.constant([1, 5])
+    with tf.GradientTape() as tape:
+        logits = tiny(x, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+    grads = tape.gradient(loss, tiny.trainable_variables)
+    assert logits.shape == (2, 7) and np.isfinite(loss.numpy())
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads) == len(grads)
+
+
+def test_any_input_size_divisible_by_32(tiny_config_path):
+    with pytest.raises(ValueError, match="divisible by 32"):
+        models.build_model(str(tiny_config_path), image_size=100)
+    flexible = models.build_model(str(tiny_config_path), num_classes=3, image_size=None)
+    for size in (64, 96, (64, 128)):
+        h, w = (size, size) if isinstance(size, int) else size
+        assert flexible(tf.zeros([1, h, w, 3])).shape == (1, 3)
+
+
+def test_backbone_outputs_one_map_per_resolution(tiny_config_path):
+    backbone = models.build_model(str(tiny_config_path), image_size=64, include_head=False)
+    shapes = [tuple(o.shape) for o in backbone.outputs]
+    assert shapes == [(None, 16, 16, 4), (None, 8, 8, 8), (None, 4, 4, 16), (None, 2, 2, 32)]
+
+
+def test_get_config_from_config_round_trip(tiny):
+    clone = keras.Model.from_config(tiny.get_config())
+    clone.set_weights(tiny.get_weights())
+    x = tf.random.normal([2, 64, 64, 3], seed=2)
+    np.testing.assert_allclose(clone(x, training=False), tiny(x, training=False), rtol=1e-5, atol=1e-5)
+    assert [w.name for w in clone.weights] == [w.name for w in tiny.weights]
+
+
+def test_savedmodel_round_trip_needs_no_custom_objects(tiny, tmp_path):
+    path = str(tmp_path / "saved")
+    tiny.save(path, save_format="tf", include_optimizer=False)
+    loaded = keras.models.load_model(path, compile=False)
+    x = tf.random.normal([2, 64, 64, 3], seed=3)
+    np.testing.assert_allclose(loaded(x, training=False), tiny(x, training=False), rtol=1e-5, atol=1e-5)
+    raw = tf.saved_model.load(path)
+    np.testing.assert_allclose(raw(x, training=False), tiny(x, training=False), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_float32_variables_and_logits(tiny_config_path, policy):
+    model = models.build_model(str(tiny_config_path), num_classes=5, image_size=64, dtype_policy=policy)
+    compute = policy.split("_")[1]
+    assert model.get_layer("layer1.0.conv1").compute_dtype == compute
+    assert all(v.dtype == tf.float32 for v in model.weights)
+    logits = model(tf.random.normal([2, 64, 64, 3]), training=False)
+    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+
+
+def test_unknown_dtype_policy_is_rejected(tiny_config_path):
+    with pytest.raises(ValueError, match="dtype_policy"):
+        models.build_model(str(tiny_config_path), dtype_policy="float16")
+
+
+def test_jit_compile_predict_matches_eager(tiny_config_path):
+    model = models.build_model(str(tiny_config_path), num_classes=4, image_size=64, jit_compile=True)
+    assert model.jit_compile
+    x = np.random.RandomState(0).randn(4, 64, 64, 3).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), model(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_packaged_config_resolves_by_file_name():
+    assert models.get_config("tiny.yaml") == HRNetConfig.from_file(
+        pathlib.Path(models.__file__).parent.parent / "configs" / "tiny.yaml"
+    )
