@@ -26,6 +26,7 @@ setup(
         "tqdm",
         "pyyaml",
         "Pillow",
+        "scipy",  # reads the ImageNet devkit's meta.mat
     ],
     extras_require={"dev": ["pytest", "pytest-timeout", "pytest-xdist"]},
     entry_points={"console_scripts": ["hrnet-tfx=hrnet_tfx.cli:main"]},

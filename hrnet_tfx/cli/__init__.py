@@ -11,6 +11,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="google")
 import click  # noqa: E402
 
 import hrnet_tfx  # noqa: E402
+from hrnet_tfx.cli.data import data  # noqa: E402
 from hrnet_tfx.cli.models import models  # noqa: E402
 
 
@@ -26,3 +27,4 @@ def main(verbose: bool) -> None:
 
 
 main.add_command(models)
+main.add_command(data)

@@ -1,0 +1,130 @@
+"""Per-image checks: keep a valid RGB JPEG's original bytes, re-encode the odd ones, reject the broken ones.
+
+ImageNet has a known handful of odd files (22 CMYK JPEGs, one PNG named .JPEG, grayscale JPEGs); they are
+FIXED here (re-encoded as RGB JPEG), never skipped. Files that cannot be used at all (empty, not an image,
+truncated, undecodable) raise :class:`BadImageError` with a short reason code; the converter skips and
+reports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+REENCODE_QUALITY = 95
+VERIFY_MODES = ("markers", "decode")
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: camera JPEG with extra frames; the first frame is a plain JPEG
+
+_EOI = b"\xff\xd9"  # end of image; 0xFF in entropy-coded data is always followed by 0x00 or a RST marker
+
+
+class BadImageError(ValueError):
+    """An unusable input file. ``reason`` is a short code (``empty``, ``not_an_image``, ``truncated``,
+    ``corrupt``, ``too_large``) used for metrics and the report; the message has the details."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+    """A JPEG ready to store: ``encoded`` bytes, size, and ``fixed`` = why it was re-encoded ('' if the
+    original bytes were kept)."""
+
+    encoded: bytes
+    height: int
+    width: int
+    fixed: str = ""
+
+
+def _scan_offset(data: bytes) -> int:
+    """Offset of the first start-of-scan marker, found by walking the header's marker segments (so an
+    EXIF thumbnail's markers, inside an APP1 segment, are skipped); -1 if the header ends first."""
+    pos, n = 2, len(data)  # after SOI
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return -1
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:
+            return pos
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return -1
+
+
+def _truncated(data: bytes) -> bool:
+    """True if no end-of-image marker follows the first scan (the file was cut short). Searching from the
+    end finds the marker within a few bytes, so this costs microseconds."""
+    scan = _scan_offset(data)
+    return scan < 0 or data.rfind(_EOI) < scan
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits first
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
+def _reencode(img: Image.Image, why: str) -> PreparedImage:
+    img.load()
+    rgb = _to_rgb(img)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=REENCODE_QUALITY)
+    return PreparedImage(out.getvalue(), rgb.height, rgb.width, why)
+
+
+def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
+    """Checks one input file and returns the JPEG to store.
+
+    A baseline or progressive JPEG in RGB (YCbCr) is kept byte for byte, with its size from the header.
+    CMYK and grayscale JPEGs, and any other format PIL reads (a PNG named .JPEG, GIF, BMP, TIFF, WebP), are
+    decoded and re-encoded as RGB JPEG (quality 95).
+
+    Args:
+      data: the file's bytes.
+      verify: for kept JPEGs, ``markers`` (default) parses the header with PIL and checks that the last
+        scan ends with an end-of-image marker, which catches empty, non-image, cut-short and header-corrupt
+        files without decoding pixels (the failures that also make ``tf.io.decode_jpeg`` fail); ``decode``
+        decodes every image fully with PIL (about 20-40x slower; also catches damaged entropy data, which
+        libjpeg and TensorFlow only warn about).
+
+    Raises:
+      BadImageError: the file is unusable.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if not data:
+        raise BadImageError("empty", "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format in JPEG_FORMATS and img.mode == "RGB":
+                if verify == "decode":
+                    img.load()
+                elif _truncated(data):
+                    raise BadImageError("truncated", "JPEG ends before its end-of-image marker")
+                return PreparedImage(data, img.height, img.width)
+            return _reencode(img, f"{img.format} {img.mode}")
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError("not_an_image", "not an image PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError("too_large", str(e)) from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+        message = f"{type(e).__name__}: {e}"
+        raise BadImageError("truncated" if "truncated" in str(e).lower() else "corrupt", message) from None

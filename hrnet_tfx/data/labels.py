@@ -1,0 +1,170 @@
+"""Class tables and the ImageNet label files: Kaggle's LOC_*.csv / LOC_synset_mapping.txt, the ILSVRC2012
+devkit's meta.mat and validation ground truth, and our own label map (``labels.tsv``).
+
+Every reader raises :class:`DataError` naming the file and the line when a file is malformed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable
+
+from hrnet_tfx.data.features import LABEL_MAP_FILENAME
+
+
+class DataError(ValueError):
+    """The input data is missing, malformed or inconsistent. Raised before any conversion work starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassInfo:
+    """One class: its 0-based ``index`` (position in sorted ``id`` order), ``id`` (a WordNet id such as
+    ``n01440764`` for ImageNet, the folder name for image folders) and human-readable ``name``."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A bounding box in pixels of the original image, with the class id it belongs to."""
+
+    class_id: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+
+def make_classes(ids: Iterable[str], names: dict[str, str] | None = None) -> list[ClassInfo]:
+    """The class table: ``ids`` sorted (Python string order) and numbered from 0; names from ``names``
+    when given there, else the id itself."""
+    names = names or {}
+    return [ClassInfo(i, cid, names.get(cid, cid)) for i, cid in enumerate(sorted(set(ids)))]
+
+
+def _clean(text: str) -> str:
+    """One line (no tabs or newlines inside a cell); undecodable file-name bytes shown escaped."""
+    return " ".join(text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def write_label_map(path: str, classes: list[ClassInfo]) -> None:
+    """Writes ``index<TAB>id<TAB>name`` lines (no header) to ``path`` (a file or a directory, which gets
+    :data:`~hrnet_tfx.data.features.LABEL_MAP_FILENAME`)."""
+    import tensorflow as tf
+
+    if tf.io.gfile.isdir(path):
+        path = os.path.join(path, LABEL_MAP_FILENAME)
+    text = "".join(f"{c.index}\t{_clean(c.id)}\t{_clean(c.name)}\n" for c in classes)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+def read_label_map(path: str) -> list[ClassInfo]:
+    """Reads a label map written by :func:`write_label_map` (a file, or a directory holding one)."""
+    import tensorflow as tf
+
+    if tf.io.gfile.isdir(path):
+        path = os.path.join(path, LABEL_MAP_FILENAME)
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"label map not found: {path}")
+    classes = []
+    with tf.io.gfile.GFile(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3 or not parts[0].isdigit():
+                raise DataError(f"{path}:{lineno}: expected 'index<TAB>id<TAB>name', got {line!r}")
+            classes.append(ClassInfo(int(parts[0]), parts[1], parts[2]))
+    return classes
+
+
+def read_synset_mapping(path: str) -> dict[str, str]:
+    """Kaggle's ``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca`` per line -> {wnid: name}."""
+    names = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            wnid, _, name = line.partition(" ")
+            if not name:
+                raise DataError(f"{path}:{lineno}: expected '<wnid> <name>', got {line!r}")
+            names[wnid] = name.strip()
+    return names
+
+
+def read_loc_solution(path: str) -> dict[str, list[Box]]:
+    """Kaggle's ``LOC_val_solution.csv`` / ``LOC_train_solution.csv``: ``ImageId,PredictionString`` with
+    ``wnid xmin ymin xmax ymax`` repeated per box -> {image id: boxes} (the first box's class is the
+    image's label)."""
+    import csv
+
+    result: dict[str, list[Box]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+            raise DataError(f"{path}: expected the header 'ImageId,PredictionString', got {header!r}")
+        for lineno, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise DataError(f"{path}:{lineno}: expected 2 columns, got {len(row)}")
+            fields = row[1].split()
+            if not fields or len(fields) % 5:
+                raise DataError(f"{path}:{lineno}: PredictionString must be groups of "
+                                f"'wnid xmin ymin xmax ymax', got {row[1]!r}")
+            boxes = []
+            for i in range(0, len(fields), 5):
+                try:
+                    coords = [float(v) for v in fields[i + 1:i + 5]]
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: non-numeric box {fields[i:i + 5]}") from None
+                boxes.append(Box(fields[i], *coords))
+            if row[0] in result:
+                raise DataError(f"{path}:{lineno}: image {row[0]!r} is listed twice")
+            result[row[0]] = boxes
+    return result
+
+
+def read_devkit_meta(path: str) -> dict[int, tuple[str, str]]:
+    """The ILSVRC2012 devkit's ``data/meta.mat`` -> {ILSVRC2012_ID: (wnid, words)} for the 1000 leaf
+    classes (``num_children == 0``). The IDs are the devkit's own order, NOT sorted wnid order."""
+    import numpy as np
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True)
+    except Exception as e:  # scipy raises several types for malformed files
+        raise DataError(f"cannot read devkit meta file {path}: {e}") from None
+    if "synsets" not in mat:
+        raise DataError(f"{path}: no 'synsets' struct array (not an ILSVRC2012 devkit meta.mat)")
+    synsets = np.ravel(mat["synsets"])
+    fields = synsets.dtype.names or ()
+    missing = {"ILSVRC2012_ID", "WNID", "words", "num_children"} - set(fields)
+    if missing:
+        raise DataError(f"{path}: synsets lack the fields {sorted(missing)}")
+    result = {}
+    for s in synsets:
+        if int(np.asarray(s["num_children"]).item()) != 0:
+            continue
+        result[int(np.asarray(s["ILSVRC2012_ID"]).item())] = (
+            str(np.asarray(s["WNID"]).item()), str(np.asarray(s["words"]).item()))
+    return result
+
+
+def read_devkit_ground_truth(path: str) -> list[int]:
+    """``ILSVRC2012_validation_ground_truth.txt``: line i holds the ILSVRC2012_ID of
+    ``ILSVRC2012_val_{i:08d}.JPEG`` (1-based)."""
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if not line.isdigit():
+                raise DataError(f"{path}:{lineno}: expected an ILSVRC2012_ID, got {line!r}")
+            ids.append(int(line))
+    return ids

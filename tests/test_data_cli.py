@@ -1,0 +1,45 @@
+"""``hrnet-tfx data make-sample`` and ``hrnet-tfx data convert`` through click."""
+
+import os
+
+from click.testing import CliRunner
+
+from hrnet_tfx.cli.data import data
+from hrnet_tfx.data import layout as L
+
+
+def test_make_sample_then_convert(tmp_path):
+    runner = CliRunner()
+    sample, out = str(tmp_path / "sample"), str(tmp_path / "out")
+    r = runner.invoke(data, ["make-sample", sample, "--classes", "3", "--train-per-class", "4",
+                             "--val-per-class", "2", "--image-size", "16", "--corrupt"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 15 train and 6 val images of 3 classes" in r.output
+    args = ["convert", sample, out, "--train-shards", "2", "--eval-shards", "1", "--compression", "gzip"]
+    r = runner.invoke(data, args + ["--", "--runner=FnApiRunner"])
+    assert r.exit_code != 0 and "3 of 15 inputs (20.00%) are unusable" in r.output
+    r = runner.invoke(data, args + ["--max-bad-fraction", "0.25", "--", "--runner=FnApiRunner",
+                                    "--direct_num_workers=1"])
+    assert r.exit_code == 0, r.output
+    assert "train: 12 examples in 2 shards (3 re-encoded, 3 skipped)" in r.output
+    assert sorted(os.listdir(L.split_dir(out, "train"))) == ["train-00000-of-00002.gz",
+                                                             "train-00001-of-00002.gz"]
+    assert L.load_manifest(out)["options"]["compression"] == "gzip"
+    r = runner.invoke(data, args + ["--max-bad-fraction", "0.25"])
+    assert r.exit_code == 0 and "already holds this conversion" in r.output
+
+
+def test_convert_errors_are_clean_messages(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(data, ["convert", str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert r.exit_code == 1 and "Error: input directory does not exist" in r.output
+    r = runner.invoke(data, ["convert", str(tmp_path), str(tmp_path / "out"), "--layout", "coco"])
+    assert r.exit_code == 2 and "'coco' is not one of" in r.output
+    r = runner.invoke(data, ["convert", str(tmp_path), str(tmp_path / "out"), "--direct_num_workers=2"])
+    assert r.exit_code == 2 and "No such option" in r.output  # Beam options go after --
+
+
+def test_make_sample_refuses_non_empty_output(tmp_path):
+    (tmp_path / "x").write_text("x")
+    r = CliRunner().invoke(data, ["make-sample", str(tmp_path)])
+    assert r.exit_code == 1 and "not empty" in r.output
