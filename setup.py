@@ -27,6 +27,9 @@ setup(
         "pyyaml",
         "Pillow",
         "scipy",  # reads the ImageNet devkit's meta.mat
+        "tensorflow-serving-api>=2.16,<2.17",
+        "grpcio",
+        "requests",
     ],
     extras_require={"dev": ["pytest", "pytest-timeout", "pytest-xdist"]},
     entry_points={"console_scripts": ["hrnet-tfx=hrnet_tfx.cli:main"]},

@@ -20,3 +20,46 @@ FIXTURES = REPO / "tests" / "fixtures"
 def tiny_config_path() -> pathlib.Path:
     """Path of the packaged tiny network config (64x64 inputs in tests)."""
     return TINY_CONFIG
+
+
+def write_color_records(root: pathlib.Path, train: int = 48, eval_: int = 12, shards=(4, 2), seed: int = 0):
+    """Tiny learnable TFRecords: class ``c`` images are noisy shades of one colour (red/green/blue).
+
+    Writes ``root/train/train-*``, ``root/eval/eval-*`` and ``root/labels.tsv``; returns ``root``.
+    """
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from hrnet_tfx.data import features as F
+
+    rng = np.random.RandomState(seed)
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+
+    def example(label: int) -> bytes:
+        h, w = rng.randint(64, 97, size=2)
+        pixels = np.clip(np.array(colors[label])[None, None] + rng.randn(h, w, 3) * 30, 0, 255).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+        feature = {
+            F.IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[buf.getvalue()])),
+            F.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    for split, count, num_shards in (("train", train, shards[0]), ("eval", eval_, shards[1])):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for s in range(num_shards):
+            with tf.io.TFRecordWriter(str(root / split / f"{split}-{s:05d}-of-{num_shards:05d}")) as writer:
+                for i in range(s, count, num_shards):
+                    writer.write(example(i % 3))
+    (root / "labels.tsv").write_text("0\tr\tred\n1\tg\tgreen\n2\tb\tblue\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def color_records(tmp_path_factory) -> pathlib.Path:
+    """Session-wide tiny colour dataset (see :func:`write_color_records`)."""
+    return write_color_records(tmp_path_factory.mktemp("color_records"))

@@ -13,6 +13,8 @@ import click  # noqa: E402
 import hrnet_tfx  # noqa: E402
 from hrnet_tfx.cli.data import data  # noqa: E402
 from hrnet_tfx.cli.models import models  # noqa: E402
+from hrnet_tfx.cli.serving import predict, serve  # noqa: E402
+from hrnet_tfx.cli.train import train  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,3 +30,6 @@ def main(verbose: bool) -> None:
 
 main.add_command(models)
 main.add_command(data)
+main.add_command(train)
+main.add_command(serve)
+main.add_command(predict)

@@ -105,6 +105,7 @@ def make_dataset(
     drop_remainder: bool | None = None,
     repeat: bool | None = None,
     num_classes: int | None = None,
+    label_offset: int = 0,
     cycle_length: int = DEFAULT_CYCLE_LENGTH,
     threadpool_size: int | None = None,
 ) -> tf.data.Dataset:
@@ -135,6 +136,8 @@ def make_dataset(
       repeat: repeat indefinitely; ``None`` means ``training``.
       num_classes: if given, a label outside ``[0, num_classes)`` fails the pipeline with an error instead
         of training on garbage.
+      label_offset: subtracted from every stored label (1 reads inception/TF-slim records, whose labels
+        are 1-based, without converting them).
       cycle_length: files read concurrently by the interleave (at most this worker's file count).
       threadpool_size: private thread pool size for this pipeline (e.g. cores per Horovod rank); ``None``
         shares TF's inter-op pool.
@@ -183,7 +186,7 @@ def make_dataset(
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
 
-    parse = _parser(num_classes)
+    parse = _parser(num_classes, label_offset)
     # The transforms use explicit tf.cond, no Python control flow on tensors: skip AutoGraph's conversion.
     if training:
 
@@ -212,7 +215,7 @@ def make_dataset(
     return ds.with_options(options)
 
 
-def _parser(num_classes: int | None):
+def _parser(num_classes: int | None, label_offset: int = 0):
     """Returns ``record -> (encoded image, int32 label)`` using the :mod:`features` keys.
 
     A record without one of the keys fails with TensorFlow's ``Feature: <key> ... is required but could
@@ -225,7 +228,7 @@ def _parser(num_classes: int | None):
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
-        label = example[features.LABEL]
+        label = example[features.LABEL] - label_offset
         if num_classes is not None:
             tf.debugging.assert_non_negative(label, message=f"{features.LABEL} is negative")
             tf.debugging.assert_less(

@@ -1,0 +1,228 @@
+"""A development model server speaking TF Serving's gRPC and REST protocols, for when
+``tensorflow_model_server`` is not installed.
+
+It serves the latest version of one model from a TF Serving model base, picks up new versions as they are
+pushed, and answers the same requests with the same messages and status codes as the real server:
+gRPC ``PredictionService`` (Predict, Classify, GetModelMetadata) and ``ModelService`` (GetModelStatus) on
+one port, REST ``/v1/models/...`` on another. It is meant for development, tests and small deployments;
+production should run ``tensorflow_model_server`` (``hrnet-tfx serve`` does when it is on PATH).
+
+Example::
+
+    from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions
+
+    with DevServer("/models", "hrnet", DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0)) as server:
+        print(server.grpc_address, server.rest_address)   # the ports picked
+        ...
+
+What it adds over TF Serving: image headers are checked before the graph runs (undecodable bytes and
+images over ``max_image_pixels`` get INVALID_ARGUMENT), and a request body over ``max_request_bytes`` is
+refused. What it lacks: version labels, multi-model config files, Regress/MultiInference, Prometheus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from hrnet_tfx.serving.batching import BatchingOptions
+from hrnet_tfx.serving.core import LoadOptions, ServingCore
+from hrnet_tfx.serving.image_guard import DEFAULT_MAX_IMAGE_PIXELS
+from hrnet_tfx.serving.model_base import resolve_model
+from hrnet_tfx.serving.rest_server import DEFAULT_MAX_REQUEST_BYTES, RestServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DevServerOptions:
+    """Development server settings.
+
+    Attributes:
+      host: address to bind (``0.0.0.0``: every interface, like TF Serving; ``127.0.0.1``: this machine).
+      grpc_port: gRPC port (0: pick a free one).
+      rest_port: REST port (0: pick a free one; None: no REST endpoint).
+      poll_seconds: seconds between scans for new versions (``--file_system_poll_wait_seconds``).
+      grpc_threads: gRPC worker threads (requests handled at once).
+      max_image_pixels: largest width x height accepted per image (None/0: no limit).
+      max_request_bytes: largest request accepted (gRPC message or REST body).
+      batching: merge concurrent requests (TF Serving's ``--enable_batching``); None: off.
+      intra_op_threads, inter_op_threads: TensorFlow session thread pools (0: TensorFlow's default).
+      warmup: replay ``assets.extra/tf_serving_warmup_requests`` when a version loads.
+      log_every: seconds between request-rate log lines (only when there was traffic).
+    """
+
+    host: str = "0.0.0.0"
+    grpc_port: int = 8500
+    rest_port: int | None = 8501
+    poll_seconds: float = 1.0
+    grpc_threads: int = max(8, 4 * (os.cpu_count() or 1))
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    batching: BatchingOptions | None = None
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    warmup: bool = True
+    log_every: float = 60.0
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class DevServer:
+    """The development server for one model; see the module docstring.
+
+    Args:
+      model_base: the model base (``<base>/<model_name>/<version>/``) or the model's own directory.
+      model_name: the model name clients use (default: inferred, see
+        :func:`~hrnet_tfx.serving.model_base.resolve_model`).
+      options: see :class:`DevServerOptions`.
+    """
+
+    def __init__(self, model_base: str, model_name: str | None = None, options: DevServerOptions = DevServerOptions()):
+        self.model_name, self.model_dir = resolve_model(model_base, model_name)
+        self.options = options
+        load = LoadOptions(max_image_pixels=options.max_image_pixels, batching=options.batching,
+                           intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads,
+                           warmup=options.warmup)
+        self.core = ServingCore({self.model_name: self.model_dir}, poll_seconds=options.poll_seconds,
+                                load_options=load)
+        self._grpc: grpc.Server | None = None
+        self._rest: RestServer | None = None
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+        self._stats_stop = threading.Event()
+        self._stats_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the gRPC endpoint (loopback when bound to every interface)."""
+        return _host_port(self._client_host(), self.grpc_port)
+
+    @property
+    def rest_address(self) -> str:
+        """``host:port`` of the REST endpoint."""
+        return _host_port(self._client_host(), self.rest_port)
+
+    def _client_host(self) -> str:
+        host = self.options.host
+        return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+    def start(self) -> "DevServer":
+        """Binds both ports (OSError naming the address if one is taken), loads the latest version (if
+        any; later versions are picked up as they appear), then starts answering."""
+        opts = self.options
+        start = time.monotonic()
+        try:
+            self._bind()
+            self.core.start()
+            self._grpc.start()
+            if self._rest is not None:
+                self._rest.start()
+        except BaseException:
+            self._close_endpoints(0)
+            self._grpc = self._rest = None
+            self.core.stop()
+            raise
+        self._stats_thread = threading.Thread(target=self._log_stats, name="serving-stats", daemon=True)
+        self._stats_thread.start()
+        rest = f"REST at http://{_host_port(opts.host, self.rest_port)}" if self._rest else "no REST endpoint"
+        log.info("development server for model '%s' (%s): gRPC at %s, %s; started in %.1f s", self.model_name,
+                 self.model_dir, _host_port(opts.host, self.grpc_port), rest, time.monotonic() - start)
+        return self
+
+    def _bind(self) -> None:
+        opts = self.options
+        from hrnet_tfx.serving.grpc_service import add_services
+
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=opts.grpc_threads, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", opts.max_request_bytes),
+                     ("grpc.max_send_message_length", -1),
+                     ("grpc.so_reuseport", 0)])  # with reuse, a second server would share a taken port silently
+        add_services(self._grpc, self.core)
+        address = _host_port(opts.host, opts.grpc_port)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"cannot bind gRPC to {address} (port in use?): {e}") from None
+        if not self.grpc_port:
+            raise OSError(f"cannot bind gRPC to {address} (port in use?)")
+        if opts.rest_port is not None:
+            address = _host_port(opts.host, opts.rest_port)
+            try:
+                self._rest = RestServer((opts.host, opts.rest_port), self.core,
+                                        max_request_bytes=opts.max_request_bytes)
+            except OSError as e:
+                raise OSError(f"cannot bind REST to {address}: {e.strerror or e}") from None
+            self.rest_port = self._rest.server_address[1]
+
+    def _log_stats(self) -> None:
+        while not self._stats_stop.wait(self.options.log_every):
+            s = self.core.stats.take()
+            if s["requests"]:
+                log.info("%d requests in %.0f s (%.1f req/s, %.1f items/s, %d errors); serving version %s",
+                         s["requests"], s["interval"], s["requests"] / s["interval"], s["items"] / s["interval"],
+                         s["errors"], self.core.watchers[self.model_name].current_version)
+
+    def _close_endpoints(self, grace: float) -> None:
+        waiters = []
+        if self._grpc is not None:
+            waiters.append(self._grpc.stop(grace))  # stops accepting now; in-flight RPCs get `grace` seconds
+        if self._rest is not None:
+            self._rest.stop(grace)
+        for event in waiters:
+            event.wait(grace + 1)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops accepting requests, lets in-flight ones finish (up to ``grace`` s), unloads the model."""
+        if self._stopped.is_set():
+            return
+        log.info("development server: shutting down (finishing requests in flight, up to %.0f s)", grace)
+        self._stats_stop.set()
+        self._close_endpoints(grace)
+        self.core.stop()
+        self._stopped.set()
+        log.info("development server: stopped after %d requests (%d errors)", self.core.stats.total_requests,
+                 self.core.stats.total_errors)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until :meth:`stop` has finished; False on timeout."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> "DevServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_dev_server(model_base: str, model_name: str | None = None, options: DevServerOptions = DevServerOptions(),
+                   grace: float = 10.0) -> int:
+    """Runs a :class:`DevServer` until SIGINT or SIGTERM, then shuts it down cleanly; returns 0."""
+    server = DevServer(model_base, model_name, options)
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        server.start()
+        while not stop.wait(1.0):
+            pass
+        log.info("received a stop signal")
+    finally:
+        server.stop(grace)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

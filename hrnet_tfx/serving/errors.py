@@ -1,0 +1,119 @@
+"""Status codes and errors shared by the development server and the client.
+
+The codes are gRPC's (the same numbers TensorFlow's ``tf.errors`` use), and the HTTP mapping is TF
+Serving's REST one (``INVALID_ARGUMENT`` and ``FAILED_PRECONDITION`` -> 400, ``NOT_FOUND`` -> 404, ...), so a
+client sees the same code and status from the development server as from ``tensorflow_model_server``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.IntEnum):
+    """gRPC status codes (``grpc.StatusCode`` by name, ``tf.errors`` by number)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+_HTTP_STATUS = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+
+_FROM_HTTP = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED,
+              404: Code.NOT_FOUND, 409: Code.ABORTED, 413: Code.INVALID_ARGUMENT, 429: Code.RESOURCE_EXHAUSTED,
+              499: Code.CANCELLED, 501: Code.UNIMPLEMENTED, 503: Code.UNAVAILABLE, 504: Code.DEADLINE_EXCEEDED}
+
+
+def http_status_for(code: Code) -> int:
+    """The HTTP status TF Serving's REST API answers for a status ``code``."""
+    return _HTTP_STATUS.get(Code(code), 500)
+
+
+def code_from_http(status: int) -> Code:
+    """The closest status code for an HTTP status (400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, ...)."""
+    return _FROM_HTTP.get(status, Code.UNKNOWN if status >= 500 else Code.INVALID_ARGUMENT)
+
+
+class ServingError(Exception):
+    """A request failed with a status ``code`` and a message for the caller.
+
+    Raised by the development server's request handling (and turned into a gRPC status or an HTTP error
+    response) and by :class:`hrnet_tfx.serving.client.Client` when a server answered with an error.
+    ``http_status`` is the REST status the code maps to (or the one the server actually sent).
+    """
+
+    def __init__(self, code: Code, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.code = Code(code)
+        self.message = message
+        self.http_status = http_status if http_status is not None else http_status_for(self.code)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class ServerUnavailableError(ServingError):
+    """The client could not reach the server (connection refused, name not resolved, reset)."""
+
+    def __init__(self, message: str):
+        super().__init__(Code.UNAVAILABLE, message)
+
+
+def invalid(message: str) -> ServingError:
+    """An ``INVALID_ARGUMENT`` error (HTTP 400)."""
+    return ServingError(Code.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    """A ``NOT_FOUND`` error (HTTP 404)."""
+    return ServingError(Code.NOT_FOUND, message)
+
+
+def from_tf_error(error: Exception, limit: int = 2000) -> ServingError:
+    """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature.
+
+    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it);
+    the message is TensorFlow's, without the Python-side "Graph execution error" traceback noise.
+    """
+    code = getattr(error, "error_code", Code.INTERNAL)
+    try:
+        code = Code(code)
+    except ValueError:
+        code = Code.INTERNAL
+    message = getattr(error, "message", None) or str(error)
+    lines = [ln for ln in message.splitlines() if ln.strip() and not ln.startswith(("Detected at node", "<stack"))]
+    text = " ".join(ln.strip() for ln in lines) or type(error).__name__
+    return ServingError(code, text[:limit])

@@ -1,0 +1,181 @@
+"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.core.ServingCore`.
+
+``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata (Regress and
+MultiInference answer UNIMPLEMENTED); ``tensorflow.serving.ModelService``: GetModelStatus. The request
+and response messages are tensorflow-serving-api's, so any TF Serving client works unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import grpc
+
+import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+
+from hrnet_tfx.serving.core import ServingCore
+from hrnet_tfx.serving.errors import ServingError, invalid
+from hrnet_tfx.serving.servable import DEFAULT_SIGNATURE
+from hrnet_tfx.serving.tensors import input_to_serialized_examples, to_ndarray, to_tensor_proto
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _spec(model_spec) -> tuple[str, int | None, str | None]:
+    version = model_spec.version.value if model_spec.HasField("version") else None
+    label = model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else None
+    return model_spec.name, version, label
+
+
+def _fill_spec(out, name: str, version: int, signature_name: str | None = None) -> None:
+    out.name = name
+    out.version.value = version
+    if signature_name is not None:
+        out.signature_name = signature_name
+
+
+def signature_def_map(servable):
+    """The ``SignatureDefMap`` of a servable: every signature of its MetaGraph, as TF Serving reports it."""
+    result = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        result.signature_def[key].CopyFrom(signature)
+    return result
+
+
+class _Calls:
+    """Runs a handler body: ServingError -> that gRPC status; anything else -> INTERNAL (logged)."""
+
+    def __init__(self, core: ServingCore):
+        self.core = core
+
+    @contextlib.contextmanager
+    def handle(self, context, api: str, items: int = 0):
+        start, ok = time.monotonic(), False
+        try:
+            yield
+            ok = True
+        except ServingError as e:
+            log.debug("gRPC %s failed: %s", api, e)
+            context.abort(grpc.StatusCode[e.code.name], e.message)
+        except Exception as e:  # a bug: report it to the caller and keep serving
+            log.exception("gRPC %s: internal error", api)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        finally:
+            self.core.stats.record(items, time.monotonic() - start, ok)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService``."""
+
+    def __init__(self, core: ServingCore):
+        self._core = core
+        self._calls = _Calls(core)
+
+    def Predict(self, request, context):
+        """Runs the requested signature on ``request.inputs`` (TF Serving's Predict)."""
+        first = next(iter(request.inputs.values()), None)
+        items = first.tensor_shape.dim[0].size if first is not None and first.tensor_shape.dim else 0
+        with self._calls.handle(context, "Predict", items):
+            name, version, label = _spec(request.model_spec)
+            with self._core.lease(name, version, label) as servable:
+                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                inputs = {alias: to_ndarray(tensor, f"input '{alias}'") for alias, tensor in request.inputs.items()}
+                outputs = servable.predict(signature_name, inputs, list(request.output_filter))
+                response = predict_pb2.PredictResponse()
+                _fill_spec(response.model_spec, name, servable.version, signature_name)
+                for alias, value in outputs.items():
+                    response.outputs[alias].CopyFrom(to_tensor_proto(value))
+                return response
+
+    def Classify(self, request, context):
+        """Classifies tf.Examples with a ``classes``/``scores`` signature (TF Serving's Classify)."""
+        examples = input_to_serialized_examples(request.input)
+        with self._calls.handle(context, "Classify", len(examples)):
+            name, version, label = _spec(request.model_spec)
+            with self._core.lease(name, version, label) as servable:
+                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                classes, scores = servable.classify(signature_name, examples)
+                response = classification_pb2.ClassificationResponse()
+                _fill_spec(response.model_spec, name, servable.version, signature_name)
+                num_classes = (classes if classes is not None else scores).shape[1]
+                for i in range(len(examples)):
+                    result = response.result.classifications.add()
+                    for c in range(num_classes):
+                        item = result.classes.add()
+                        if classes is not None:
+                            item.label = classes[i, c].decode("utf-8", "replace")
+                        if scores is not None:
+                            item.score = float(scores[i, c])
+                return response
+
+    def GetModelMetadata(self, request, context):
+        """The model's SignatureDefs (``metadata["signature_def"]``, a packed ``SignatureDefMap``)."""
+        with self._calls.handle(context, "GetModelMetadata"):
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            if not request.metadata_field:
+                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in request.metadata_field:
+                if field != SIGNATURE_DEF_FIELD:
+                    raise invalid(f"Metadata field {field} is not supported")
+            name, version, label = _spec(request.model_spec)
+            with self._core.lease(name, version, label) as servable:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                _fill_spec(response.model_spec, name, servable.version)
+                response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(servable))
+                return response
+
+    def Regress(self, request, context):
+        """UNIMPLEMENTED."""
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by the development server "
+                      "(the HRNet signatures are classifiers)")
+
+    def MultiInference(self, request, context):
+        """UNIMPLEMENTED."""
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the development server")
+
+
+def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:
+    """A GetModelStatusResponse for :class:`~hrnet_tfx.serving.model_base.VersionStatus` es."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for status in statuses:
+        item = response.model_version_status.add()
+        item.version = status.version
+        item.state = int(status.state)
+        item.status.error_code = int(status.error_code)
+        item.status.error_message = status.error_message
+    return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService``: GetModelStatus (config reloads are not supported)."""
+
+    def __init__(self, core: ServingCore):
+        self._core = core
+        self._calls = _Calls(core)
+
+    def GetModelStatus(self, request, context):
+        """Version states of a model (all versions seen, or the one asked for)."""
+        with self._calls.handle(context, "GetModelStatus"):
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            name, version, _ = _spec(request.model_spec)
+            return model_status_response(self._core.status(name, version))
+
+    def HandleReloadConfigRequest(self, request, context):
+        """UNIMPLEMENTED: the development server serves the model base it was started on."""
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the development server serves one model base; restart it "
+                      "to serve another")
+
+
+def add_services(server: grpc.Server, core: ServingCore) -> None:
+    """Registers both services on a ``grpc.Server``."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core), server)
+

@@ -1,0 +1,233 @@
+"""One loaded SavedModel version, run the way TF Serving runs it: a TF session over the ``serve`` MetaGraph.
+
+Like ``tensorflow_model_server`` (and unlike ``tf.saved_model.load``), the development server imports the
+MetaGraph into a graph, restores the variables into a ``tf.compat.v1.Session`` and runs signatures by the
+tensor names in their SignatureDefs. That loads faster than rebuilding the Python object graph, and
+``Session.run`` is thread-safe, so concurrent requests run in parallel.
+
+Request validation follows TF Serving's: an unknown signature is ``FAILED_PRECONDITION`` for Predict
+(``INVALID_ARGUMENT`` for Classify), input names must match the signature's exactly, an unknown output in
+``output_filter`` is ``INVALID_ARGUMENT``, and errors raised by the graph keep TensorFlow's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from hrnet_tfx.serving.batching import Batcher, BatchingOptions
+from hrnet_tfx.serving.errors import Code, ServingError, from_tf_error, invalid
+from hrnet_tfx.serving.image_guard import ImageGuard
+from hrnet_tfx.serving.tensors import dtype_name, numpy_dtype
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+SERVE_TAG = "serve"
+
+
+@contextlib.contextmanager
+def _quiet_tf_deprecations():
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tf_log.setLevel(level)
+
+
+def _shape_str(shape) -> str:
+    if shape.unknown_rank:
+        return "[?]"
+    return "[" + ",".join(str(d.size) for d in shape.dim) + "]"
+
+
+def _shape_compatible(shape_proto, shape: tuple) -> bool:
+    if shape_proto.unknown_rank:
+        return True
+    if len(shape_proto.dim) != len(shape):
+        return False
+    return all(d.size < 0 or d.size == s for d, s in zip(shape_proto.dim, shape))
+
+
+class SavedModelServable:
+    """A SavedModel version loaded into a TF session; see the module docstring.
+
+    Args:
+      name: the model name (for messages and response model specs).
+      version: the version number.
+      path: the version directory.
+      image_guard: header checks on image inputs before the graph runs (None: no checks).
+      batching: merge concurrent requests (None: every request runs on its own).
+      intra_op_threads, inter_op_threads: TF session thread pools (0: TensorFlow's default).
+    """
+
+    def __init__(self, name: str, version: int, path: str, *, image_guard: ImageGuard | None = None,
+                 batching: BatchingOptions | None = None, intra_op_threads: int = 0, inter_op_threads: int = 0):
+        import tensorflow as tf
+
+        self.name, self.version, self.path = name, version, path
+        self.image_guard = image_guard
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                          inter_op_parallelism_threads=inter_op_threads,
+                                          allow_soft_placement=True)
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        try:
+            with self._graph.as_default(), _quiet_tf_deprecations():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self._session, [SERVE_TAG], path)
+        except Exception as e:
+            self._session.close()
+            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load the SavedModel at {path}: {e}") from e
+        self.signature_defs = dict(meta_graph.signature_def)
+        self._batcher = Batcher(self._session_run, batching) if batching else None
+
+    # -- signatures ------------------------------------------------------------------------------------
+    def signature(self, name: str | None, code: Code = Code.FAILED_PRECONDITION):
+        """The SignatureDef called ``name`` (empty/None: ``serving_default``); ``code`` if there is none."""
+        key = name or DEFAULT_SIGNATURE
+        signature = self.signature_defs.get(key)
+        if signature is None:
+            known = ", ".join(sorted(k for k in self.signature_defs if not k.startswith("__")))
+            raise ServingError(code, f'Serving signature key "{key}" not found. This model has: {known}')
+        return signature
+
+    # -- running ---------------------------------------------------------------------------------------
+    def _session_run(self, feeds: dict, fetches: Sequence[str]) -> list:
+        import tensorflow as tf
+
+        try:
+            return self._session.run(list(fetches), feed_dict=feeds)
+        except tf.errors.OpError as e:
+            raise from_tf_error(e) from None
+
+    def _run(self, feeds: dict, fetches: Sequence[str]) -> list:
+        if self._batcher is not None:
+            return self._batcher.run(feeds, fetches)
+        return self._session_run(feeds, fetches)
+
+    def _check_inputs(self, signature_name: str, signature, inputs: dict) -> dict:
+        sent, expected = set(inputs), set(signature.inputs)
+        if sent != expected:
+            extra, missing = sorted(sent - expected), sorted(expected - sent)
+            raise invalid(
+                f"input names do not match the signature '{signature_name}': it takes "
+                f"{{{','.join(sorted(expected))}}}; sent extra {{{','.join(extra)}}}, missing "
+                f"{{{','.join(missing)}}}")
+        feeds = {}
+        for alias, info in signature.inputs.items():
+            value = np.asarray(inputs[alias])
+            want = numpy_dtype(info.dtype)
+            if want == object:
+                if value.dtype.kind not in "OSU":
+                    raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
+                value = value.astype(object)
+            elif value.dtype != want:
+                if value.dtype.kind in "OSU" or not np.can_cast(value.dtype, want, casting="same_kind"):
+                    raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
+                value = value.astype(want)
+            if not _shape_compatible(info.tensor_shape, value.shape):
+                raise invalid(f"input '{alias}' must have shape {_shape_str(info.tensor_shape)}, got "
+                              f"{list(value.shape)}")
+            feeds[alias] = value
+        if self.image_guard is not None:
+            self.image_guard.check_inputs(feeds)
+        return {signature.inputs[alias].name: value for alias, value in feeds.items()}
+
+    def predict(self, signature_name: str | None, inputs: dict, output_filter: Sequence[str] = ()) -> dict:
+        """Runs a signature: ``{input alias: array}`` -> ``{output alias: array}`` (Predict API semantics).
+
+        Raises:
+          ServingError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for wrong inputs,
+            bad images or an unknown output, and TensorFlow's code for errors raised by the graph.
+        """
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        signature = self.signature(signature_name)
+        aliases = list(output_filter) or sorted(signature.outputs)
+        for alias in aliases:
+            if alias not in signature.outputs:
+                raise invalid(f"output tensor alias not found in signature: {alias}. Outputs expected to be in "
+                              f"the set {{{','.join(sorted(signature.outputs))}}}.")
+        if len(set(aliases)) != len(aliases):
+            raise invalid(f"duplicate output tensor alias in output_filter: {list(output_filter)}")
+        feeds = self._check_inputs(signature_name, signature, inputs)
+        outputs = self._run(feeds, [signature.outputs[a].name for a in aliases])
+        return dict(zip(aliases, outputs))
+
+    def classify(self, signature_name: str | None, examples: Sequence[bytes]):
+        """Runs a classification signature on serialized tf.Examples (Classify API semantics).
+
+        Returns:
+          ``(classes, scores)``: ``[N, C]`` arrays (labels as bytes, float32 scores); either may be None when
+          the signature lacks that output.
+        """
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        signature = self.signature(signature_name, code=Code.INVALID_ARGUMENT)
+        if len(signature.inputs) != 1:
+            raise invalid(f"signature '{signature_name}' cannot classify: expected one input Tensor, it has "
+                          f"{len(signature.inputs)}")
+        if CLASSIFY_INPUTS not in signature.inputs:
+            raise ServingError(Code.FAILED_PRECONDITION, f"signature '{signature_name}' cannot classify: its "
+                               f"input is '{next(iter(signature.inputs))}', not '{CLASSIFY_INPUTS}'")
+        aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
+        if not aliases:
+            raise ServingError(Code.FAILED_PRECONDITION, f"signature '{signature_name}' cannot classify: it has "
+                               f"neither a '{CLASSIFY_CLASSES}' nor a '{CLASSIFY_SCORES}' output")
+        if not examples:
+            raise invalid("ClassificationRequest::input is empty.")
+        serialized = np.empty(len(examples), dtype=object)
+        serialized[:] = list(examples)
+        feeds = self._check_inputs(signature_name, signature, {CLASSIFY_INPUTS: serialized})
+        outputs = dict(zip(aliases, self._run(feeds, [signature.outputs[a].name for a in aliases])))
+        for alias, out in outputs.items():
+            if out.ndim != 2 or out.shape[0] != len(examples):
+                raise invalid(f"Expected Tensor shape: [batch_size num_classes] but '{alias}' has "
+                              f"{list(out.shape)} for {len(examples)} examples")
+        classes, scores = outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES)
+        if classes is not None and scores is not None and classes.shape != scores.shape:
+            raise invalid(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. "
+                          f"{scores.shape[1]}")
+        return classes, scores
+
+    def batching_stats(self) -> dict | None:
+        """The batcher's counts (see :meth:`Batcher.stats`), or None without batching."""
+        return self._batcher.stats() if self._batcher is not None else None
+
+    # -- warm-up and lifetime --------------------------------------------------------------------------
+    def warm_up(self) -> int:
+        """Replays ``assets.extra/tf_serving_warmup_requests`` like TF Serving does at load; returns the count.
+
+        Raises:
+          ServingError: a warm-up request failed (TF Serving then refuses to serve the version, and so do we).
+        """
+        from hrnet_tfx.serving import warmup
+
+        path = warmup.warmup_file(self.path)
+        if not os.path.exists(path):
+            return 0
+        count, start = 0, time.monotonic()
+        for record in warmup.read_warmup_requests(self.path):
+            try:
+                warmup.run_record(self, record)
+            except ServingError as e:
+                raise ServingError(e.code, f"warm-up request {count} in {path} failed: {e.message}") from None
+            count += 1
+        log.info("%s: version %d warmed up with %d requests in %.1f s", self.name, self.version, count,
+                 time.monotonic() - start)
+        return count
+
+    def close(self) -> None:
+        """Releases the session (the watcher calls this once in-flight requests have finished)."""
+        if self._batcher is not None:
+            self._batcher.close()
+        self._session.close()

@@ -1,0 +1,371 @@
+"""The training and evaluation loop (one process per worker; see :mod:`hrnet_tfx.training.launcher`).
+
+A custom loop on ``horovod.tensorflow`` (DistributedGradientTape; rank 0's initial or restored variables
+and optimizer state broadcast to every worker), or on tf.distribute when Horovod is absent. Only rank 0
+writes: checkpoints, TensorBoard logs, the resolved config, ``metrics.json`` and the exported SavedModel.
+A rerun with the same ``model_dir`` resumes from the latest checkpoint: the step counter (the optimizer's
+``iterations``), the learning-rate schedule (a function of that step) and the momentum buffers continue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import hrnet_tfx  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from hrnet_tfx.data import input as data_input
+from hrnet_tfx.data.labels import read_label_map
+from hrnet_tfx.models import ConfigError, build_model, get_config, load_pytorch_weights, read_state_dict
+from hrnet_tfx.training.config import TrainConfig
+from hrnet_tfx.training.distribute import make_backend
+from hrnet_tfx.training.schedule import WarmupSchedule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+TENSORBOARD_SUBDIR = "tensorboard"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "train_config.json"
+PYTORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".bin", ".safetensors")
+
+
+def _split_files(pattern: str, what: str) -> list[str]:
+    if not pattern:
+        raise ConfigError(f"{what} is not set")
+    files = []
+    for part in pattern.split(","):
+        files += sorted(tf.io.gfile.glob(part.strip()))
+    if not files:
+        raise ConfigError(f"{what}: no files match {pattern!r}")
+    return files
+
+
+def count_records(files: list[str]) -> int:
+    """Counts records in TFRecord files (compression detected per file set)."""
+    compression = data_input.resolve_compression(files)
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP" if compression == "gzip" else "")
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> None:
+    """Checks everything that can be checked before a worker starts, with messages naming the problem."""
+    get_config(config.model)  # unknown network -> ConfigError naming the known ones
+    if not config.model_dir:
+        raise ConfigError("model_dir is not set")
+    if config.global_batch_size % num_workers:
+        raise ConfigError(
+            f"global_batch_size {config.global_batch_size} is not divisible by {num_workers} workers"
+        )
+    _split_files(config.eval_files, "eval_files")
+    if eval_only:
+        has_checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_SUBDIR))
+        if not has_checkpoint and not config.init_from:
+            raise ConfigError(
+                f"eval-only needs a checkpoint: {config.model_dir}/{CHECKPOINT_SUBDIR} has none and init_from is empty"
+            )
+    else:
+        _split_files(config.train_files, "train_files")
+    if config.init_from and not tf.io.gfile.exists(config.init_from) and not tf.io.gfile.glob(config.init_from + ".index"):
+        raise ConfigError(f"init_from not found: {config.init_from}")
+    if config.label_map and not tf.io.gfile.exists(config.label_map):
+        raise ConfigError(f"label_map not found: {config.label_map}")
+
+
+def label_strings(config: TrainConfig) -> list[str]:
+    """Class names for the exported model: the label map's names (or ids), else ``class_<i>``."""
+    if not config.label_map:
+        return [f"class_{i}" for i in range(config.num_classes)]
+    classes = read_label_map(config.label_map)
+    if len(classes) != config.num_classes:
+        raise ConfigError(f"label_map {config.label_map} has {len(classes)} classes, num_classes is {config.num_classes}")
+    return [c.name or c.id for c in sorted(classes, key=lambda c: c.index)]
+
+
+def _init_weights(model, source: str, num_classes: int) -> None:
+    """Initial weights from PyTorch weights, a SavedModel or a TF checkpoint (rank 0 only)."""
+    if source.endswith(PYTORCH_SUFFIXES):
+        state = read_state_dict(source)
+        same_head = state.get("classifier.weight", None) is not None and state["classifier.weight"].shape[0] == num_classes
+        exclude = () if same_head else ("classifier",)
+        count = load_pytorch_weights(model, state, exclude=exclude)
+        log.info("initialised %d tensors from %s%s", count, source, "" if same_head else " (classifier left random)")
+    elif tf.io.gfile.exists(os.path.join(source, "saved_model.pb")):
+        from hrnet_tfx.serving.export import load_weights_into
+
+        try:
+            load_weights_into(model, source)
+        except ValueError as e:
+            raise ConfigError(f"init_from: {e}") from None
+        log.info("initialised from SavedModel %s", source)
+    else:
+        path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
+        if not path:
+            raise ConfigError(f"init_from {source}: no checkpoint found")
+        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+        log.info("initialised from checkpoint %s", path)
+
+
+class _Progress:
+    """Rank 0's progress line: step, epoch, metrics, learning rate, images/s (total and per worker), ETA."""
+
+    def __init__(self, total_steps: int, start_step: int, steps_per_epoch: int, workers: int):
+        self.total, self.start, self.spe, self.workers = total_steps, start_step, steps_per_epoch, workers
+        self.t0 = self.t_last = time.monotonic()
+
+    def line(self, step: int, metrics: dict, lr: float, images: float) -> tuple[str, float]:
+        now = time.monotonic()
+        rate = images / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        done = step - self.start
+        eta = (now - self.t0) / max(done, 1) * (self.total - step)
+        text = (
+            f"step {step}/{self.total} (epoch {step / self.spe:.2f}) loss {metrics['loss']:.4f} "
+            f"top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f} lr {lr:.5f} "
+            f"{rate:.1f} img/s ({rate / self.workers:.1f}/worker) ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+        )
+        return text, rate
+
+
+def _ratios(sums: dict) -> dict:
+    count = max(sums["count"], 1.0)
+    return {"loss": sums["loss_sum"] / count, "top1": sums["top1"] / count, "top5": sums["top5"] / count,
+            "count": int(sums["count"])}
+
+
+def _sums(labels, logits, per_example_loss) -> dict:
+    labels = tf.cast(labels, tf.int32)
+    k = min(5, int(logits.shape[-1]))
+    return {
+        "loss_sum": tf.reduce_sum(per_example_loss),
+        "top1": tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)),
+        "top5": tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)),
+        "count": tf.cast(tf.shape(labels)[0], tf.float32),
+    }
+
+
+def evaluate(model, config: TrainConfig, backend) -> dict:
+    """Top-1/top-5/loss over the whole eval split; each worker reads its files, counts are summed."""
+    files = _split_files(config.eval_files, "eval_files")
+    shards = min(backend.size, len(files))
+    batch = config.eval_batch_size or max(1, config.global_batch_size // backend.size)
+    totals = {"loss_sum": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+
+    @tf.function(autograph=False)  # Keras layers need no conversion; autograph would make tracing 10x slower
+    def eval_step(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return _sums(labels, logits, loss)
+
+    if backend.rank < shards:
+        dataset = data_input.make_dataset(
+            files, training=False, batch_size=batch, image_size=config.image_size, num_shards=shards,
+            shard_index=backend.rank, num_classes=config.num_classes, label_offset=config.label_offset,
+        )
+        for images, labels in dataset:
+            for key, value in eval_step(images, labels).items():
+                totals[key] += float(value)
+    return _ratios(backend.sum(totals))
+
+
+def _build(config: TrainConfig, backend, steps_per_epoch: int, total_steps: int):
+    with backend.scope():
+        model = build_model(config.model, num_classes=config.num_classes, image_size=config.image_size,
+                            dtype_policy=config.dtype_policy)
+        schedule = WarmupSchedule(
+            config.peak_lr, steps_per_epoch, total_steps / steps_per_epoch, config.resolved_warmup_epochs,
+            config.schedule, config.lr_decay_epochs, config.lr_decay_rate,
+        )
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
+        if config.dtype_policy == "mixed_float16":
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer, schedule
+
+
+def _restore(config: TrainConfig, backend, model, optimizer, manager) -> None:
+    """Rank 0 restores the latest checkpoint (or the initial weights); everyone gets rank 0's values."""
+    if backend.rank == 0:
+        if manager.latest_checkpoint:
+            manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            log.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations.numpy()))
+        elif config.init_from:
+            _init_weights(model, config.init_from, config.num_classes)
+    backend.broadcast(model.variables)
+    backend.broadcast(optimizer.variables)
+
+
+def run(config: TrainConfig, eval_only: bool = False) -> dict:
+    """Trains (or only evaluates) in this worker process; returns the final eval metrics on every rank."""
+    backend = make_backend(config.backend, config.fp16_allreduce)
+    chief = backend.rank == 0
+    validate(config, backend.size, eval_only)
+    log.info("%s", backend.describe()) if chief else None
+    ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_SUBDIR)
+
+    if eval_only:
+        num_train, steps_per_epoch, total_steps = 0, 1, 1
+    else:
+        train_files = _split_files(config.train_files, "train_files")
+        num_train = config.num_train_examples or count_records(train_files)
+        steps_per_epoch, total_steps = config.steps_per_epoch(num_train), config.total_steps(num_train)
+    model, optimizer, schedule = _build(config, backend, steps_per_epoch, total_steps)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
+    _restore(config, backend, model, optimizer, manager)
+    if chief:
+        config.save(os.path.join(config.model_dir, CONFIG_FILE))
+
+    if eval_only:
+        metrics = {**evaluate(model, config, backend), "step": int(optimizer.iterations.numpy()), "eval_only": True}
+        if chief:
+            _write_metrics(config, metrics)
+            log.info("eval: top1 %.4f top5 %.4f loss %.4f on %d images", metrics["top1"], metrics["top5"],
+                     metrics["loss"], metrics["count"])
+        return metrics
+
+    metrics = _train(config, backend, model, optimizer, schedule, manager, train_files, num_train,
+                     steps_per_epoch, total_steps)
+    metrics["step"] = int(optimizer.iterations.numpy())
+    metrics["eval_only"] = False
+    metrics["learning_rate"] = float(schedule(optimizer.iterations))
+    metrics["weight_checksums"] = check_replicas_consistent(model, backend)
+    if chief:
+        _write_metrics(config, metrics)
+        if config.export_dir:
+            export(config, model)
+    return metrics
+
+
+def _train(config, backend, model, optimizer, schedule, manager, train_files, num_train, steps_per_epoch,
+           total_steps) -> dict:
+    chief = backend.rank == 0
+    start = int(optimizer.iterations.numpy())
+    local_batch = config.global_batch_size // backend.size
+    if chief:
+        log.info(
+            "training %s: %d examples, global batch %d (%d per worker), %d steps/epoch, steps %d -> %d, "
+            "peak lr %.4f, warm-up %.1f epochs", config.model, num_train, config.global_batch_size, local_batch,
+            steps_per_epoch, start, total_steps, config.peak_lr, config.resolved_warmup_epochs,
+        )
+    dataset = data_input.make_dataset(
+        train_files, training=True,
+        batch_size=local_batch if backend.name == "horovod" else config.global_batch_size,
+        image_size=config.image_size, num_shards=backend.size, shard_index=backend.rank,
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed + start, deterministic=config.deterministic,
+        num_classes=config.num_classes, label_offset=config.label_offset,
+    )
+    variables = model.trainable_variables
+    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    # autograph=False: nothing here branches on tensors, and converting every Keras layer's call makes
+    # tracing an HRNet 10-15x slower.
+    forward = tf.function(lambda images: model(images, training=True), jit_compile=config.jit_compile,
+                          autograph=False)
+
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(forward(images), tf.float32)
+            one_hot = tf.one_hot(tf.cast(labels, tf.int32), config.num_classes)
+            per_example = keras.losses.categorical_crossentropy(
+                one_hot, logits, from_logits=True, label_smoothing=config.label_smoothing
+            )
+            local = tf.cast(tf.shape(labels)[0], tf.float32)
+            loss = tf.reduce_sum(per_example) / (local * backend.gradient_replicas)
+            target = optimizer.get_scaled_loss(loss) if scaled else loss
+        tape = backend.wrap_tape(tape)
+        grads = tape.gradient(target, variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        if config.weight_decay:
+            decay = config.weight_decay / backend.gradient_replicas
+            grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        optimizer.apply_gradients(zip(grads, variables))
+        return _sums(labels, logits, per_example)
+
+    @tf.function(autograph=False)
+    def train_step(images, labels):
+        return backend.run(step_fn, images, labels)
+
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, TENSORBOARD_SUBDIR)) if chief else None
+    progress = _Progress(total_steps, start, steps_per_epoch, backend.size)
+    acc = {k: 0.0 for k in ("loss_sum", "top1", "top5", "count")}
+    eval_every = int(config.eval_every_epochs * steps_per_epoch) if config.eval_every_epochs else 0
+    history = []
+    iterator = iter(backend.distribute(dataset))
+    for step in range(start + 1, total_steps + 1):
+        images, labels = next(iterator)
+        for key, value in train_step(images, labels).items():
+            acc[key] += value
+        if step % config.log_every_steps == 0 or step == total_steps:
+            sums = backend.sum(acc)
+            ratios = _ratios(sums)
+            lr = float(schedule(step))
+            history.append({"step": step, "loss": ratios["loss"], "top1": ratios["top1"], "learning_rate": lr})
+            if chief:
+                text, rate = progress.line(step, ratios, lr, sums["count"])
+                log.info(text)
+                with writer.as_default(step=step):
+                    for key in ("loss", "top1", "top5"):
+                        tf.summary.scalar(f"train/{key}", ratios[key])
+                    tf.summary.scalar("train/learning_rate", lr)
+                    tf.summary.scalar("train/images_per_second_per_worker", rate / backend.size)
+            acc = {k: 0.0 for k in acc}
+        if chief and (step % config.checkpoint_every_steps == 0):
+            manager.save(checkpoint_number=step)
+        if eval_every and step % eval_every == 0 and step != total_steps:
+            _log_eval(evaluate(model, config, backend), step, writer)
+    if chief and manager.latest_checkpoint != os.path.join(manager.directory, f"ckpt-{total_steps}"):
+        manager.save(checkpoint_number=total_steps)
+    metrics = evaluate(model, config, backend)
+    _log_eval(metrics, total_steps, writer)
+    return {**metrics, "train_history": history, "start_step": start}
+
+
+def check_replicas_consistent(model, backend) -> list[list[float]]:
+    """Every worker's (sum, sum of squares) of its trainable weights; raises if any worker differs.
+
+    Data-parallel workers must hold bit-identical weights. A broken setup (for example Keras 3 objects
+    under Horovod, see STACK.md) trains without error while the workers silently diverge; this check
+    turns that into a failure.
+    """
+    sums = [float(sum(tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.trainable_variables)),
+            float(sum(tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in model.trainable_variables))]
+    rows = backend.gather(sums)
+    if any(row != rows[0] for row in rows):
+        raise RuntimeError(f"data-parallel workers hold different weights after training: {rows}")
+    return rows
+
+
+def _log_eval(metrics: dict, step: int, writer) -> None:
+    if writer is None:
+        return
+    log.info("eval at step %d: top1 %.4f top5 %.4f loss %.4f (%d images)", step, metrics["top1"], metrics["top5"],
+             metrics["loss"], metrics["count"])
+    with writer.as_default(step=step):
+        for key in ("loss", "top1", "top5"):
+            tf.summary.scalar(f"eval/{key}", metrics[key])
+    writer.flush()
+
+
+def _write_metrics(config: TrainConfig, metrics: dict) -> None:
+    path = os.path.join(config.model_dir, METRICS_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump({**metrics, "model": config.model}, f, indent=2)
+
+
+def export(config: TrainConfig, model) -> str:
+    """Exports a float32 copy of ``model`` with the serving signatures to ``config.export_dir``."""
+    from hrnet_tfx.serving.export import export_saved_model
+
+    if config.dtype_policy != "float32":  # serve in float32: CPUs lack fast float16 convolutions
+        clone = build_model(config.model, num_classes=config.num_classes, image_size=config.image_size)
+        clone.set_weights(model.get_weights())
+        model = clone
+    path = export_saved_model(model, config.export_dir, label_strings(config), image_size=config.image_size,
+                              label_map_path=config.label_map or None)
+    log.info("exported SavedModel to %s", path)
+    return path

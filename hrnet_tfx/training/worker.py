@@ -1,0 +1,27 @@
+"""One training worker: ``python -m hrnet_tfx.training.worker --config FILE [--eval-only]``.
+
+``horovodrun``, ``mpirun`` or a Kubeflow MPIJob start this once per process; rank and size come from
+Horovod. The config is a training config file (YAML/JSON, see :class:`TrainConfig`).
+"""
+
+import argparse
+import logging
+
+import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="training config file (YAML or JSON)")
+    parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [worker] %(message)s")
+    from hrnet_tfx.training.config import TrainConfig
+    from hrnet_tfx.training.loop import run
+
+    run(TrainConfig.from_file(args.config, args.overrides), eval_only=args.eval_only)
+
+
+if __name__ == "__main__":
+    main()

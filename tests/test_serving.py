@@ -1,0 +1,753 @@
+"""Serving: model base discovery, the development server over real gRPC and HTTP on loopback, the client,
+the warm-up file, the CLI and the TF Serving launcher.
+
+One tiny HRNet (tiny.yaml, 5 classes, 64x64) is exported once with the real export code into a model base
+``<tmp>/base/hrnet/1/``; a second version differs from it only in the classifier bias (written straight
+into a copy's variables, which is much cheaper than a second export). Expected values come from an
+in-process call of the same SavedModel's signatures (``tf.saved_model.load``), never from the server's code.
+"""
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from click.testing import CliRunner
+from PIL import Image
+
+import hrnet_tfx  # noqa: F401  (before TensorFlow: Keras 2)
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
+
+from hrnet_tfx.data import features  # noqa: E402
+from hrnet_tfx.serving import rest_json, warmup  # noqa: E402
+from hrnet_tfx.serving.batching import BatchingOptions  # noqa: E402
+from hrnet_tfx.serving.client import Client  # noqa: E402
+from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions  # noqa: E402
+from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError  # noqa: E402
+from hrnet_tfx.serving.model_base import (ModelWatcher, VersionState, complete_versions, latest_version,  # noqa: E402
+                                          resolve_model)
+from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
+from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
+
+LABELS = ["cat", "dog", "eel", "fox", "gnu"]
+IMAGE_SIZE = 64
+MAX_PIXELS = 200_000  # the test servers' image cap; the "huge" image is 640x480 = 307,200 pixels
+SIZES = [(120, 90), (90, 120), (64, 64), (200, 150), (77, 101), (150, 60)]
+TIMEOUT = 120.0  # per request; the machine is shared, so generous
+
+
+def jpeg(width, height, seed):
+    """A JPEG whose colours depend on ``seed`` (so each image gets its own probabilities)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    hue = np.array([(seed * 67) % 256, (seed * 151) % 256, (seed * 29) % 256], np.float32)
+    waves = 80 * np.sin(xx[..., None] / (3 + seed) + yy[..., None] / (5 + seed))
+    pixels = hue + waves + rng.normal(0, 20, (height, width, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def example_bytes(image):
+    return tf.train.Example(features=tf.train.Features(feature={
+        features.IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})).SerializeToString()
+
+
+def b64(data):
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_version_2(v1_dir, dest, boosted_class):
+    """A copy of version 1 whose classifier bias favours ``boosted_class`` by +100 logits."""
+    shutil.copytree(v1_dir, dest)
+    prefix = os.path.join(v1_dir, "variables", "variables")
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    biases = [k for k, s in shapes.items() if s == [len(LABELS)]]
+    assert len(biases) == 1, biases  # the classifier's bias is the only variable with one value per class
+    names = sorted(shapes)
+    tensors = []
+    for name in names:
+        value = reader.get_tensor(name)
+        if name == biases[0]:
+            value = value.copy()
+            value[boosted_class] += 100.0
+        tensors.append(tf.constant(value))
+    for f in os.listdir(os.path.join(dest, "variables")):
+        os.remove(os.path.join(dest, "variables", f))
+    tf.raw_ops.SaveV2(prefix=os.path.join(dest, "variables", "variables"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=tensors)
+
+
+# -- fixtures --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``{"base", "v1", "stage"}``: a model base with version 1 (and its warm-up file) and a staging dir."""
+    from hrnet_tfx.models import build_model
+    from hrnet_tfx.serving.export import export_saved_model
+
+    root = tmp_path_factory.mktemp("serving")
+    # Seeded right before the build, so the weights do not depend on what ran earlier in the process; with
+    # this seed the random network still tells the test images apart (checked in `reference`).
+    keras.utils.set_random_seed(0)
+    model = build_model("tiny.yaml", num_classes=len(LABELS), image_size=None)
+    v1 = root / "base" / "hrnet" / "1"
+    export_saved_model(model, str(v1), LABELS, image_size=IMAGE_SIZE)
+    warmup.write_warmup_requests(str(v1))
+    stage = root / "stage"
+    stage.mkdir()
+    return {"base": root / "base", "v1": v1, "stage": stage}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [jpeg(w, h, i) for i, (w, h) in enumerate(SIZES)]
+
+
+@pytest.fixture(scope="module")
+def reference(exported, images):
+    """In-process signature outputs of version 1 for ``images`` (the expected values)."""
+    loaded = tf.saved_model.load(str(exported["v1"]))
+    ref = {k: v.numpy() for k, v in loaded.signatures["predict_images"](images=tf.constant(images)).items()}
+    classify = loaded.signatures["serving_default"](inputs=tf.constant([example_bytes(i) for i in images]))
+    ref["classes"] = classify["classes"].numpy()
+    ref["scores"] = classify["scores"].numpy()
+    probs = ref["probabilities"]
+    # The burst test tells images apart by their probabilities: they must differ (a random network can
+    # saturate its softmax and give every image the same answer; the seed above avoids that).
+    assert min(np.abs(probs[i] - probs[j]).max() for i in range(len(images)) for j in range(i)) > 1e-4
+    return ref
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, max_image_pixels=MAX_PIXELS, log_every=5)
+    with DevServer(str(exported["base"]), "hrnet", options) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def predict_request(images, signature="predict_images", model="hrnet", version=None, input_name="images"):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs[input_name].CopyFrom(to_tensor_proto(np.array(images, dtype=object)))
+    return request
+
+
+def classify_request(examples, model="hrnet"):
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = model
+    for data in examples:
+        request.input.example_list.examples.add().ParseFromString(data)
+    return request
+
+
+def rest_url(server, suffix="", model="hrnet"):
+    return f"http://{server.rest_address}/v1/models/{model}{suffix}"
+
+
+def assert_matches(outputs, ref, rows=slice(None)):
+    np.testing.assert_allclose(outputs["probabilities"], ref["probabilities"][rows], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["top_k_scores"], ref["top_k_scores"][rows], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outputs["top_k_ids"], ref["top_k_ids"][rows])
+    np.testing.assert_array_equal(np.asarray(outputs["top_k_labels"]).astype(bytes), ref["top_k_labels"][rows])
+
+
+# -- model base ------------------------------------------------------------------------------------------
+def _version(path, complete=True):
+    path.mkdir(parents=True)
+    if complete:
+        (path / "saved_model.pb").write_bytes(b"")
+
+
+def test_model_base_discovery_counts_only_complete_versions(tmp_path):
+    model = tmp_path / "base" / "hrnet"
+    _version(model / "1")
+    _version(model / "7")
+    _version(model / "9", complete=False)  # still being copied
+    for junk in (".export-abc", "8.partial", "tmp", "-3", "٣"):
+        _version(model / junk)
+    assert complete_versions(str(model)) == [1, 7]
+    assert latest_version(str(model)) == 7
+    assert resolve_model(str(tmp_path / "base")) == ("hrnet", str(model))
+    assert resolve_model(str(model)) == ("hrnet", str(model))
+    assert resolve_model(str(model), "resnet") == ("resnet", str(model))  # a model dir under another name
+    assert resolve_model(str(tmp_path / "base"), "later") == ("later", str(tmp_path / "base" / "later"))
+    _version(tmp_path / "base" / "other" / "1")
+    with pytest.raises(ValueError, match="several models.*hrnet, other"):
+        resolve_model(str(tmp_path / "base"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no model under"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+class _Toy:
+    """A stand-in servable for the version policy (the watcher only needs an object with close())."""
+
+    def __init__(self, version):
+        self.version, self.closed = version, False
+
+    def close(self):
+        self.closed = True
+
+
+def test_watcher_serves_the_latest_version_and_unloads_after_in_flight_requests(tmp_path):
+    model = tmp_path / "hrnet"
+    _version(model / "1")
+    loaded = {}
+
+    def load(version, path):
+        if version == 5:
+            raise RuntimeError("corrupt variables")
+        loaded[version] = _Toy(version)
+        return loaded[version]
+
+    watcher = ModelWatcher("hrnet", str(model), load, poll_seconds=0.05).start()
+    try:
+        assert watcher.current_version == 1
+        with watcher.lease() as servable:
+            assert servable.version == 1
+            _version(model / "3")
+            assert watcher.wait_for_version(3, timeout=10)
+            assert not servable.closed  # a leased version is not closed under a running request
+        for _ in range(100):
+            if loaded[1].closed:
+                break
+            time.sleep(0.05)
+        assert loaded[1].closed
+        states = {s.version: s.state for s in watcher.statuses()}
+        assert states == {3: VersionState.AVAILABLE, 1: VersionState.END}
+        with pytest.raises(ServingError) as err:
+            with watcher.lease(1):
+                pass
+        assert err.value.code == Code.NOT_FOUND and "Specific(hrnet, 1)" in err.value.message
+        _version(model / "4", complete=False)
+        _version(model / "5")  # fails to load: version 3 keeps serving
+        deadline = time.monotonic() + 10
+        while not watcher.statuses(5) or watcher.statuses(5)[0].state != VersionState.END:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert watcher.current_version == 3 and 4 not in loaded
+        assert "corrupt variables" in watcher.statuses(5)[0].error_message
+    finally:
+        watcher.stop()
+    assert loaded[3].closed
+
+
+def test_watcher_falls_back_to_the_newest_version_that_loads(tmp_path):
+    model = tmp_path / "hrnet"
+    _version(model / "1")
+    _version(model / "2")
+
+    def load(version, path):
+        if version == 2:
+            raise ValueError("not a SavedModel")
+        return _Toy(version)
+
+    watcher = ModelWatcher("hrnet", str(model), load, poll_seconds=0.05).start()
+    try:
+        assert watcher.current_version == 1  # version 2 is broken: serve 1 rather than nothing
+        states = [(s.version, s.state) for s in watcher.statuses()]
+        assert states == [(2, VersionState.END), (1, VersionState.AVAILABLE)]
+        failed = watcher.statuses(2)[0]
+        assert failed.error_code == Code.UNKNOWN and "not a SavedModel" in failed.error_message
+    finally:
+        watcher.stop()
+
+
+# -- REST JSON codec -------------------------------------------------------------------------------------
+def test_rest_json_row_and_columnar_formats():
+    from tensorflow.core.framework import types_pb2
+
+    arr = rest_json.json_to_array([[1, 2.5], [3, 4]], types_pb2.DT_FLOAT, "x")
+    assert arr.dtype == np.float32 and arr.shape == (2, 2)
+    strings = rest_json.json_to_array([b64(b"\x00\xff"), "text"], types_pb2.DT_STRING, "x")
+    assert strings.tolist() == [b"\x00\xff", b"text"]
+    with pytest.raises(ServingError, match="list of 1 values where the others have 2"):
+        rest_json.json_to_array([[1, 2], [3]], types_pb2.DT_FLOAT, "x")
+    with pytest.raises(ServingError, match="is not of expected type: DT_STRING"):
+        rest_json.json_to_array([1], types_pb2.DT_STRING, "x")
+    outputs = {"scores": np.array([[0.1, 1 / 3]], np.float32), "labels": np.array([[b"a", b"\xff"]], object),
+               "raw_bytes": np.array([b"ok"], object)}
+    text = rest_json.predict_json(outputs, row_format=True)
+    assert b'"scores":[0.1,0.33333334]' in text  # the shortest decimal that reads back as the same float32
+    row = json.loads(text)
+    assert row == {"predictions": [{"scores": [0.1, 0.33333334], "labels": ["a", b64(b"\xff")],
+                                    "raw_bytes": b64(b"ok")}]}
+    assert np.float32(row["predictions"][0]["scores"][1]) == np.float32(1 / 3)
+    special = json.loads(rest_json.predict_json({"x": np.array([np.nan, -np.inf, 1e-7], np.float32)}, False))
+    assert np.isnan(special["outputs"][0]) and special["outputs"][1:] == [-np.inf, 1e-7]
+    ints = {"y": np.array([[1, 2]], np.int32)}
+    assert json.loads(rest_json.predict_json(ints, row_format=True)) == {"predictions": [[1, 2]]}
+    assert json.loads(rest_json.predict_json(ints, row_format=False)) == {"outputs": [[1, 2]]}
+    with pytest.raises(ServingError, match="inconsistent batch size"):
+        rest_json.predict_json({"a": np.zeros((2, 3)), "b": np.zeros((3,))}, row_format=True)
+    name, examples = rest_json.parse_classify({"context": {"shared": 7}, "examples": [
+        {"image/encoded": b64(b"jpeg"), "weight": 0.5, "flag": True, "tags": ["a", "b"]}]})
+    example = tf.train.Example.FromString(examples[0])
+    feature = example.features.feature
+    assert name == "" and feature["shared"].int64_list.value == [7]
+    assert feature["image/encoded"].bytes_list.value == [b"jpeg"] and feature["tags"].bytes_list.value == [b"a", b"b"]
+    assert feature["weight"].float_list.value == [0.5] and feature["flag"].int64_list.value == [1]
+    with pytest.raises(ServingError, match="Unexpected element type"):
+        rest_json.parse_classify({"examples": [{"mixed": [1, "a"]}]})
+
+
+# -- gRPC ------------------------------------------------------------------------------------------------
+def test_grpc_predict_equals_in_process_signature(stub, images, reference):
+    response = stub.Predict(predict_request(images), timeout=TIMEOUT)
+    assert response.model_spec.name == "hrnet" and response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "predict_images"
+    outputs = {k: to_ndarray(v) for k, v in response.outputs.items()}
+    assert set(outputs) == {"probabilities", "top_k_ids", "top_k_labels", "top_k_scores"}
+    assert_matches(outputs, reference)
+    # Written like TF Serving writes them (typed fields), so `.float_val` readers work.
+    assert len(response.outputs["probabilities"].float_val) == len(images) * len(LABELS)
+    request = predict_request(images[:2])
+    request.output_filter.append("top_k_labels")
+    filtered = stub.Predict(request, timeout=TIMEOUT)
+    assert list(filtered.outputs) == ["top_k_labels"]
+
+
+def test_grpc_classify_and_predict_examples(stub, images, reference):
+    response = stub.Classify(classify_request([example_bytes(i) for i in images]), timeout=TIMEOUT)
+    assert response.model_spec.signature_name == "serving_default" and response.model_spec.version.value == 1
+    assert len(response.result.classifications) == len(images)
+    for i, result in enumerate(response.result.classifications):
+        assert [c.label for c in result.classes] == LABELS
+        np.testing.assert_allclose([c.score for c in result.classes], reference["scores"][i], rtol=1e-5, atol=1e-6)
+    examples = stub.Predict(predict_request([example_bytes(i) for i in images], "predict_examples",
+                                            input_name="examples"), timeout=TIMEOUT)
+    assert_matches({k: to_ndarray(v) for k, v in examples.outputs.items()}, reference)
+
+
+def test_grpc_metadata_and_status(server, stub):
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = "hrnet"
+    request.metadata_field.append("signature_def")
+    response = stub.GetModelMetadata(request, timeout=TIMEOUT)
+    assert response.model_spec.name == "hrnet" and response.model_spec.version.value == 1
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    defs = signatures.signature_def
+    assert {"serving_default", "predict_images", "predict_examples"} <= set(defs)
+    assert set(defs["serving_default"].inputs) == {"inputs"}
+    assert set(defs["serving_default"].outputs) == {"classes", "scores"}
+    assert defs["predict_images"].inputs["images"].dtype == tf.string.as_datatype_enum
+    assert [d.size for d in defs["predict_images"].outputs["probabilities"].tensor_shape.dim] == [-1, len(LABELS)]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(model_spec=request.model_spec))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata_field" in err.value.details()
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=request.model_spec))
+        assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]  # AVAILABLE
+        missing = get_model_status_pb2.GetModelStatusRequest()
+        missing.model_spec.name, missing.model_spec.version.value = "hrnet", 9
+        with pytest.raises(grpc.RpcError) as err:
+            models.GetModelStatus(missing)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "Could not find version 9" in err.value.details()
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "huge_image", "wrong_input", "unknown_signature", "unknown_model",
+                                  "unknown_version", "bad_example_image"])
+def test_grpc_bad_requests_get_the_right_code_and_the_server_keeps_serving(stub, images, reference, case):
+    huge = jpeg(640, 480, 99)
+    expected = {
+        "not_an_image": (grpc.StatusCode.INVALID_ARGUMENT, "images[1]: not a decodable image",
+                         lambda: stub.Predict(predict_request([images[0], b"GIF? no, text"]), timeout=TIMEOUT)),
+        "huge_image": (grpc.StatusCode.INVALID_ARGUMENT, "640x480 = 307,200 pixels",
+                       lambda: stub.Predict(predict_request([huge]), timeout=TIMEOUT)),
+        "wrong_input": (grpc.StatusCode.INVALID_ARGUMENT, "sent extra {pictures}, missing {images}",
+                        lambda: stub.Predict(predict_request(images[:1], input_name="pictures"), timeout=TIMEOUT)),
+        "unknown_signature": (grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found',
+                              lambda: stub.Predict(predict_request(images[:1], "nope"), timeout=TIMEOUT)),
+        "unknown_model": (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(resnet)",
+                          lambda: stub.Predict(predict_request(images[:1], model="resnet"), timeout=TIMEOUT)),
+        "unknown_version": (grpc.StatusCode.NOT_FOUND, "Specific(hrnet, 3)",
+                            lambda: stub.Predict(predict_request(images[:1], version=3), timeout=TIMEOUT)),
+        "bad_example_image": (grpc.StatusCode.INVALID_ARGUMENT, "inputs[0] image/encoded: not a decodable image",
+                              lambda: stub.Classify(classify_request([example_bytes(b"\x00" * 50)]),
+                                                    timeout=TIMEOUT)),
+    }
+    code, message, call = expected[case]
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == code, err.value.details()
+    assert message in err.value.details()
+    again = stub.Predict(predict_request(images[:1]), timeout=TIMEOUT)
+    assert_matches({k: to_ndarray(v) for k, v in again.outputs.items()}, reference, slice(0, 1))
+
+
+def test_a_taken_port_is_a_clear_error_before_any_model_loads(exported, server):
+    for grpc_port, rest_port, name in ((server.grpc_port, 0, "gRPC"), (0, server.rest_port, "REST")):
+        other = DevServer(str(exported["base"]), "hrnet",
+                          DevServerOptions(host="127.0.0.1", grpc_port=grpc_port, rest_port=rest_port))
+        start = time.monotonic()
+        with pytest.raises(OSError, match=f"cannot bind {name} to 127.0.0.1:{grpc_port or rest_port}"):
+            other.start()
+        assert other.core.watchers["hrnet"].statuses() == []  # failed before loading anything
+        assert time.monotonic() - start < 30
+    assert Client(server.grpc_address).status()[0]["state"] == "AVAILABLE"  # the first server is unharmed
+
+
+# -- REST ------------------------------------------------------------------------------------------------
+def test_rest_predict_row_and_columnar_equal_in_process_signature(server, images, reference):
+    url = rest_url(server, ":predict")
+    row = requests.post(url, json={"signature_name": "predict_images", "instances": [b64(i) for i in images]},
+                        timeout=TIMEOUT)
+    assert row.status_code == 200 and row.headers["Content-Type"] == "application/json"
+    predictions = row.json()["predictions"]
+    assert len(predictions) == len(images)
+    assert_matches({k: [p[k] for p in predictions] for k in predictions[0]}, reference)
+    named = requests.post(url, json={"signature_name": "predict_images",
+                                     "instances": [{"images": b64(i)} for i in images]}, timeout=TIMEOUT)
+    named = named.json()["predictions"]
+    assert named == predictions
+    columnar = requests.post(url, json={"signature_name": "predict_images",
+                                        "inputs": {"images": [b64(i) for i in images]}}, timeout=TIMEOUT)
+    assert columnar.status_code == 200
+    outputs = columnar.json()["outputs"]
+    assert set(outputs) == {"probabilities", "top_k_ids", "top_k_labels", "top_k_scores"}
+    assert_matches(outputs, reference)
+    versioned = requests.post(rest_url(server, "/versions/1:predict"),
+                              json={"signature_name": "predict_images", "inputs": [b64(images[0])]}, timeout=TIMEOUT)
+    assert versioned.status_code == 200 and versioned.json()["outputs"]["top_k_labels"] == [
+        [label.decode() for label in reference["top_k_labels"][0]]]
+
+
+def test_rest_classify_with_examples_and_context(server, images, reference):
+    url = rest_url(server, ":classify")
+    results = requests.post(url, json={"examples": [{features.IMAGE_ENCODED: b64(i)} for i in images]},
+                            timeout=TIMEOUT).json()["results"]
+    assert len(results) == len(images)
+    for i, ranking in enumerate(results):
+        assert [label for label, _ in ranking] == LABELS
+        np.testing.assert_allclose([score for _, score in ranking], reference["scores"][i], rtol=1e-5, atol=1e-6)
+    shared = requests.post(url, json={"signature_name": "serving_default", "context": {
+        features.IMAGE_ENCODED: b64(images[2])}, "examples": [{}, {"unused": 1}]}, timeout=TIMEOUT)
+    assert shared.status_code == 200, shared.text
+    for ranking in shared.json()["results"]:
+        np.testing.assert_allclose([s for _, s in ranking], reference["scores"][2], rtol=1e-5, atol=1e-6)
+
+
+def test_rest_status_and_metadata(server):
+    status = requests.get(rest_url(server), timeout=TIMEOUT)
+    assert status.status_code == 200
+    assert status.json() == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert requests.get(rest_url(server, "/versions/1"), timeout=TIMEOUT).json() == status.json()
+    metadata = requests.get(rest_url(server, "/metadata"), timeout=TIMEOUT).json()
+    assert metadata["model_spec"] == {"name": "hrnet", "signature_name": "", "version": "1"}
+    images_input = metadata["metadata"]["signature_def"]["signature_def"]["predict_images"]["inputs"]["images"]
+    assert images_input["dtype"] == "DT_STRING" and images_input["tensor_shape"]["dim"][0]["size"] == "-1"
+    assert Client(server.grpc_address).metadata() == metadata  # same shape over gRPC
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "huge_image", "wrong_input_row", "wrong_input_columnar",
+                                  "unknown_signature", "unknown_model", "unknown_version", "bad_json", "no_instances",
+                                  "bad_route", "status_unknown_version"])
+def test_rest_bad_requests_get_400_or_404_and_the_server_keeps_serving(server, images, reference, case):
+    predict = rest_url(server, ":predict")
+    cases = {
+        "not_an_image": (400, "not a decodable image", "POST", predict,
+                         {"signature_name": "predict_images", "instances": [b64(b"%PDF-1.4 not an image")]}),
+        "huge_image": (400, "more than this server's limit", "POST", predict,
+                       {"signature_name": "predict_images", "instances": [b64(jpeg(640, 480, 99))]}),
+        "wrong_input_row": (400, "does not have named input: pictures", "POST", predict,
+                            {"signature_name": "predict_images", "instances": [{"pictures": b64(images[0])}]}),
+        "wrong_input_columnar": (400, "does not have named input: pictures", "POST", predict,
+                                 {"signature_name": "predict_images", "inputs": {"pictures": [b64(images[0])]}}),
+        "unknown_signature": (400, 'Serving signature key "nope" not found', "POST", predict,
+                              {"signature_name": "nope", "instances": [b64(images[0])]}),
+        "unknown_model": (404, "Servable not found for request: Latest(resnet)", "POST",
+                          rest_url(server, ":predict", model="resnet"), {"instances": [b64(images[0])]}),
+        "unknown_version": (404, "Specific(hrnet, 3)", "POST", rest_url(server, "/versions/3:predict"),
+                            {"signature_name": "predict_images", "instances": [b64(images[0])]}),
+        "bad_json": (400, "JSON Parse error", "POST", predict, b"{not json"),
+        "no_instances": (400, "Missing 'inputs' or 'instances' key", "POST", predict,
+                         {"signature_name": "predict_images"}),
+        "bad_route": (400, "Malformed request: POST /v1/models/hrnet:explain", "POST",
+                      rest_url(server, ":explain"), {}),
+        "status_unknown_version": (404, "Could not find version 3 of model hrnet", "GET",
+                                   rest_url(server, "/versions/3"), None),
+    }
+    status, message, method, url, body = cases[case]
+    data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    response = requests.request(method, url, data=data, timeout=TIMEOUT)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"} and message in response.json()["error"]
+    again = requests.post(predict, json={"signature_name": "predict_images", "instances": [b64(images[0])]},
+                          timeout=TIMEOUT)
+    assert again.status_code == 200
+    np.testing.assert_allclose(again.json()["predictions"][0]["probabilities"], reference["probabilities"][0],
+                               rtol=1e-5, atol=1e-6)
+
+
+# -- concurrency -----------------------------------------------------------------------------------------
+def test_a_burst_of_concurrent_grpc_and_rest_requests_is_all_answered(server, images, reference):
+    total, workers = 40, 8
+    clients = {False: Client(server.grpc_address, timeout=TIMEOUT), True: Client(server.rest_address, rest=True,
+                                                                                 timeout=TIMEOUT)}
+    local = threading.local()
+
+    def call(i):
+        rest = i % 2 == 1
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        picks = [i % len(images), (i * 5 + 1) % len(images)]
+        if rest:
+            body = {"signature_name": "predict_images", "inputs": {"images": [b64(images[p]) for p in picks]}}
+            outputs = local.session.post(rest_url(server, ":predict"), json=body, timeout=TIMEOUT).json()["outputs"]
+            return i, picks, np.array(outputs["probabilities"])
+        outputs = clients[False].predict({"images": [images[p] for p in picks]}, "predict_images")
+        return i, picks, outputs["probabilities"]
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(call, range(total), timeout=300))
+    elapsed = time.monotonic() - start
+    assert len(results) == total and sorted(r[0] for r in results) == list(range(total))
+    for _, picks, probabilities in results:  # each answer belongs to its own request's images
+        np.testing.assert_allclose(probabilities, reference["probabilities"][picks], rtol=1e-5, atol=1e-6)
+    assert elapsed < 300
+    for client in clients.values():
+        client.close()
+
+
+# -- client ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_client_predict_images_and_classify(server, images, reference, tmp_path, rest):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(images[3])
+    address = server.rest_address if rest else server.grpc_address
+    with Client(address, rest=rest, timeout=TIMEOUT) as client:
+        top = client.predict_images([images[0], str(path)], top_k=3)
+        for ranking, row in zip(top, [0, 3]):
+            assert [label for label, _ in ranking] == [l.decode() for l in reference["top_k_labels"][row][:3]]
+            np.testing.assert_allclose([s for _, s in ranking], reference["top_k_scores"][row][:3], rtol=1e-5)
+        everything = client.predict_images([images[1]], top_k=10)[0]  # more than the export's top 5: via Classify
+        assert len(everything) == len(LABELS) and [l for l, _ in everything] == [
+            LABELS[j] for j in np.argsort(-reference["scores"][1], kind="stable")]
+        classified = client.classify_examples([{features.IMAGE_ENCODED: images[4]}])
+        np.testing.assert_allclose([s for _, s in classified[0]], reference["scores"][4], rtol=1e-5, atol=1e-6)
+        assert client.status()[0] == {"version": "1", "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}
+        with pytest.raises(ServingError) as err:
+            client.predict_images([b"definitely not a JPEG"])
+        assert err.value.code == Code.INVALID_ARGUMENT and "not a decodable image" in err.value.message
+    with pytest.raises(ServingError) as err, Client(address, rest=rest, model_name="resnet") as other:
+        other.predict_images([images[0]])
+    assert err.value.code == Code.NOT_FOUND and "resnet" in err.value.message
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_client_names_the_address_it_cannot_reach(rest):
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnavailableError) as err:
+        Client(address, rest=rest, timeout=10).predict_images([b"x"])
+    assert address in str(err.value) and "connection refused" in str(err.value)
+
+
+# -- warm-up ---------------------------------------------------------------------------------------------
+def test_warmup_file_parses_as_prediction_logs_and_replays(exported, stub):
+    path = warmup.warmup_file(str(exported["v1"]))
+    assert path.endswith("assets.extra/tf_serving_warmup_requests")
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    kinds = [(r.WhichOneof("log_type"), (r.predict_log.request if r.HasField("predict_log")
+                                          else r.classify_log.request).model_spec.signature_name) for r in records]
+    assert kinds == [("predict_log", "predict_images"), ("classify_log", "serving_default"),
+                     ("predict_log", "predict_examples")]
+    images_tensor = records[0].predict_log.request.inputs["images"]
+    assert images_tensor.dtype == tf.string.as_datatype_enum and len(images_tensor.string_val) == 2
+    assert Image.open(io.BytesIO(images_tensor.string_val[0])).format == "JPEG"
+    assert len(records[1].classify_log.request.input.example_list.examples) == 2
+    assert warmup.replay_warmup_requests(str(exported["v1"]), stub, "hrnet", timeout=TIMEOUT) == 3
+    with pytest.raises(ValueError, match="at least one image"):
+        warmup.write_warmup_requests(str(exported["v1"]), images=[])
+
+
+# -- versions, batching, shutdown ------------------------------------------------------------------------
+def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images, reference, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(exported["v1"], base / "hrnet" / "1")
+    boosted = (int(reference["top_k_ids"][0][0]) + 1) % len(LABELS)
+    staged = tmp_path / "staging-2"
+    make_version_2(str(exported["v1"]), str(staged), boosted)
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, poll_seconds=0.2, warmup=False)
+    with DevServer(str(base), options=options) as server, Client(server.grpc_address, timeout=TIMEOUT) as client:
+        assert server.model_name == "hrnet"
+        first = client.predict({"images": images[:2]}, "predict_images")
+        np.testing.assert_allclose(first["probabilities"], reference["probabilities"][:2], rtol=1e-5, atol=1e-6)
+        (base / "hrnet" / "3").mkdir()  # an incomplete version (no saved_model.pb) is never loaded
+        os.rename(staged, base / "hrnet" / "2")  # the push: one atomic rename
+        assert server.core.watchers["hrnet"].wait_for_version(2, timeout=300)
+        deadline = time.monotonic() + 60
+        while client.status()[-1]["state"] != "END":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [(s["version"], s["state"]) for s in client.status()] == [("2", "AVAILABLE"), ("1", "END")]
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request(images),
+                                                                                          timeout=TIMEOUT)
+        assert response.model_spec.version.value == 2
+        probabilities = to_ndarray(response.outputs["probabilities"])
+        assert (probabilities.argmax(axis=1) == boosted).all() and probabilities[:, boosted].min() > 0.99
+        with pytest.raises(ServingError) as err:
+            Client(server.grpc_address, version=1, timeout=TIMEOUT).predict_images(images[:1])
+        assert err.value.code == Code.NOT_FOUND
+
+
+def test_batching_merges_concurrent_requests_and_stop_finishes_requests_in_flight(exported, images, reference):
+    batching = BatchingOptions(max_batch_size=8, batch_timeout_micros=1_500_000, num_batch_threads=1)
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, batching=batching, warmup=False)
+    server = DevServer(str(exported["base"]), "hrnet", options).start()
+    client = Client(server.grpc_address, timeout=TIMEOUT)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 x 2 rows fill one batch of 8 at once
+            start = time.monotonic()
+            results = list(pool.map(lambda i: client.predict({"images": images[i:i + 2]}, "predict_images"),
+                                    range(4)))
+            merged_in = time.monotonic() - start
+        for i, out in enumerate(results):
+            np.testing.assert_allclose(out["probabilities"], reference["probabilities"][i:i + 2],
+                                       rtol=1e-5, atol=1e-6)
+        with server.core.lease("hrnet") as servable:
+            counts = servable.batching_stats()
+        assert counts["requests"] == 4 and counts["batches"] < 4, counts  # merged, yet each got its own rows
+        assert merged_in < TIMEOUT
+        # A lone request waits the batch timeout (1.5 s) in the batcher: stop the server meanwhile.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.predict, {"images": images[:1]}, "predict_images")
+            time.sleep(0.5)
+            stopped_at = time.monotonic()
+            server.stop(grace=60)
+            stop_took = time.monotonic() - stopped_at
+            np.testing.assert_allclose(pending.result(timeout=TIMEOUT)["probabilities"],
+                                       reference["probabilities"][:1], rtol=1e-5, atol=1e-6)
+        assert stop_took < 60
+        with pytest.raises(ServerUnavailableError):
+            Client(server.grpc_address, timeout=10).predict_images(images[:1])
+    finally:
+        client.close()
+        server.stop()
+
+
+# -- launcher and CLI ------------------------------------------------------------------------------------
+def test_tensorflow_model_server_command_and_launch(exported, tmp_path):
+    command = model_server_command("/opt/tfs/tensorflow_model_server", "hrnet", "/models/hrnet", grpc_port=9000,
+                                   rest_port=9001, poll_seconds=2.4, batching_parameters_file="/tmp/b.txt")
+    assert command == ["/opt/tfs/tensorflow_model_server", "--port=9000", "--rest_api_port=9001",
+                       "--model_name=hrnet", "--model_base_path=/models/hrnet", "--file_system_poll_wait_seconds=2",
+                       "--enable_batching=true", "--batching_parameters_file=/tmp/b.txt"]
+    text = BatchingOptions(max_batch_size=16, batch_timeout_micros=500, num_batch_threads=2,
+                           allowed_batch_sizes=(4, 16)).to_text_proto()
+    assert text.splitlines() == ["max_batch_size { value: 16 }", "batch_timeout_micros { value: 500 }",
+                                 "max_enqueued_batches { value: 100 }", "num_batch_threads { value: 2 }",
+                                 "allowed_batch_sizes: 4", "allowed_batch_sizes: 16"]
+    with pytest.raises(FileNotFoundError, match="not on PATH"):
+        serve(str(exported["base"]), "hrnet", use_model_server=True, model_server_binary="no-such-model-server")
+    # The real binary is not installable here; a stand-in script on PATH records how serve() launches it.
+    record = tmp_path / "argv.txt"
+    fake = tmp_path / "bin" / "tensorflow_model_server"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nfor a in "$@"; do case "$a" in '
+                    f'--batching_parameters_file=*) cat "${{a#*=}}" >> {record};; esac; done\nexit 3\n')
+    fake.chmod(0o755)
+    code = serve(str(exported["base"]), grpc_port=8600, rest_port=8601, batching=BatchingOptions(max_batch_size=8),
+                 model_server_binary=str(fake))
+    assert code == 3  # the model server's own exit code
+    lines = record.read_text().splitlines()
+    assert f"--model_base_path={exported['base'] / 'hrnet'}" in lines and "--model_name=hrnet" in lines
+    assert "--port=8600" in lines and "--enable_batching=true" in lines and "max_batch_size { value: 8 }" in lines
+
+
+def test_predict_command_prints_labels(server, images, reference, tmp_path):
+    from hrnet_tfx.cli.serving import predict
+
+    paths = []
+    for i in (0, 5):
+        paths.append(tmp_path / f"img{i}.jpg")
+        paths[-1].write_bytes(images[i])
+    for args in (["--server", server.grpc_address], ["--server", server.rest_address, "--rest"]):
+        result = CliRunner().invoke(predict, args + [str(p) for p in paths], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == str(paths[0]) and lines[6] == str(paths[1]) and len(lines) == 12
+        assert lines[1].split()[-1] == reference["top_k_labels"][0][0].decode()
+        assert float(lines[1].split()[1]) == pytest.approx(float(reference["top_k_scores"][0][0]), abs=1e-4)
+    bad = CliRunner().invoke(predict, ["--server", f"127.0.0.1:{free_port()}", str(paths[0])])
+    assert bad.exit_code != 0 and "connection refused" in bad.output and "Traceback" not in bad.output
+
+
+CLI = ("from hrnet_tfx.cli import main; from hrnet_tfx.cli.serving import serve, predict; "
+       "[main.add_command(c) for c in (serve, predict) if c.name not in main.commands]; main()")
+
+
+@pytest.mark.e2e
+def test_serve_command_runs_the_dev_server_and_stops_cleanly_on_sigterm(exported, images, reference, tmp_path):
+    grpc_port, rest_port = free_port(), free_port()
+    log_path = tmp_path / "serve.log"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-c", CLI, "serve", str(exported["base"]), "--grpc-port", str(grpc_port), "--rest-port",
+             str(rest_port), "--host", "127.0.0.1", "--model-server-binary", "no-such-model-server"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while "development server for model 'hrnet'" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+        assert "no-such-model-server is not on PATH" in log_path.read_text()
+        with Client(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT) as client:
+            top = client.predict_images(images[:1], top_k=1)
+        assert top[0][0][0] == reference["top_k_labels"][0][0].decode()
+        image = tmp_path / "query.jpg"
+        image.write_bytes(images[0])
+        out = subprocess.run([sys.executable, "-c", CLI, "predict", "--server", f"127.0.0.1:{rest_port}", "--rest",
+                              "--top-k", "2", "--json", str(image)], capture_output=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        answer = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        assert answer["image"] == str(image) and len(answer["top_k"]) == 2
+        assert answer["top_k"][0][0] == reference["top_k_labels"][0][0].decode()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log_path.read_text()
+    assert "shutting down" in text and "stopped after" in text

@@ -1,0 +1,236 @@
+"""The trainer: config layers, schedule, early errors (fast); real single-worker and two-rank Horovod
+training, kill-and-resume, eval-only and the tf.distribute fallback (e2e)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hrnet_tfx.models.config import ConfigError
+from hrnet_tfx.training import TrainConfig, launch, worker_command
+from hrnet_tfx.training.loop import validate
+from hrnet_tfx.training.schedule import WarmupSchedule
+
+
+def _config(records, model_dir, **overrides) -> TrainConfig:
+    base = dict(
+        model="tiny.yaml", num_classes=3, image_size=64, train_files=str(records / "train" / "*"),
+        eval_files=str(records / "eval" / "*"), label_map=str(records / "labels.tsv"), model_dir=str(model_dir),
+        global_batch_size=8, train_steps=30, log_every_steps=10, checkpoint_every_steps=10, base_lr=0.8,
+        lr_decay_epochs=[3.0], seed=1, deterministic=True,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+# ---------------------------------------------------------------- fast tier: config and schedule
+
+
+def test_defaults_are_the_official_recipe():
+    c = TrainConfig()
+    assert (c.global_batch_size, c.momentum, c.nesterov, c.weight_decay) == (128, 0.9, True, 1e-4)
+    assert c.peak_lr == 0.05 and c.lr_decay_epochs == (30.0, 60.0, 90.0) and c.epochs == 100
+    assert c.resolved_warmup_epochs == 0
+    big = c.replace(global_batch_size=1024)
+    assert big.peak_lr == pytest.approx(0.4) and big.resolved_warmup_epochs == 5
+
+
+def test_config_file_overrides_and_unknown_keys(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model: hrnet_w32\nepochs: 2\nlr_decay_epochs: [1]\n")
+    c = TrainConfig.from_file(str(path), ["global_batch_size=256", "label_smoothing=0.1"])
+    assert (c.model, c.epochs, c.global_batch_size, c.label_smoothing) == ("hrnet_w32", 2.0, 256, 0.1)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
+        TrainConfig.from_file(str(path), ["learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="global_batch_size='many'"):
+        TrainConfig.from_file(str(path), ["global_batch_size=many"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        TrainConfig.from_file(str(path), ["epochs"])
+    with pytest.raises(ConfigError, match="schedule must be one of"):
+        TrainConfig(schedule="linear")
+
+
+def test_schedule_step_warmup_and_cosine():
+    step = WarmupSchedule(0.4, steps_per_epoch=10, total_epochs=100, warmup_epochs=5, kind="step",
+                          decay_epochs=[30, 60, 90])
+    assert float(step(0)) == pytest.approx(0.4 * 0.1 / 5)
+    assert float(step(25)) == pytest.approx(0.4 * 2.6 / 5)
+    assert float(step(50)) == pytest.approx(0.4)
+    assert float(step(299)) == pytest.approx(0.4)
+    assert float(step(300)) == pytest.approx(0.04)
+    assert float(step(950)) == pytest.approx(0.0004)
+    cosine = WarmupSchedule(0.1, steps_per_epoch=10, total_epochs=10, kind="cosine")
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(50)) == pytest.approx(0.05)
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_bad_configuration_fails_before_training(color_records, tmp_path):
+    good = _config(color_records, tmp_path / "m")
+    validate(good, 2)
+    with pytest.raises(ConfigError, match="unknown model 'hrnet_w99'"):
+        validate(good.replace(model="hrnet_w99"), 1)
+    with pytest.raises(ConfigError, match="not divisible by 3 workers"):
+        validate(good, 3)
+    with pytest.raises(ConfigError, match="eval_files: no files match"):
+        validate(good.replace(eval_files=str(tmp_path / "none-*")), 1)
+    with pytest.raises(ConfigError, match="train_files is not set"):
+        validate(good.replace(train_files=""), 1)
+    with pytest.raises(ConfigError, match="eval-only needs a checkpoint"):
+        validate(good, 1, eval_only=True)
+    with pytest.raises(ConfigError, match="init_from not found"):
+        validate(good.replace(init_from=str(tmp_path / "w.pth")), 1)
+
+
+def test_worker_command_is_the_outside_launcher_entry_point():
+    cmd = worker_command("/cfg.json", eval_only=True)
+    assert cmd[1:] == ["-m", "hrnet_tfx.training.worker", "--config", "/cfg.json", "--eval-only"]
+
+
+# ---------------------------------------------------------------- e2e tier: real training runs
+
+
+@pytest.fixture(scope="module")
+def single(color_records, tmp_path_factory):
+    """One uninterrupted single-worker run (Horovod, size 1) with export."""
+    model_dir = tmp_path_factory.mktemp("single")
+    config = _config(color_records, model_dir, export_dir=str(model_dir / "export"))
+    return config, launch(config, num_workers=1)
+
+
+@pytest.mark.e2e
+def test_single_worker_learns_checkpoints_and_exports(single):
+    config, metrics = single
+    history = metrics["train_history"]
+    assert [h["step"] for h in history] == [10, 20, 30]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["count"] == 12 and metrics["top1"] >= 2 / 3
+    ckpts = sorted(os.listdir(os.path.join(config.model_dir, "checkpoints")))
+    assert "ckpt-30.index" in ckpts and "ckpt-20.index" in ckpts
+    assert os.path.exists(os.path.join(config.export_dir, "saved_model.pb"))
+    assert os.path.exists(os.path.join(config.export_dir, "assets", "labels.tsv"))
+    assert os.listdir(os.path.join(config.model_dir, "tensorboard"))
+    saved = json.loads(open(os.path.join(config.model_dir, "train_config.json")).read())
+    assert saved["train_steps"] == 30 and TrainConfig.from_dict(saved) == config
+
+
+@pytest.mark.e2e
+def test_two_horovod_ranks_agree_and_match_one_process(single, color_records, tmp_path):
+    config, reference = single
+    config = config.replace(model_dir=str(tmp_path / "two"), export_dir="")
+    metrics = launch(config, num_workers=2)
+    checksums = metrics["weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # both ranks hold identical weights
+    history = metrics["train_history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["step"] == reference["step"] == 30
+    assert metrics["learning_rate"] == pytest.approx(reference["learning_rate"])
+    # Same global batch, same recipe: the pair reaches what one process reaches (BN statistics are per
+    # worker, so not bit-identical).
+    assert abs(history[-1]["loss"] - reference["train_history"][-1]["loss"]) < 0.5
+    assert metrics["top1"] >= 2 / 3
+
+
+@pytest.mark.e2e
+def test_kill_and_resume_continues_where_it_stopped(single, color_records, tmp_path):
+    reference_config, reference = single
+    config = reference_config.replace(model_dir=str(tmp_path / "killed"), export_dir=str(tmp_path / "killed-export"))
+    config.save(str(tmp_path / "cfg.json"))
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    proc = subprocess.Popen(worker_command(str(tmp_path / "cfg.json")), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "ckpt-10.index"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the worker never wrote its first checkpoint"
+    assert not (tmp_path / "killed" / "metrics.json").exists() and not (tmp_path / "killed-export").exists()
+
+    metrics = launch(config, num_workers=1)
+    assert 10 <= metrics["start_step"] < 30  # resumed, not restarted from scratch
+    assert metrics["train_history"][0]["step"] > metrics["start_step"]
+    assert metrics["step"] == reference["step"] == 30
+    assert metrics["learning_rate"] == pytest.approx(reference["learning_rate"])
+    assert os.path.exists(tmp_path / "killed-export" / "saved_model.pb")
+
+
+@pytest.mark.e2e
+def test_eval_only_on_checkpoint_and_on_exported_model(single, tmp_path):
+    config, reference = single
+    from_checkpoint = launch(config.replace(export_dir=""), num_workers=1, eval_only=True)
+    assert from_checkpoint["top1"] == reference["top1"] and from_checkpoint["count"] == 12
+    assert from_checkpoint["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    exported = config.replace(model_dir=str(tmp_path / "eval"), export_dir="", init_from=config.export_dir)
+    from_export = launch(exported, num_workers=1, eval_only=True)
+    assert from_export["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+
+
+@pytest.mark.e2e
+def test_tf_distribute_fallback_trains(color_records, tmp_path, caplog):
+    config = _config(color_records, tmp_path / "mirrored", backend="tf_distribute", train_steps=4,
+                     log_every_steps=2)
+    with caplog.at_level("INFO"):
+        metrics = launch(config, num_workers=1)
+    assert "MirroredStrategy" in caplog.text and "Horovod not used" in caplog.text
+    assert metrics["step"] == 4 and np.isfinite(metrics["loss"])
+
+
+@pytest.mark.e2e
+def test_fine_tune_from_pytorch_weights_with_new_classifier(color_records, tmp_path):
+    from conftest import FIXTURES
+
+    config = _config(color_records, tmp_path / "ft", train_steps=2, log_every_steps=1,
+                     init_from=str(FIXTURES / "timm_tiny" / "state_dict.safetensors"))
+    metrics = launch(config, num_workers=1)  # the fixture has 10 classes: the classifier is left random
+    assert metrics["step"] == 2
+
+
+def test_worker_module_runs_as_a_script_with_bad_config(tmp_path):
+    (tmp_path / "bad.yaml").write_text("nope: 1\n")
+    result = subprocess.run([sys.executable, "-m", "hrnet_tfx.training.worker", "--config", str(tmp_path / "bad.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "unknown key(s) ['nope']" in result.stderr
+
+
+def test_train_command_errors_are_clean(color_records, tmp_path):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--model-dir", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "neither 'hrnet-tfx data convert' output" in result.output
+    result = CliRunner().invoke(main, ["train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"),
+                                       "--eval-only", "-s", f"eval_files={color_records / 'eval' / '*'}"])
+    assert result.exit_code != 0 and "eval-only needs a checkpoint" in result.output
+
+
+@pytest.mark.e2e
+def test_train_command_on_converted_sample(tmp_path):
+    """The standalone flow: make-sample -> data convert -> train (with export) -> eval-only."""
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["data", "make-sample", str(tmp_path / "raw"), "--classes", "3"]).exit_code == 0
+    converted = runner.invoke(main, ["data", "convert", str(tmp_path / "raw"), str(tmp_path / "data"),
+                                     "--train-shards", "2", "--eval-shards", "2"])
+    assert converted.exit_code == 0, converted.output
+    args = ["train", "--model", "tiny.yaml", "--data", str(tmp_path / "data"), "--model-dir", str(tmp_path / "m"),
+            "--workers", "1", "-s", "image_size=64", "-s", "global_batch_size=6", "-s", "train_steps=3",
+            "-s", "log_every_steps=1"]
+    result = runner.invoke(main, args + ["--export-dir", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["count"] > 0
+    assert os.path.exists(tmp_path / "export" / "saved_model.pb")
+    again = runner.invoke(main, args + ["--eval-only"])
+    assert again.exit_code == 0 and json.loads(again.output.strip().splitlines()[-1])["top1"] == summary["top1"]
+    refused = runner.invoke(main, args + ["--no-resume"])
+    assert refused.exit_code != 0 and "already has checkpoints" in refused.output
