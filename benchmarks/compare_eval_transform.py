@@ -28,6 +28,7 @@ import hrnet_tfx  # noqa: F401  (before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
 from hrnet_tfx.data import preprocessing as P  # noqa: E402
+from hrnet_tfx.data.sample import synthetic_photo  # noqa: E402
 
 
 def pil_reference(image_bytes: bytes, image_size: int) -> np.ndarray:
@@ -46,24 +47,9 @@ def pil_reference(image_bytes: bytes, image_size: int) -> np.ndarray:
 
 
 def synthetic_jpeg(width: int, height: int, seed: int) -> bytes:
-    """A photo-like JPEG: gradients, soft discs, texture and sensor-like noise; quality 90, 4:2:0."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack(
-        [
-            128 + 90 * np.sin(x / (7 + 5 * rng.random()) + y / 23.0),
-            128 + 90 * np.cos(y / (5 + 9 * rng.random()) - x / 31.0),
-            255 * (x + y) / (width + height),
-        ],
-        axis=-1,
-    )
-    for _ in range(6):
-        cx, cy, r = rng.random() * width, rng.random() * height, 5 + rng.random() * min(width, height) / 3
-        mask = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
-        img[mask] = img[mask] * 0.4 + rng.random(3) * 150
-    img += rng.normal(0, 12, img.shape)
+    """A photo-like JPEG (quality 90, 4:2:0) from :func:`hrnet_tfx.data.sample.synthetic_photo`."""
     buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    Image.fromarray(synthetic_photo(width, height, seed, shapes=6)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 

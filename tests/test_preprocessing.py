@@ -13,6 +13,7 @@ import hrnet_tfx  # noqa: F401  (before TensorFlow: Keras 2)
 import tensorflow as tf  # noqa: E402
 
 from hrnet_tfx.data import preprocessing as P  # noqa: E402
+from hrnet_tfx.data.sample import synthetic_photo  # noqa: E402
 
 # Mean |ours - PIL| in [0, 255] units that the eval transform must stay under. Measured when written:
 # 0.0006-0.0024 on four real photographs, 0-0.0027 on the synthetic images below; plausible regressions
@@ -20,26 +21,6 @@ from hrnet_tfx.data import preprocessing as P  # noqa: E402
 # are far above it (see test_parity_check_catches_known_preprocessing_mistakes).
 PARITY_MEAN_THRESHOLD = 0.01
 PARITY_MAX_THRESHOLD = 1.0  # no pixel may differ by more than one grey level
-
-
-def synthetic_photo(width, height, seed=0):
-    """A photo-like RGB uint8 image: smooth gradients, a few soft shapes, fine texture and noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack(
-        [
-            128 + 90 * np.sin(x / (7 + 5 * rng.random()) + y / 23.0),
-            128 + 90 * np.cos(y / (5 + 9 * rng.random()) - x / 31.0),
-            255 * (x + y) / (width + height),
-        ],
-        axis=-1,
-    )
-    for _ in range(4):
-        cx, cy, r = rng.random() * width, rng.random() * height, 5 + rng.random() * min(width, height) / 3
-        mask = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
-        img[mask] = img[mask] * 0.4 + rng.random(3) * 150
-    img += rng.normal(0, 12, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def encode(array, fmt="JPEG"):

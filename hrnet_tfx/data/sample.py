@@ -64,6 +64,27 @@ def class_image(k: int, num_classes: int, size: int, rng: np.random.RandomState)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def synthetic_photo(width: int, height: int, seed: int = 0, shapes: int = 4) -> np.ndarray:
+    """A photo-like RGB uint8 image (smooth gradients, soft discs, texture and sensor-like noise) for
+    tests and benchmarks that need realistic JPEG statistics rather than flat colours."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack(
+        [
+            128 + 90 * np.sin(x / (7 + 5 * rng.random()) + y / 23.0),
+            128 + 90 * np.cos(y / (5 + 9 * rng.random()) - x / 31.0),
+            255 * (x + y) / (width + height),
+        ],
+        axis=-1,
+    )
+    for _ in range(shapes):
+        cx, cy, r = rng.random() * width, rng.random() * height, 5 + rng.random() * min(width, height) / 3
+        mask = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
+        img[mask] = img[mask] * 0.4 + rng.random(3) * 150
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def _encode(array: np.ndarray, kind: str) -> bytes:
     img = Image.fromarray(array)
     out = io.BytesIO()

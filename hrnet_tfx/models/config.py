@@ -12,7 +12,6 @@ TPAMI 2020 (arXiv:1908.07919), and the official HRNet/HRNet-Image-Classification
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping
 
@@ -22,6 +21,26 @@ BLOCK_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 
 class ConfigError(ValueError):
     """A network configuration is malformed; the message names the offending key."""
+
+
+def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
+    """A YAML (or JSON, a subset of YAML) file holding a mapping; clear errors for a missing file, a parse
+    error or a non-mapping. An empty file is an empty mapping."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} file not found: {path}")
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} settings, got {type(data).__name__}")
+    return data
 
 
 def _as_int_tuple(value: Any, where: str) -> tuple[int, ...]:
@@ -179,19 +198,7 @@ class HRNetConfig:
     def from_file(cls, path: str | os.PathLike) -> "HRNetConfig":
         """Reads a config from a ``.yaml``/``.yml`` or ``.json`` file (see ``configs/`` for examples)."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ConfigError(f"network config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        try:
-            if path.endswith(".json"):
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as e:  # noqa: BLE001 - any parse error becomes a named config error
-            raise ConfigError(f"{path}: cannot parse: {e}") from None
+        data = read_config_file(path, "network config")
         try:
             return cls.from_dict(data)
         except ConfigError as e:

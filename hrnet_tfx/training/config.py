@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from hrnet_tfx.models.config import ConfigError
+from hrnet_tfx.models.config import ConfigError, read_config_file
 
 SCHEDULES = ("step", "cosine")
 BACKENDS = ("auto", "horovod", "tf_distribute")
@@ -136,16 +136,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str, overrides: Sequence[str] = ()) -> "TrainConfig":
         """Defaults <- the YAML/JSON file at ``path`` (may be empty) <- ``key=value`` overrides."""
-        data: dict[str, Any] = {}
-        if path:
-            if not os.path.isfile(path):
-                raise ConfigError(f"training config file not found: {path}")
-            import yaml
-
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of training settings")
+        data = read_config_file(path, "training config") if path else {}
         return cls.from_dict({**data, **parse_overrides(overrides)})
 
     def save(self, path: str) -> None:

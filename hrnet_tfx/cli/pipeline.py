@@ -1,0 +1,44 @@
+"""``hrnet-tfx pipeline ...``: run the TFX pipeline without the tfx CLI."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def pipeline() -> None:
+    """The end-to-end TFX pipeline (ExampleGen -> Trainer -> Evaluator -> Pusher)."""
+
+
+@pipeline.command("presets")
+def presets_cmd() -> None:
+    """List the named presets."""
+    from hrnet_tfx.pipeline.config import PRESETS
+
+    for name in PRESETS:
+        click.echo(name)
+
+
+@pipeline.command()
+@click.option("--preset", default="", help="Starting point (hrnet-tfx pipeline presets).")
+@click.option("--config", "config_file", default="", type=click.Path(dir_okay=False), help="Pipeline YAML.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field, e.g. -s train.epochs=2 -s push=false.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
+    """Run the pipeline with TFX's LocalDagRunner; reruns reuse TFX's cache."""
+    import json
+
+    from hrnet_tfx.models.config import ConfigError
+    from hrnet_tfx.pipeline.config import load_config
+
+    try:
+        config = load_config(preset, config_file, overrides)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if dry_run:
+        click.echo(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        return
+    from hrnet_tfx.pipeline.local_runner import run as run_local
+
+    run_local(config)

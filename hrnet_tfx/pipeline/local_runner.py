@@ -1,0 +1,31 @@
+"""Runs the pipeline with TFX's LocalDagRunner; usable as-is by the tfx CLI::
+
+    HRNET_TFX_PRESET=demo tfx pipeline create --engine local --pipeline_path hrnet_tfx/pipeline/local_runner.py
+    tfx run create --engine local --pipeline_name hrnet-tfx-demo
+
+The config comes from the environment: ``HRNET_TFX_PRESET`` (a preset name), ``HRNET_TFX_CONFIG`` (a YAML
+file) and ``HRNET_TFX_OVERRIDES`` (space-separated ``key=value``); ``hrnet-tfx pipeline run`` takes the
+same as options.
+"""
+
+import os
+
+import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from tfx import v1 as tfx
+
+from hrnet_tfx.pipeline.config import load_config
+from hrnet_tfx.pipeline.pipeline import create_pipeline
+
+
+def config_from_env():
+    return load_config(os.environ.get("HRNET_TFX_PRESET", ""), os.environ.get("HRNET_TFX_CONFIG", ""),
+                       os.environ.get("HRNET_TFX_OVERRIDES", "").split())
+
+
+def run(config) -> None:
+    config.save(os.path.join(config.root, "pipeline_config.json"))
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+
+
+if __name__ == "__main__":
+    run(config_from_env())

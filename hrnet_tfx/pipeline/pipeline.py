@@ -1,0 +1,60 @@
+"""``create_pipeline(config)``: the DAG and nothing else.
+
+ImageExampleGen (convert raw images, or import inception TFRecords) -> HorovodTrainer -> Resolver
+(latest blessed model) -> Evaluator (TFMA, top-1/top-5 blessing) -> Pusher (TF Serving model base).
+Optional stages are switched by config flags (``evaluate``, ``push``), never by editing code.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tfx import v1 as tfx
+
+from hrnet_tfx.components.image_example_gen import ImageExampleGen
+from hrnet_tfx.components.trainer import HorovodTrainer
+from hrnet_tfx.pipeline.config import PipelineConfig
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The hrnet-tfx pipeline for ``config`` (see :mod:`hrnet_tfx.pipeline.config`)."""
+    example_gen = ImageExampleGen(
+        os.path.abspath(config.input_base), layout=config.layout, train_shards=config.train_shards,
+        eval_shards=config.eval_shards, compression=config.compression,
+        max_bad_fraction=config.max_bad_fraction,
+    )
+    trainer = HorovodTrainer(example_gen.outputs["examples"], train_config=config.train,
+                             num_workers=config.num_workers or None)
+    components = [example_gen, trainer]
+    if config.evaluate:
+        from hrnet_tfx.components.evaluator import make_evaluator
+
+        components += list(make_evaluator(
+            example_gen.outputs["examples"], trainer.outputs["model"],
+            top1_lower_bound=config.top1_lower_bound, top5_lower_bound=config.top5_lower_bound,
+            max_top1_drop=config.max_top1_drop,
+        ))
+    if config.push:
+        from hrnet_tfx.components.pusher import HRNetPusher
+
+        blessing = components[-1].outputs.get("blessing") if config.evaluate else None
+        components.append(HRNetPusher(model=trainer.outputs["model"], model_blessing=blessing,
+                                      serving_base=os.path.abspath(config.serving_base),
+                                      model_name=config.model_name))
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=os.path.abspath(config.root),
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.abspath(config.metadata)),
+        beam_pipeline_args=list(config.beam_args) or default_beam_args(),
+    )
+
+
+def default_beam_args() -> list[str]:
+    """In-process Beam (FnApiRunner: the DirectRunner's engine, without its Prism download) and this
+    package's setup.py, so TFX does not build an sdist of itself for every Beam component."""
+    setup = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "setup.py")
+    args = ["--runner=FnApiRunner"]
+    return args + ([f"--setup_file={setup}"] if os.path.exists(setup) else [])
