@@ -26,21 +26,24 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     trainer = HorovodTrainer(example_gen.outputs["examples"], train_config=config.train,
                              num_workers=config.num_workers or None)
     components = [example_gen, trainer]
+    examples, model = example_gen.outputs["examples"], trainer.outputs["model"]
+    blessing = None
     if config.evaluate:
-        from hrnet_tfx.components.evaluator import make_evaluator
+        from hrnet_tfx.components.evaluator import eval_config, make_evaluator
+        from hrnet_tfx.components.report import EvaluationReport
 
-        components += list(make_evaluator(
-            example_gen.outputs["examples"], trainer.outputs["model"],
+        resolver, evaluator = make_evaluator(examples, model, eval_config(
             top1_lower_bound=config.top1_lower_bound, top5_lower_bound=config.top5_lower_bound,
-            max_top1_drop=config.max_top1_drop,
-        ))
+            max_top1_drop=config.max_top1_drop))
+        blessing = evaluator.outputs["blessing"]
+        report = EvaluationReport(evaluator.outputs["evaluation"], model_blessing=blessing, examples=examples,
+                                  model=model)
+        components += [c for c in (resolver, evaluator, report) if c is not None]
     if config.push:
         from hrnet_tfx.components.pusher import HRNetPusher
 
-        blessing = components[-1].outputs.get("blessing") if config.evaluate else None
-        components.append(HRNetPusher(model=trainer.outputs["model"], model_blessing=blessing,
-                                      serving_base=os.path.abspath(config.serving_base),
-                                      model_name=config.model_name))
+        components.append(HRNetPusher(model, os.path.abspath(config.serving_base), config.model_name,
+                                      model_blessing=blessing, examples=examples))
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=os.path.abspath(config.root),

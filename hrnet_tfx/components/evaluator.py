@@ -1,0 +1,210 @@
+"""Model evaluation with TFX's stock Evaluator (TFMA): top-1 / top-5 accuracy, loss and per-class accuracy.
+
+:func:`eval_config` builds the :class:`tfma.EvalConfig` for the SavedModel of
+:mod:`hrnet_tfx.serving.export`; :func:`make_evaluator` wires it into a pipeline together with the
+``LatestBlessedModelStrategy`` resolver that supplies the baseline.
+
+What TFMA 0.47 evaluates, and why the config looks like this:
+
+* ``ModelSpec(signature_name='serving_default', prediction_key='scores')``: the signature takes the
+  serialized tf.Example (its one string input ``inputs``, so TFMA feeds the raw records) and returns two
+  outputs, ``scores`` (probabilities [N, C]) and ``classes`` (strings). ``prediction_key`` picks
+  ``scores``; without it TFMA would hand the metrics a dict of both outputs. Without ``signature_name``
+  TFMA would try to call the model as Keras on parsed features, which does not fit an image model.
+* ``label_key='image/class/label'``: the int64 class index of :mod:`hrnet_tfx.data.features`, so the
+  metrics are the sparse Keras ones: ``SparseCategoricalAccuracy`` (top-1),
+  ``SparseTopKCategoricalAccuracy`` with ``k=5`` (top-5) and ``SparseCategoricalCrossentropy`` on the
+  probabilities (``from_logits=false``).
+* Blessing: an absolute lower bound on top-1 and on top-5, and a change threshold on top-1 against the
+  baseline (the latest blessed model): the candidate may be at most ``max_top1_drop`` worse. On the first
+  run there is no baseline; TFX's Evaluator then drops the baseline spec and ignores change thresholds
+  ("rubber stamp"), so the bounds alone decide.
+* Thresholds apply to the overall slice only (a plain ``MetricConfig.threshold`` would apply to every
+  label slice too, refusing a model for one weak class).
+* Slices: the whole eval set plus one slice per value of the label feature. Top-1 accuracy on the slice
+  ``label == c`` is the recall of class ``c``: the per-class accuracy table of
+  :mod:`hrnet_tfx.components.report`.
+
+Cost and memory. By default the Evaluator's TFXIO source batches records with Beam's adaptive
+``BatchElements`` (1 to 1000 records, grown while a batch stays fast): on a CPU the batches stay small,
+on a fast GPU they can reach 1000 224x224 images, too many for its memory (TFMA then retries the batch
+one example at a time, very slowly). ``eval_config(inference_batch_size=N)`` fixes the model's batch to
+N (e.g. 64-256 on a GPU) with tfx_bsl's RunInference extractor (:func:`custom_extractors`). Per-slice
+metric state is a handful of floats per class, so 1000 label slices are cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from hrnet_tfx.data import features
+
+CANDIDATE = "candidate"
+BASELINE = "baseline"
+PREDICTION_KEY = "scores"
+SIGNATURE = "serving_default"
+
+TOP1 = "sparse_categorical_accuracy"
+TOP5 = "sparse_top_k_categorical_accuracy"
+LOSS = "sparse_categorical_crossentropy"
+EXAMPLE_COUNT = "example_count"
+METRIC_LABELS = {TOP1: "top-1 accuracy", TOP5: "top-5 accuracy", LOSS: "loss (cross-entropy)",
+                 EXAMPLE_COUNT: "examples"}
+"""TFMA metric names of :func:`eval_config` -> what the report calls them."""
+
+
+def _check_fraction(name: str, value: float, allow_above_one: bool = True) -> float:
+    value = float(value)
+    if value != value or value < 0.0:
+        raise ValueError(f"{name} must be a non-negative number, got {value}")
+    if not allow_above_one and value > 1.0:
+        raise ValueError(f"{name} must be at most 1, got {value}")
+    return value
+
+
+def _overall(threshold: tfma.MetricThreshold) -> tfma.PerSliceMetricThreshold:
+    # A plain MetricConfig.threshold applies to every slice, so one weak class would fail the model:
+    # the bounds and the change threshold are for the whole eval set only.
+    return tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
+
+
+def eval_config(
+    top1_lower_bound: float = 0.0,
+    top5_lower_bound: float = 0.0,
+    max_top1_drop: Optional[float] = 0.0,
+    *,
+    label_key: str = features.LABEL,
+    per_class: bool = True,
+    top_k: int = 5,
+    inference_batch_size: Optional[int] = None,
+) -> tfma.EvalConfig:
+    """The TFMA config that evaluates and blesses an hrnet-tfx SavedModel (see the module docstring).
+
+    Args:
+      top1_lower_bound: the candidate's top-1 accuracy must be at least this (0 disables the check in
+        effect; a value above 1 refuses every model, which tests use).
+      top5_lower_bound: the same for top-5 accuracy.
+      max_top1_drop: how much lower the candidate's top-1 accuracy may be than the baseline's (the latest
+        blessed model), in absolute accuracy (0.0: never worse; 0.005: at most half a point worse).
+        ``None`` evaluates no baseline and sets no change threshold.
+      label_key: the int64 class-index feature of the eval examples.
+      per_class: also slice by ``label_key`` (per-class accuracy).
+      top_k: the k of the top-k accuracy (5 for ImageNet).
+      inference_batch_size: run the model on batches of exactly this many examples (bounded accelerator
+        memory; :func:`make_evaluator` then installs :func:`custom_extractors`). Default: TFMA's adaptive
+        batches of 1 to 1000 examples.
+
+    Returns:
+      A :class:`tfma.EvalConfig` with model specs ``candidate`` (and ``baseline`` unless
+      ``max_top1_drop is None``).
+    """
+    top1_lower_bound = _check_fraction("top1_lower_bound", top1_lower_bound)
+    top5_lower_bound = _check_fraction("top5_lower_bound", top5_lower_bound)
+    if max_top1_drop is not None:
+        max_top1_drop = _check_fraction("max_top1_drop", max_top1_drop, allow_above_one=False)
+    if top_k < 1:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    if inference_batch_size is not None and inference_batch_size < 1:
+        raise ValueError(f"inference_batch_size must be positive, got {inference_batch_size}")
+
+    def spec(name: str, is_baseline: bool) -> tfma.ModelSpec:
+        return tfma.ModelSpec(name=name, signature_name=SIGNATURE, label_key=label_key,
+                              prediction_key=PREDICTION_KEY, is_baseline=is_baseline,
+                              inference_batch_size=inference_batch_size or 0)
+
+    model_specs = [spec(CANDIDATE, False)]
+    if max_top1_drop is not None:
+        model_specs.append(spec(BASELINE, True))
+
+    top1_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": top1_lower_bound}))
+    if max_top1_drop is not None:
+        top1_threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_top1_drop}))
+    metrics = [
+        tfma.MetricConfig(class_name="ExampleCount"),
+        tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
+                          per_slice_thresholds=[_overall(top1_threshold)]),
+        tfma.MetricConfig(
+            class_name="SparseTopKCategoricalAccuracy", config=f'"k": {int(top_k)}',
+            per_slice_thresholds=[_overall(tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": top5_lower_bound})))]),
+        tfma.MetricConfig(class_name="SparseCategoricalCrossentropy", config='"from_logits": false'),
+    ]
+    slicing_specs = [tfma.SlicingSpec()]
+    if per_class:
+        slicing_specs.append(tfma.SlicingSpec(feature_keys=[label_key]))
+    return tfma.EvalConfig(
+        model_specs=model_specs,
+        slicing_specs=slicing_specs,
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+    )
+
+
+def make_evaluator(
+    examples,
+    model,
+    config: Optional[tfma.EvalConfig] = None,
+    *,
+    example_splits: Sequence[str] = ("eval",),
+    id_prefix: str = "",
+) -> Tuple[Optional[tfx.dsl.Resolver], tfx.components.Evaluator]:
+    """The baseline resolver and the stock TFX Evaluator for ``model`` on ``examples``.
+
+    Args:
+      examples: channel of Examples with the eval split (e.g. ``ImageExampleGen.outputs['examples']``).
+      model: channel of the candidate Model (e.g. ``HorovodTrainer.outputs['model']``).
+      config: from :func:`eval_config` (default: ``eval_config()``: no absolute bound, never worse than
+        the latest blessed model).
+      example_splits: the splits to evaluate on.
+      id_prefix: prefix of the two node ids (``LatestBlessedModelResolver``, ``Evaluator``), for pipelines
+        with more than one evaluation.
+
+    Returns:
+      ``(resolver, evaluator)``: add both to the pipeline. ``resolver`` is ``None`` when the config has
+      no baseline spec. ``evaluator.outputs['evaluation']`` and ``['blessing']`` feed
+      :class:`~hrnet_tfx.components.report.EvaluationReport` and
+      :class:`~hrnet_tfx.components.pusher.HRNetPusher`.
+    """
+    config = config if config is not None else eval_config()
+    has_baseline = any(spec.is_baseline for spec in config.model_specs)
+    resolver = None
+    baseline = None
+    if has_baseline:
+        resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id(f"{id_prefix}LatestBlessedModelResolver")
+        baseline = resolver.outputs["model"]
+    fixed_batches = any(spec.inference_batch_size for spec in config.model_specs)
+    evaluator = tfx.components.Evaluator(
+        examples=examples,
+        model=model,
+        baseline_model=baseline,
+        eval_config=config,
+        example_splits=list(example_splits),
+        module_path=__name__ if fixed_batches else None,  # custom_extractors: fixed inference batches
+    ).with_id(f"{id_prefix}Evaluator")
+    return resolver, evaluator
+
+
+def custom_extractors(eval_shared_model, eval_config, tensor_adapter_config=None):
+    """TFMA extractors that run inference in fixed batches of ``ModelSpec.inference_batch_size``.
+
+    The stock Evaluator calls this (``module_path='hrnet_tfx.components.evaluator'``, set by
+    :func:`make_evaluator` when ``inference_batch_size`` is given): TFMA's default predictions extractor
+    calls the model on whatever batch Beam's adaptive batching produced (up to 1000 records, which on a
+    fast GPU can be too many 224x224 images for its memory; TFMA then retries one example at a time),
+    while tfx_bsl's RunInference extractor batches to exactly ``inference_batch_size``.
+    """
+    from tensorflow_model_analysis.extractors import tfx_bsl_predictions_extractor
+
+    predict = tfx_bsl_predictions_extractor.TfxBslPredictionsExtractor(
+        eval_config=eval_config, eval_shared_model=eval_shared_model)
+    return tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,
+                                   tensor_adapter_config=tensor_adapter_config, custom_predict_extractor=predict)
