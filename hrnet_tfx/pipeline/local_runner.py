@@ -8,7 +8,9 @@ file) and ``HRNET_TFX_OVERRIDES`` (space-separated ``key=value``); ``hrnet-tfx p
 same as options.
 """
 
+import logging
 import os
+import sys
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfx import v1 as tfx
@@ -22,7 +24,20 @@ def config_from_env():
                        os.environ.get("HRNET_TFX_OVERRIDES", "").split())
 
 
+def _show_progress() -> None:
+    """hrnet-tfx's INFO lines (conversion and training progress with rates and ETA) on stderr, also
+    under the tfx CLI, whose absl logging shows warnings only."""
+    log = logging.getLogger("hrnet_tfx")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run(config) -> None:
+    _show_progress()
     config.save(os.path.join(config.root, "pipeline_config.json"))
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
 

@@ -1,0 +1,50 @@
+"""The whole pipeline on tiny data with LocalDagRunner: every artifact recorded in MLMD, a cached
+second run, and a model that fails the bound is not pushed."""
+
+import os
+
+import pytest
+
+import hrnet_tfx  # noqa: F401
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from hrnet_tfx.data.sample import make_sample
+from hrnet_tfx.pipeline import load_config
+from hrnet_tfx.pipeline.local_runner import run
+
+
+def _store(config):
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = os.path.abspath(config.metadata)
+    return metadata_store.MetadataStore(connection)
+
+
+def _pushed(store):
+    return [a.custom_properties["pushed"].int_value for a in store.get_artifacts_by_type("PushedModel")]
+
+
+@pytest.mark.e2e
+def test_whole_pipeline_caches_and_refuses_a_bad_model(tmp_path):
+    make_sample(str(tmp_path / "sample"), num_classes=3, train_per_class=8, val_per_class=3, image_size=48)
+    overrides = [f"input_base={tmp_path / 'sample'}", f"root={tmp_path / 'root'}",
+                 f"serving_base={tmp_path / 'serving'}", "train.train_steps=40", "top1_lower_bound=0.0"]
+    config = load_config("demo", "", overrides)
+    run(config)
+    store = _store(config)
+    for kind in ("Examples", "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel"):
+        assert len(store.get_artifacts_by_type(kind)) == 1, kind
+    assert _pushed(store) == [1]
+    (version,) = os.listdir(tmp_path / "serving" / "hrnet")
+    assert os.path.exists(tmp_path / "serving" / "hrnet" / version / "saved_model.pb")
+    assert os.path.exists(tmp_path / "root" / "pipeline_config.json")
+
+    run(config)  # unchanged: every component is served from TFX's cache
+    executions = store.get_executions()
+    cached = [e for e in executions if e.last_known_state == metadata_store_pb2.Execution.CACHED]
+    assert len(cached) >= 5 and len(store.get_artifacts_by_type("Model")) == 1
+
+    refusing = load_config("demo", "", overrides[:-1] + ["top1_lower_bound=1.01"])
+    run(refusing)  # the trained model is reused from cache; the stricter bound refuses it
+    assert _pushed(store)[-1] == 0
+    assert os.listdir(tmp_path / "serving" / "hrnet") == [version]
