@@ -234,3 +234,15 @@ def test_train_command_on_converted_sample(tmp_path):
     assert again.exit_code == 0 and json.loads(again.output.strip().splitlines()[-1])["top1"] == summary["top1"]
     refused = runner.invoke(main, args + ["--no-resume"])
     assert refused.exit_code != 0 and "already has checkpoints" in refused.output
+
+
+@pytest.mark.e2e
+def test_mixed_precision_and_fp16_allreduce_options_train(color_records, tmp_path):
+    with pytest.raises(ConfigError, match="jit_compile training is not supported yet"):
+        launch(_config(color_records, tmp_path / "xla", jit_compile=True), num_workers=1)
+    config = _config(color_records, tmp_path / "opts", train_steps=3, log_every_steps=1, dtype_policy="mixed_bfloat16",
+                     fp16_allreduce=True, label_smoothing=0.1, schedule="cosine",
+                     warmup_epochs=0.5, export_dir=str(tmp_path / "opts-export"))
+    metrics = launch(config, num_workers=1)
+    assert metrics["step"] == 3 and all(np.isfinite(h["loss"]) for h in metrics["train_history"])
+    assert os.path.exists(tmp_path / "opts-export" / "saved_model.pb")  # exported as float32

@@ -55,6 +55,12 @@ def count_records(files: list[str]) -> int:
 def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> None:
     """Checks everything that can be checked before a worker starts, with messages naming the problem."""
     get_config(config.model)  # unknown network -> ConfigError naming the known ones
+    if config.jit_compile and not eval_only:
+        raise ConfigError(
+            "jit_compile training is not supported yet: XLA has no kernel for the gradient of nearest "
+            "upsampling (ResizeNearestNeighborGrad) used by the fusion layers; XLA works for inference "
+            "(build_model(..., jit_compile=True))"
+        )
     if not config.model_dir:
         raise ConfigError("model_dir is not set")
     if config.global_batch_size % num_workers:
