@@ -28,22 +28,8 @@ import hrnet_tfx  # noqa: F401  (before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
 from hrnet_tfx.data import preprocessing as P  # noqa: E402
+from hrnet_tfx.data.reference import pil_reference  # noqa: E402
 from hrnet_tfx.data.sample import synthetic_photo  # noqa: E402
-
-
-def pil_reference(image_bytes: bytes, image_size: int) -> np.ndarray:
-    """torchvision ``Resize(int(size / 0.875))`` + ``CenterCrop(size)`` with PIL only; float32 [0, 255]."""
-    resize = P.resize_size_for(image_size)
-    im = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-    w, h = im.size
-    if w <= h:
-        new_w, new_h = resize, int(resize * h / w)
-    else:
-        new_w, new_h = int(resize * w / h), resize
-    im = im.resize((new_w, new_h), Image.BILINEAR)
-    top = int(round((new_h - image_size) / 2.0))
-    left = int(round((new_w - image_size) / 2.0))
-    return np.asarray(im.crop((left, top, left + image_size, top + image_size)), np.float32)
 
 
 def synthetic_jpeg(width: int, height: int, seed: int) -> bytes:

@@ -13,6 +13,7 @@ import hrnet_tfx  # noqa: F401  (before TensorFlow: Keras 2)
 import tensorflow as tf  # noqa: E402
 
 from hrnet_tfx.data import preprocessing as P  # noqa: E402
+from hrnet_tfx.data.reference import pil_reference  # noqa: E402
 from hrnet_tfx.data.sample import synthetic_photo  # noqa: E402
 
 # Mean |ours - PIL| in [0, 255] units that the eval transform must stay under. Measured when written:
@@ -27,21 +28,6 @@ def encode(array, fmt="JPEG"):
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buf.getvalue()
-
-
-def pil_reference(image_bytes, image_size=224):
-    """torchvision Resize(int(size/0.875)) + CenterCrop(size) written with PIL only; float32 in [0, 255]."""
-    resize = int(image_size / 0.875)
-    im = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-    w, h = im.size
-    if w <= h:
-        new_w, new_h = resize, int(resize * h / w)
-    else:
-        new_w, new_h = int(resize * w / h), resize
-    im = im.resize((new_w, new_h), Image.BILINEAR)
-    top = int(round((new_h - image_size) / 2.0))
-    left = int(round((new_w - image_size) / 2.0))
-    return np.asarray(im.crop((left, top, left + image_size, top + image_size)), np.float32)
 
 
 # Sizes chosen to exercise: landscape/portrait, only one side resized (256 x 259), odd offsets that round
