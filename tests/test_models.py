@@ -4,6 +4,8 @@ network, forward/backward, serialisation, mixed precision and XLA."""
 import json
 import math
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import tf_keras as keras
 
 from hrnet_tfx import models
 from hrnet_tfx.models.config import ConfigError, HRNetConfig
+from hrnet_tfx.models.hrnet import NearestUpSampling2D
 
 # HRNET.md: trainable parameters (exact) and the official "GFLOPs" column (conv + linear MACs / 1024**3).
 OFFICIAL = {
@@ -170,6 +173,18 @@ def test_savedmodel_round_trip_needs_no_custom_objects(tiny, tmp_path):
     np.testing.assert_allclose(loaded(x, training=False), tiny(x, training=False), rtol=1e-5, atol=1e-5)
     raw = tf.saved_model.load(path)
     np.testing.assert_allclose(raw(x, training=False), tiny(x, training=False), rtol=1e-5, atol=1e-5)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", tiny(x, training=False).numpy())
+    # A process that never imports hrnet_tfx loads it with plain tf_keras (no custom objects).
+    script = (
+        "import os, sys, numpy as np; os.environ['TF_USE_LEGACY_KERAS'] = '1'; import tf_keras as keras\n"
+        "assert 'hrnet_tfx' not in sys.modules\n"
+        f"m = keras.models.load_model({path!r}, compile=False)\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r}); y = np.load({str(tmp_path / 'y.npy')!r})\n"
+        "np.testing.assert_allclose(m(x, training=False).numpy(), y, rtol=1e-5, atol=1e-5)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -192,6 +207,34 @@ def test_jit_compile_predict_matches_eager(tiny_config_path):
     assert model.jit_compile
     x = np.random.RandomState(0).randn(4, 64, 64, 3).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), model(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_xla_compiles_the_training_gradient(tiny_config_path):
+    """The fusion upsampling has an XLA gradient (stock UpSampling2D's ResizeNearestNeighborGrad has none)."""
+    model = models.build_model(str(tiny_config_path), num_classes=3, image_size=64)
+    x = tf.random.normal([4, 64, 64, 3], seed=4)
+    y = tf.constant([0, 1, 2, 0])
+
+    def grads(jit):
+        forward = tf.function(lambda images: model(images, training=True), jit_compile=jit, autograph=False)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, forward(x), from_logits=True))
+        return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+    plain, xla = grads(False), grads(True)
+    scale = max(np.abs(g).max() for g in plain)
+    assert max(np.abs(a - b).max() for a, b in zip(plain, xla)) < 1e-2 * scale
+
+
+def test_nearest_upsampling_equals_stock_layer():
+    x = tf.random.normal([2, 3, 5, 4], seed=5)
+    for size in (2, 4, (2, 8)):
+        ours = NearestUpSampling2D(size)
+        stock = keras.layers.UpSampling2D(size, interpolation="nearest")
+        np.testing.assert_array_equal(ours(x).numpy(), stock(x).numpy())
+        assert ours.get_config() == {**stock.get_config(), "name": ours.name}
+    flexible = keras.Input([None, None, 4])
+    assert NearestUpSampling2D(4)(flexible).shape.as_list() == [None, None, None, 4]
 
 
 def test_packaged_config_resolves_by_file_name():

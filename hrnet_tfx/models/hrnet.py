@@ -2,8 +2,9 @@
 
 The network is assembled from small functional building blocks (:func:`basic_block`,
 :func:`bottleneck`, :func:`transition`, :func:`hr_module`, :func:`classification_head`) out of stock
-Keras layers only, so the model serialises (``get_config``, SavedModel, checkpoints) and loads without
-custom objects anywhere (TFMA, TF Serving, Beam workers).
+Keras layers plus one weightless subclass of ``UpSampling2D`` (:class:`NearestUpSampling2D`, same
+config, same output, XLA-trainable). The model serialises (``get_config``, SavedModel, checkpoints); a
+Keras SavedModel loads without custom objects, and exports for TFMA/TF Serving are plain SavedModels.
 
 Every layer that holds weights is named by its PyTorch module path in the official code and in timm
 (``layer1.0.conv1``, ``stage3.2.fuse_layers.1.0.0.0``, ``classifier`` ...): importing official weights is
@@ -31,6 +32,34 @@ from hrnet_tfx.models.config import BLOCK_EXPANSION, HRNetConfig, StageConfig
 
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="hrnet_tfx")
+class NearestUpSampling2D(keras.layers.UpSampling2D):
+    """Nearest-neighbour upsampling by integer factors, written as reshape + broadcast.
+
+    The same layer and config as ``UpSampling2D(interpolation="nearest")`` (NHWC) with the same output,
+    but its gradient is a sum over the copies instead of ``ResizeNearestNeighborGrad``, which XLA has no
+    kernel for: training with ``jit_compile`` works, and on the CPU it is no slower (both are memory
+    copies).
+    """
+
+    def __init__(self, size=(2, 2), **kwargs):
+        kwargs.pop("interpolation", None)
+        super().__init__(size=size, interpolation="nearest", **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError("NearestUpSampling2D supports channels_last only")
+
+    def call(self, inputs):
+        sh, sw = self.size
+        shape = tf.shape(inputs)
+        n, h, w, c = shape[0], shape[1], shape[2], shape[3]
+        x = tf.reshape(inputs, tf.stack([n, h, 1, w, 1, c]))
+        x = tf.broadcast_to(x, tf.stack([n, h, sh, w, sw, c]))
+        x = tf.reshape(x, tf.stack([n, h * sh, w * sw, c]))
+        # Keep the static shape Keras computed (tf.reshape with a dynamic shape loses it).
+        x.set_shape(self.compute_output_shape(inputs.shape))
+        return x
 
 
 def _kaiming_fan_out() -> keras.initializers.Initializer:
@@ -171,7 +200,7 @@ def hr_module(b: _Builder, xs: Sequence, stage: StageConfig, name: str) -> list:
             elif j > i:
                 z = b.conv_bn(yj, yi.shape[-1], 1, 1, f"{f}.0", f"{f}.1")
                 up = 2 ** (j - i)
-                terms.append(keras.layers.UpSampling2D(up, interpolation="nearest", name=f"{f}.2", dtype=b.dtype)(z))
+                terms.append(NearestUpSampling2D(up, name=f"{f}.2", dtype=b.dtype)(z))
             else:
                 z = yj
                 for k in range(i - j):
