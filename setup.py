@@ -31,6 +31,11 @@ setup(
         "grpcio",
         "requests",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "pytest-xdist"]},
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "jsonschema"],
+        # KubeflowV2DagRunner (TFX's kfp extra). kfp >= 2.6 needs protobuf >= 4.21, which
+        # tensorflow-metadata 1.16 on Python 3.10 refuses (< 4.21).
+        "kfp": ["kfp>=2,<2.6", "kfp-pipeline-spec>=0.2.2"],
+    },
     entry_points={"console_scripts": ["hrnet-tfx=hrnet_tfx.cli:main"]},
 )

@@ -40,7 +40,7 @@ fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 echo "==> installing hrnet-tfx and the pinned dependencies (first run: a few minutes, ~3.5 GB)"
 "${pip[@]}" install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
-"${pip[@]}" install -q -c requirements/constraints.txt -e ".[dev]"
+"${pip[@]}" install -q -c requirements/constraints.txt -e ".[dev,kfp]"
 
 if ! .venv/bin/python -c 'import horovod.tensorflow' 2>/dev/null; then
   echo "==> building Horovod 0.28.1 from source with Gloo (about 6 minutes on 2 cores)"

@@ -220,7 +220,7 @@ def latest_outputs(mlmd_path: pathlib.Path) -> dict:
     config.sqlite.filename_uri = str(mlmd_path)
     store = metadata_store.MetadataStore(config)
     out = {}
-    for type_name in ("ModelBlessing", "PushedModel", "HRNetEvaluationReport"):
+    for type_name in ("ModelBlessing", "PushedModel", "hrnet_tfx.EvaluationReport"):
         artifacts = store.get_artifacts_by_type(type_name)
         out[type_name] = max(artifacts, key=lambda a: a.id)
     return out
@@ -245,7 +245,7 @@ def test_pipeline_blesses_pushes_and_refuses_a_worse_model(tmp_path, models):
     assert prop(out["PushedModel"], PUSHED_VERSION) == str(v1)
     assert prop(out["PushedModel"], PUSHED_DESTINATION) == str(base / "hrnet" / str(v1))
     assert_complete_version(base / "hrnet" / str(v1))
-    report_dir = pathlib.Path(out["HRNetEvaluationReport"].uri)
+    report_dir = pathlib.Path(out["hrnet_tfx.EvaluationReport"].uri)
     text = (report_dir / REPORT_MD).read_text()
     assert "**Verdict: BLESSED**" in text and "No baseline" in text
     assert "| top-1 accuracy | 1.0000 |" in text and "| examples | 12 |" in text
@@ -257,12 +257,12 @@ def test_pipeline_blesses_pushes_and_refuses_a_worse_model(tmp_path, models):
     assert not out["ModelBlessing"].custom_properties["blessed"].int_value
     assert prop(out["PushedModel"], PUSHED) == 0
     assert model_base.complete_versions(str(base / "hrnet")) == [v1]
-    text = (pathlib.Path(out["HRNetEvaluationReport"].uri) / REPORT_MD).read_text()
+    text = (pathlib.Path(out["hrnet_tfx.EvaluationReport"].uri) / REPORT_MD).read_text()
     assert "**Verdict: NOT BLESSED**" in text
     assert "top-1 accuracy vs the baseline (latest blessed model): change -0.6667, required change >= +0.0000" in text
     assert "| top-1 accuracy | 0.3333 | 1.0000 | -0.6667 |" in text
     assert "| 2 | b | blue | 4 | 0.0000 | 1.0000 | 1.0000 |" in text
-    numbers = json.loads((pathlib.Path(out["HRNetEvaluationReport"].uri) / REPORT_JSON).read_text())
+    numbers = json.loads((pathlib.Path(out["hrnet_tfx.EvaluationReport"].uri) / REPORT_JSON).read_text())
     assert numbers["overall"]["sparse_categorical_accuracy"]["baseline"] == pytest.approx(1.0)
 
     # 3. An equally good model passes the change threshold against the baseline: a second, newer version.
@@ -283,7 +283,7 @@ def test_pipeline_refuses_a_model_below_the_bound_on_the_first_run(tmp_path, mod
     assert not out["ModelBlessing"].custom_properties["blessed"].int_value
     assert prop(out["PushedModel"], PUSHED) == 0
     assert not base.exists() or not any(base.rglob("*"))
-    text = (pathlib.Path(out["HRNetEvaluationReport"].uri) / REPORT_MD).read_text()
+    text = (pathlib.Path(out["hrnet_tfx.EvaluationReport"].uri) / REPORT_MD).read_text()
     assert "**Verdict: NOT BLESSED**" in text
     assert "top-1 accuracy 1.0000, required >= 1.0100" in text
     assert "| top-1 accuracy | 1.0000 |" in text and "| 0 | r | red | 4 | 1.0000 | 1.0000 |" in text

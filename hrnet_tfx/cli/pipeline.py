@@ -42,3 +42,25 @@ def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
     from hrnet_tfx.pipeline.local_runner import run as run_local
 
     run_local(config)
+
+
+@pipeline.command("compile-kubeflow")
+@click.option("--preset", default="", help="Starting point (hrnet-tfx pipeline presets).")
+@click.option("--config", "config_file", default="", type=click.Path(dir_okay=False), help="Pipeline YAML.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field, e.g. -s kubeflow.image=REGISTRY/hrnet-tfx:0.1.0 -s kubeflow.trainer_gpus=8.")
+@click.option("--output", "-o", default="pipeline.yaml", show_default=True, help="KFP v2 pipeline spec (.yaml).")
+def compile_kubeflow(preset: str, config_file: str, overrides: tuple, output: str) -> None:
+    """Compile the same pipeline for Kubeflow Pipelines (KFP v2 spec with the Trainer's GPUs)."""
+    from hrnet_tfx.models.config import ConfigError
+    from hrnet_tfx.pipeline.config import load_config
+    from hrnet_tfx.pipeline.kubeflow_runner import compile_pipeline
+
+    try:
+        config = load_config(preset, config_file, overrides)
+        compile_pipeline(config, output)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    kfp = config.kubeflow_config()
+    click.echo(f"wrote {output}: pipeline {config.name}, image {kfp.image}, trainer {kfp.trainer_gpus} x "
+               f"{kfp.gpu_type}; upload it in the KFP UI or with kfp.Client().upload_pipeline")

@@ -49,7 +49,7 @@ _OVERALL = "overall"
 class EvaluationReportArtifact(types.Artifact):
     """The directory holding ``report.md``, ``report.html`` and ``report.json``."""
 
-    TYPE_NAME = "HRNetEvaluationReport"
+    TYPE_NAME = "hrnet_tfx.EvaluationReport"  # KFP v2 wants "namespace.Type"
 
 
 @dataclasses.dataclass

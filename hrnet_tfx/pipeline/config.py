@@ -2,8 +2,10 @@
 
 ``preset`` names a starting point (the official recipe per variant on ImageNet, or the tiny ``demo``);
 a YAML file overrides any field (nested ``train:`` holds :class:`~hrnet_tfx.training.TrainConfig`
-fields); ``key=value`` overrides come last (``train.epochs=2``, ``push=false``). Unknown keys are errors
-naming them. The resolved config is saved beside the pipeline outputs (``pipeline_config.json``).
+fields, nested ``kubeflow:`` holds :class:`KubeflowConfig` fields); ``key=value`` overrides come last
+(``train.epochs=2``, ``kubeflow.trainer_gpus=8``, ``push=false``). Unknown keys and values of the wrong
+type are errors naming them. The resolved config is saved beside the pipeline outputs
+(``pipeline_config.json``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,77 @@ from hrnet_tfx.models.registry import list_models
 from hrnet_tfx.training.config import TrainConfig, parse_overrides
 
 
+_SECTIONS = ("train", "kubeflow")  # nested mappings, overridden key by key
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """How the pipeline runs on Kubeflow Pipelines (see :mod:`hrnet_tfx.pipeline.kubeflow_runner`).
+
+    ``image`` is the container image built from the repository's Dockerfile (every step runs in it).
+    The Trainer step asks for ``trainer_gpus`` GPUs of resource ``gpu_type`` (Horovod starts one
+    process per GPU), ``trainer_cpu`` cores and ``trainer_memory_gb`` GB (0: not set), and lands on nodes
+    matching ``trainer_node_selector`` whose taints ``trainer_tolerations`` tolerate (Kubernetes
+    toleration objects: key, operator, value, effect).
+    """
+
+    image: str = ""
+    trainer_gpus: int = 0
+    gpu_type: str = "nvidia.com/gpu"
+    trainer_cpu: float = 0.0
+    trainer_memory_gb: float = 0.0
+    trainer_node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    trainer_tolerations: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if self.trainer_gpus < 0 or self.trainer_cpu < 0 or self.trainer_memory_gb < 0:
+            raise ConfigError("kubeflow: trainer_gpus, trainer_cpu and trainer_memory_gb must be >= 0")
+        if self.trainer_gpus and not self.gpu_type:
+            raise ConfigError("kubeflow: gpu_type must be set when trainer_gpus > 0")
+        if not isinstance(self.trainer_node_selector, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.trainer_node_selector.items()):
+            raise ConfigError("kubeflow: trainer_node_selector must map label names to string values, "
+                              f"got {self.trainer_node_selector!r}")
+        tolerations = self.trainer_tolerations
+        if isinstance(tolerations, Mapping) or not all(isinstance(t, Mapping) for t in tolerations):
+            raise ConfigError(f"kubeflow: trainer_tolerations must be a list of mappings, got {tolerations!r}")
+        for t in tolerations:
+            unknown = sorted(set(t) - _TOLERATION_KEYS)
+            if unknown:
+                raise ConfigError(f"kubeflow: toleration {dict(t)} has unknown key(s) {unknown}; "
+                                  f"known: {sorted(_TOLERATION_KEYS)}")
+        object.__setattr__(self, "trainer_node_selector", dict(self.trainer_node_selector))
+        object.__setattr__(self, "trainer_tolerations", tuple(dict(t) for t in tolerations))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "KubeflowConfig":
+        return cls(**_checked(cls, data, "kubeflow"))
+
+
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def _checked(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with unknown keys refused and scalars checked against ``cls``'s field types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}")
+    out = {}
+    for key, value in data.items():
+        kind = str(fields[key].type)
+        ok = {
+            "bool": lambda v: isinstance(v, bool),
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+        }.get(kind, lambda v: True)
+        if not ok(value):
+            raise ConfigError(f"{where}: {key}={value!r} is not a valid {kind}")
+        out[key] = float(value) if kind == "float" else value
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Everything ``create_pipeline`` needs.
@@ -27,6 +100,10 @@ class PipelineConfig:
     ``num_workers`` (Horovod processes; 0 = one per visible GPU). Evaluation: lower bounds on top-1/top-5
     and the largest top-1 drop allowed against the latest blessed model. Push: ``serving_base`` is TF
     Serving's model base path, versions appear under ``serving_base/model_name/``.
+
+    Beam (ExampleGen and Evaluator): ``beam_runner`` (empty: Beam's in-process FnApiRunner;
+    ``DataflowRunner``, ``FlinkRunner``, ``SparkRunner``, ...), ``beam_workers`` (0: the runner's
+    default) and any further ``beam_args``. ``kubeflow`` configures Kubeflow Pipelines runs.
     """
 
     name: str = "hrnet-tfx"
@@ -47,13 +124,25 @@ class PipelineConfig:
     push: bool = True
     serving_base: str = "outputs/serving"
     model_name: str = "hrnet"
+    beam_runner: str = ""
+    beam_workers: int = 0
     beam_args: tuple[str, ...] = ()
     enable_cache: bool = True
+    kubeflow: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.beam_args, str) or not all(isinstance(a, str) for a in self.beam_args):
+            raise ConfigError(f"pipeline config: beam_args must be a list of strings, got {self.beam_args!r}")
         object.__setattr__(self, "beam_args", tuple(self.beam_args))
-        object.__setattr__(self, "train", dict(self.train))
+        for section in _SECTIONS:
+            if not isinstance(getattr(self, section), Mapping):
+                raise ConfigError(f"pipeline config: {section} must be a mapping, got {getattr(self, section)!r}")
+            object.__setattr__(self, section, dict(getattr(self, section)))
         self.train_config()  # unknown or bad training keys fail now
+        self.kubeflow_config()
+        if self.beam_workers < 0:
+            raise ConfigError("pipeline config: beam_workers must be >= 0")
+        self.beam_pipeline_args()  # an unsupported runner/workers combination fails now
         if not self.input_base:
             raise ConfigError("pipeline config: input_base (the dataset directory) is not set")
         for key in ("name", "root", "model_name"):
@@ -66,6 +155,33 @@ class PipelineConfig:
         except ConfigError as e:
             raise ConfigError(f"pipeline config, train: {e}") from None
 
+    def kubeflow_config(self) -> KubeflowConfig:
+        return KubeflowConfig.from_dict(self.kubeflow)
+
+    def beam_pipeline_args(self, setup_file: str = "") -> list[str]:
+        """Beam options for ExampleGen and Evaluator: runner, worker count, then ``beam_args``.
+
+        Without a runner anywhere, Beam's in-process FnApiRunner (the DirectRunner's engine). A
+        ``setup_file`` is added for runners that start their own workers (not needed when the package is
+        installed where the components run, as in the container image).
+        """
+        args = [f"--runner={self.beam_runner}"] if self.beam_runner else []
+        runner = self.beam_runner or next(
+            (a.split("=", 1)[1] for a in self.beam_args if a.startswith("--runner=")), "FnApiRunner")
+        if self.beam_workers:
+            flags = _BEAM_WORKER_FLAGS.get(runner)
+            if flags is None:
+                raise ConfigError(
+                    f"pipeline config: beam_workers is not mapped for runner {runner!r} (known: "
+                    f"{', '.join(_BEAM_WORKER_FLAGS)}); pass that runner's own option in beam_args")
+            args += [flag.format(n=self.beam_workers) for flag in flags]
+        args += list(self.beam_args)
+        if not any(a.startswith("--runner=") for a in args):
+            args.insert(0, "--runner=FnApiRunner")
+        if setup_file and not any(a.startswith("--setup_file=") for a in args):
+            args.append(f"--setup_file={setup_file}")
+        return args
+
     @property
     def metadata(self) -> str:
         return self.metadata_path or os.path.join(self.root, "metadata.sqlite")
@@ -75,11 +191,22 @@ class PipelineConfig:
         data["beam_args"] = list(self.beam_args)
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":
+        return cls(**_checked(cls, data, "pipeline config"))
+
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
 
+
+_BEAM_WORKER_FLAGS = {
+    "FnApiRunner": ("--direct_num_workers={n}", "--direct_running_mode=multi_processing"),
+    "DirectRunner": ("--direct_num_workers={n}", "--direct_running_mode=multi_processing"),
+    "DataflowRunner": ("--max_num_workers={n}",),
+    "FlinkRunner": ("--parallelism={n}",),
+}
 
 _OFFICIAL_TRAIN = {"image_size": 224, "global_batch_size": 128, "epochs": 100}
 
@@ -99,7 +226,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 for _name in list_models():
     PRESETS[f"imagenet_{_name}"] = {
-        "name": f"{_name}-imagenet",
+        "name": f"{_name.replace('_', '-')}-imagenet",  # KFP names: [a-z0-9][a-z0-9-]*
         "input_base": "/data/ILSVRC2012",
         "train": {"model": _name, **_OFFICIAL_TRAIN},
         "top1_lower_bound": 0.70,
@@ -112,8 +239,8 @@ del _name
 def _merge(base: dict, update: Mapping[str, Any]) -> dict:
     out = dict(base)
     for key, value in update.items():
-        if key == "train" and isinstance(value, Mapping):
-            out["train"] = {**out.get("train", {}), **value}
+        if key in _SECTIONS and isinstance(value, Mapping):
+            out[key] = {**out.get(key, {}), **value}
         else:
             out[key] = value
     return out
@@ -128,12 +255,9 @@ def load_config(preset: str = "", path: str = "", overrides: Sequence[str] = ())
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     merged = _merge(PRESETS.get(preset, {}), data)
     for key, value in parse_overrides(overrides).items():
-        if key.startswith("train."):
-            merged = _merge(merged, {"train": {key[len("train."):]: value}})
+        section, dot, field = key.partition(".")
+        if dot and section in _SECTIONS:
+            merged = _merge(merged, {section: {field: value}})
         else:
             merged[key] = value
-    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    unknown = sorted(set(merged) - fields)
-    if unknown:
-        raise ConfigError(f"pipeline config: unknown key(s) {unknown}")
-    return PipelineConfig(**merged)
+    return PipelineConfig.from_dict(merged)

@@ -16,10 +16,20 @@ from hrnet_tfx.components.trainer import HorovodTrainer
 from hrnet_tfx.pipeline.config import PipelineConfig
 
 
-def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
-    """The hrnet-tfx pipeline for ``config`` (see :mod:`hrnet_tfx.pipeline.config`)."""
+def resolve_path(path: str) -> str:
+    """An absolute local path, or a URI (``gs://``, ``s3://``, ``hdfs://`` ...) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def create_pipeline(config: PipelineConfig, local: bool = True) -> tfx.dsl.Pipeline:
+    """The hrnet-tfx pipeline for ``config`` (see :mod:`hrnet_tfx.pipeline.config`).
+
+    ``local`` (LocalDagRunner): ML Metadata in sqlite at ``config.metadata``, and Beam gets this
+    checkout's setup.py. ``local=False`` (Kubeflow): the orchestrator keeps the metadata, and every
+    step runs in the container image, which has the package installed.
+    """
     example_gen = ImageExampleGen(
-        os.path.abspath(config.input_base), layout=config.layout, train_shards=config.train_shards,
+        resolve_path(config.input_base), layout=config.layout, train_shards=config.train_shards,
         eval_shards=config.eval_shards, compression=config.compression,
         max_bad_fraction=config.max_bad_fraction,
     )
@@ -42,22 +52,21 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     if config.push:
         from hrnet_tfx.components.pusher import HRNetPusher
 
-        components.append(HRNetPusher(model, os.path.abspath(config.serving_base), config.model_name,
+        components.append(HRNetPusher(model, resolve_path(config.serving_base), config.model_name,
                                       model_blessing=blessing, examples=examples))
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
-        pipeline_root=os.path.abspath(config.root),
+        pipeline_root=resolve_path(config.root),
         components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.abspath(config.metadata)),
-        beam_pipeline_args=list(config.beam_args) or default_beam_args(),
+            resolve_path(config.metadata)) if local else None,
+        beam_pipeline_args=config.beam_pipeline_args(source_setup_file() if local else ""),
     )
 
 
-def default_beam_args() -> list[str]:
-    """In-process Beam (FnApiRunner: the DirectRunner's engine, without its Prism download) and this
-    package's setup.py, so TFX does not build an sdist of itself for every Beam component."""
+def source_setup_file() -> str:
+    """This checkout's setup.py ('' for an installed package): given to Beam so that TFX does not build
+    an sdist of the package for every Beam component."""
     setup = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "setup.py")
-    args = ["--runner=FnApiRunner"]
-    return args + ([f"--setup_file={setup}"] if os.path.exists(setup) else [])
+    return setup if os.path.exists(setup) else ""
