@@ -132,3 +132,18 @@ def test_container_recipe_matches_the_pinned_set():
     horovod = re.search(r"horovod==(\S+)", dockerfile).group(1)
     assert f"horovod=={horovod}" in (root / "scripts" / "setup.sh").read_text()
     assert "HOROVOD_GPU_OPERATIONS=NCCL" in dockerfile and "TF_USE_LEGACY_KERAS=1" in dockerfile
+
+
+def test_readme_kubeflow_example_compiles(tmp_path):
+    """The README's kfp.yaml, as written, compiles with the GPU request it shows."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"e\.g\. `kfp\.yaml`:\n\n   ```yaml\n(.*?)   ```", readme, re.S).group(1)
+    (tmp_path / "kfp.yaml").write_text("\n".join(line[3:] for line in block.splitlines()) + "\n")
+    compile_pipeline(load_config("", str(tmp_path / "kfp.yaml")), str(tmp_path / "hrnet_w18.yaml"))
+    spec, platform = yaml.safe_load_all((tmp_path / "hrnet_w18.yaml").read_text())
+    trainer = spec["deploymentSpec"]["executors"]["HorovodTrainer_executor"]["container"]
+    assert trainer["resources"]["accelerator"]["count"] == "8"
+    assert "--runner=DataflowRunner" in spec["deploymentSpec"]["executors"]["ImageExampleGen_executor"]["container"]["args"]
