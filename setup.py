@@ -32,7 +32,7 @@ setup(
         "requests",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "jsonschema"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "jsonschema", "kubernetes"],
         # KubeflowV2DagRunner (TFX's kfp extra). kfp >= 2.6 needs protobuf >= 4.21, which
         # tensorflow-metadata 1.16 on Python 3.10 refuses (< 4.21).
         "kfp": ["kfp>=2,<2.6", "kfp-pipeline-spec>=0.2.2"],

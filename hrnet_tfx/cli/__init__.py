@@ -13,6 +13,7 @@ import click  # noqa: E402
 import hrnet_tfx  # noqa: E402
 from hrnet_tfx.cli.data import data  # noqa: E402
 from hrnet_tfx.cli.models import models  # noqa: E402
+from hrnet_tfx.cli.mpijob import mpijob  # noqa: E402
 from hrnet_tfx.cli.pipeline import pipeline  # noqa: E402
 from hrnet_tfx.cli.serving import predict, serve  # noqa: E402
 from hrnet_tfx.cli.train import train  # noqa: E402
@@ -32,6 +33,7 @@ def main(verbose: bool) -> None:
 main.add_command(models)
 main.add_command(data)
 main.add_command(train)
+main.add_command(mpijob)
 main.add_command(serve)
 main.add_command(predict)
 main.add_command(pipeline)

@@ -44,6 +44,19 @@ def data_settings(data_dir: str) -> dict:
     )
 
 
+def resolve_config(config_file: str | None, data_dir: str | None, overrides=(), **fields):
+    """The training config as ``hrnet-tfx train`` layers it: the official recipe <- ``config_file`` <-
+    ``data_dir``'s settings (:func:`data_settings`) <- non-empty ``fields`` (model, model_dir, ...) <-
+    ``key=value`` overrides. Raises ``ConfigError`` (or ``click.ClickException`` for unusable data)."""
+    from hrnet_tfx.training.config import TrainConfig, parse_overrides
+
+    base = TrainConfig.from_file(config_file or "").to_dict()
+    if data_dir:
+        base.update(data_settings(data_dir))
+    base.update({key: value for key, value in fields.items() if value})
+    return TrainConfig.from_dict({**base, **parse_overrides(overrides)})
+
+
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Training config (YAML/JSON).")
 @click.option("--model", help="Registered variant or network config file (default hrnet_w18).")
@@ -65,19 +78,12 @@ def train(config_file, model, data_dir, model_dir, export_dir, init_from, worker
     import tensorflow as tf
 
     from hrnet_tfx.models.config import ConfigError
-    from hrnet_tfx.training import TrainConfig, launch
-    from hrnet_tfx.training.config import parse_overrides
+    from hrnet_tfx.training import launch
     from hrnet_tfx.training.loop import CHECKPOINT_SUBDIR
 
     try:
-        base = TrainConfig.from_file(config_file or "").to_dict()
-        if data_dir:
-            base.update(data_settings(data_dir))
-        for key, value in (("model", model), ("model_dir", model_dir), ("export_dir", export_dir),
-                           ("init_from", init_from)):
-            if value:
-                base[key] = value
-        config = TrainConfig.from_dict({**base, **parse_overrides(overrides)})
+        config = resolve_config(config_file, data_dir, overrides, model=model, model_dir=model_dir,
+                                export_dir=export_dir, init_from=init_from)
         if no_resume and tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_SUBDIR)):
             raise ConfigError(f"{config.model_dir} already has checkpoints (drop --no-resume to resume)")
         metrics = launch(config, num_workers=workers, eval_only=eval_only)

@@ -1,0 +1,305 @@
+"""Kubernetes manifests for multi-node Horovod training with a Kubeflow MPIJob (mpi-operator v2,
+``kubeflow.org/v2beta1``).
+
+:func:`mpijob_manifests` turns a resolved :class:`TrainConfig` and an :class:`MPIJobSpec` (image, nodes,
+GPUs, volumes) into two objects: a ConfigMap holding the config as ``train_config.json`` and the MPIJob
+whose launcher runs ``mpirun ... python -m hrnet_tfx.training.worker --config <that file>`` on every
+worker slot. :func:`write_manifests` writes them as one multi-document YAML for ``kubectl apply -f``.
+Nothing here talks to a cluster or reads the training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+import re
+import sys
+import tempfile
+import types
+from typing import Any, Mapping, Sequence
+
+import hrnet_tfx  # noqa: F401
+from hrnet_tfx.models.config import ConfigError
+from hrnet_tfx.training.config import TrainConfig
+from hrnet_tfx.training.launcher import worker_command
+
+API_VERSION = "kubeflow.org/v2beta1"
+CONFIG_DIR = "/etc/hrnet-tfx"
+CONFIG_FILE = "train_config.json"
+HOSTFILE = "/etc/mpi/hostfile"  # written and mounted by mpi-operator v2 (ConfigMap <job>-config)
+WORKER_COMMAND = ("/usr/sbin/sshd", "-De")  # foreground sshd (the Dockerfile configures it)
+DEFAULT_NCCL_ENV = types.MappingProxyType({"NCCL_DEBUG": "WARN"})
+
+# Kubernetes resource quantity (the pattern of the apimachinery Quantity type): "8", "500m", "64Gi".
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_URI = re.compile(r"^(?!file://)[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # shared storage, not file://
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class MPIJobSpec:
+    """Where and how the training processes run on the cluster.
+
+    Args:
+      name: the MPIJob's name (a DNS-1035 label; the operator names pods ``<name>-worker-<i>``).
+      image: container image with this package, TensorFlow, Horovod (built with NCCL), OpenMPI and sshd.
+      workers: worker pods (nodes), >= 1.
+      gpus_per_worker: ``nvidia.com/gpu`` limit per worker; 0 trains on CPU. One process per GPU.
+      cpu, memory: requests per worker, e.g. ``"8"``, ``"64Gi"``; empty leaves them unset.
+      node_selector, tolerations: scheduling constraints for the worker pods (the launcher needs none).
+      service_account: for both pods (e.g. Workload Identity for ``gs://``); empty = namespace default.
+      nccl_env, env: environment of every training process (set on the launcher, forwarded by
+        ``mpirun -x``); ``env`` wins over ``nccl_env``.
+      pvc, host_path: the data volume, mounted on the workers at ``mount_path``: a
+        PersistentVolumeClaim name or a node directory (at most one; neither for data on ``gs://``).
+      launcher_cpu, launcher_memory: the launcher only runs ``mpirun``.
+      backoff_limit: retries of the launcher before the job fails (None: the Job default); a retry
+        resumes from the latest checkpoint in ``model_dir``.
+    """
+
+    name: str = "hrnet-train"
+    image: str = ""
+    namespace: str = "default"
+    workers: int = 1
+    gpus_per_worker: int = 1
+    cpu: str = ""
+    memory: str = ""
+    node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: Sequence[Mapping[str, Any]] = ()
+    service_account: str = ""
+    nccl_env: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_NCCL_ENV))
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pvc: str = ""
+    host_path: str = ""
+    mount_path: str = "/data"
+    launcher_cpu: str = "1"
+    launcher_memory: str = "2Gi"
+    backoff_limit: int | None = None
+
+    def __post_init__(self):
+        for key in ("node_selector", "nccl_env", "env"):
+            frozen = types.MappingProxyType({str(k): str(v) for k, v in getattr(self, key).items()})
+            object.__setattr__(self, key, frozen)
+        object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
+        if not self.image:
+            raise ConfigError("mpijob: image is required (a container image with hrnet-tfx, Horovod and OpenMPI)")
+        if self.workers < 1:
+            raise ConfigError(f"mpijob: workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"mpijob: gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        last_pod = f"{self.name}-worker-{self.workers - 1}"
+        if not _DNS1035.match(self.name) or len(last_pod) > 63:
+            raise ConfigError(f"mpijob: name {self.name!r} must be a lowercase DNS label (a-z, 0-9, '-', starting "
+                              f"with a letter) short enough for pod name {last_pod!r} (<= 63 characters)")
+        for key in ("cpu", "memory", "launcher_cpu", "launcher_memory"):
+            value = getattr(self, key)
+            if value and not _QUANTITY.match(value):
+                raise ConfigError(f"mpijob: {key}={value!r} is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
+        bad_env = [k for k in {**self.nccl_env, **self.env} if not _ENV_NAME.match(k)]
+        if bad_env:
+            raise ConfigError(f"mpijob: invalid environment variable name(s) {bad_env}")
+        if self.pvc and self.host_path:
+            raise ConfigError("mpijob: set pvc or host_path for the data volume, not both")
+        if (self.pvc or self.host_path) and not posixpath.isabs(self.mount_path):
+            raise ConfigError(f"mpijob: mount_path must be absolute, got {self.mount_path!r}")
+        if self.backoff_limit is not None and self.backoff_limit < 0:
+            raise ConfigError(f"mpijob: backoff_limit must be >= 0, got {self.backoff_limit}")
+
+    @property
+    def slots_per_worker(self) -> int:
+        """Training processes per worker pod: one per GPU, or one on CPU."""
+        return self.gpus_per_worker or 1
+
+    @property
+    def num_processes(self) -> int:
+        """Horovod size: ``workers * slots_per_worker``."""
+        return self.workers * self.slots_per_worker
+
+    @property
+    def has_volume(self) -> bool:
+        return bool(self.pvc or self.host_path)
+
+
+def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False) -> None:
+    """Checks what can be checked without the cluster's files; raises :class:`ConfigError` naming the field.
+
+    Every path must be visible from every pod: a URI (``gs://``, ``s3://``, ``hdfs://``) or an absolute
+    path. ``model_dir`` and ``export_dir`` must also outlive the pods (rank 0 writes them, and a restarted
+    job may resume on another node): a URI or a path inside the mounted data volume. The global batch
+    must split evenly over the ``workers * slots`` processes.
+    """
+    _check_model(config.model)
+    if not config.model_dir:
+        raise ConfigError("model_dir is not set")
+    required = ("eval_files",) if eval_only else ("train_files", "eval_files")
+    for key in required:
+        if not getattr(config, key):
+            raise ConfigError(f"{key} is not set")
+    for key in ("train_files", "eval_files", "label_map", "init_from"):
+        for part in filter(None, (p.strip() for p in getattr(config, key).split(","))):
+            if not (_URI.match(part) or posixpath.isabs(part)):
+                raise ConfigError(f"{key} {part!r} is a relative path the pods cannot see: use an absolute "
+                                  "path (in the image or the data volume) or a gs://, s3:// or hdfs:// URI")
+    for key in ("model_dir", "export_dir"):
+        path = getattr(config, key)
+        if path and not (_URI.match(path) or _inside(path, spec)):
+            where = f"a path under the data volume's mount path {spec.mount_path}" if spec.has_volume else \
+                "a data volume (--pvc/--host-path) and a path under its mount path"
+            raise ConfigError(f"{key} {path!r} is not shared storage (every rank and a restarted pod must see the "
+                              f"same directory, and the pod's own disk is lost): use a gs://, s3:// or hdfs:// "
+                              f"URI, or {where}")
+    if config.global_batch_size % spec.num_processes:
+        raise ConfigError(f"global_batch_size {config.global_batch_size} is not divisible by {spec.num_processes} "
+                          f"workers ({spec.workers} node(s) x {spec.slots_per_worker} slot(s))")
+    if config.backend == "tf_distribute" and spec.num_processes > 1:
+        raise ConfigError("backend 'tf_distribute' cannot span MPI processes: use 'auto' or 'horovod'")
+
+
+def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False) -> list[dict]:
+    """The ConfigMap (``train_config.json``) and the ``kubeflow.org/v2beta1`` MPIJob for one run.
+
+    The launcher runs plain ``mpirun`` with the usual Horovod flags rather than ``horovodrun``:
+    mpi-operator v2 already writes ``/etc/mpi/hostfile`` (``<worker> slots=N``), sets up SSH and retries
+    connections while worker pods start (``OMPI_MCA_plm_rsh_args``), so ``mpirun -np workers*slots`` is
+    all that is needed; ``horovodrun`` would add its own SSH checks and a second launcher layer. Worker
+    pods keep the operator's default command (``sshd``); ``mpirun`` starts one
+    ``python -m hrnet_tfx.training.worker`` per slot. The environment of those processes comes from the
+    launcher (``-x``), not from the worker pods, so ``nccl_env``/``env`` are set on the launcher only.
+
+    Raises:
+      ConfigError: see :func:`check_cluster_config`.
+    """
+    check_cluster_config(train_config, spec, eval_only)
+    labels = {"app.kubernetes.io/name": "hrnet-tfx", "app.kubernetes.io/instance": spec.name}
+    config_map_name = f"{spec.name}-train-config"  # "<name>-config" belongs to the operator
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_map_name, "namespace": spec.namespace, "labels": labels},
+        "data": {CONFIG_FILE: json.dumps(train_config.to_dict(), indent=2, sort_keys=True) + "\n"},
+    }
+    config_volume = {"name": "train-config", "configMap": {"name": config_map_name}}
+    config_mount = {"name": "train-config", "mountPath": CONFIG_DIR, "readOnly": True}
+
+    env = {"PYTHONUNBUFFERED": "1", **spec.nccl_env, **spec.env}
+    command = ["mpirun", "--allow-run-as-root", "-np", str(spec.num_processes), "--hostfile", HOSTFILE,
+               "-bind-to", "none", "-map-by", "slot", "-mca", "pml", "ob1", "-mca", "btl", "^openib"]
+    for name in dict.fromkeys(["LD_LIBRARY_PATH", "PATH", *env]):
+        command += ["-x", name]
+    command += ["python", *worker_command(posixpath.join(CONFIG_DIR, CONFIG_FILE), eval_only)[1:]]
+    launcher_resources = {k: v for k, v in (("cpu", spec.launcher_cpu), ("memory", spec.launcher_memory)) if v}
+    launcher = {
+        "containers": [{
+            "name": "launcher",
+            "image": spec.image,
+            "command": command,
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "resources": {"requests": launcher_resources, "limits": dict(launcher_resources)},
+            "volumeMounts": [config_mount],
+        }],
+        "volumes": [config_volume],
+    }
+
+    worker_resources: dict[str, dict] = {}
+    requests = {k: v for k, v in (("cpu", spec.cpu), ("memory", spec.memory)) if v}
+    if requests:
+        worker_resources["requests"] = requests
+    if spec.gpus_per_worker:
+        worker_resources["limits"] = {"nvidia.com/gpu": str(spec.gpus_per_worker)}
+    volumes = [config_volume, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]  # NCCL's shared memory
+    mounts = [config_mount, {"name": "dshm", "mountPath": "/dev/shm"}]
+    if spec.has_volume:
+        source = {"persistentVolumeClaim": {"claimName": spec.pvc}} if spec.pvc else \
+            {"hostPath": {"path": spec.host_path, "type": "Directory"}}
+        volumes.append({"name": "data", **source})
+        mounts.append({"name": "data", "mountPath": spec.mount_path})
+    worker = {
+        # Workers only serve ssh for the launcher's mpirun; set explicitly because the image's entry
+        # point is TFX's executor runner.
+        "containers": [{"name": "worker", "image": spec.image, "command": list(WORKER_COMMAND),
+                        "resources": worker_resources, "volumeMounts": mounts}],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        worker["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        worker["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.service_account:
+        launcher["serviceAccountName"] = worker["serviceAccountName"] = spec.service_account
+
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "Running"}
+    if spec.backoff_limit is not None:
+        run_policy["backoffLimit"] = spec.backoff_limit
+    mpijob = {
+        "apiVersion": API_VERSION,
+        "kind": "MPIJob",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
+        "spec": {
+            "slotsPerWorker": spec.slots_per_worker,
+            "runPolicy": run_policy,
+            "mpiImplementation": "OpenMPI",
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "restartPolicy": "OnFailure",
+                             "template": {"metadata": {"labels": dict(labels)}, "spec": launcher}},
+                "Worker": {"replicas": spec.workers, "restartPolicy": "Never",
+                           "template": {"metadata": {"labels": dict(labels)}, "spec": worker}},
+            },
+        },
+    }
+    return [config_map, mpijob]
+
+
+def write_manifests(objs: Sequence[Mapping], path: str) -> None:
+    """Writes ``objs`` as one multi-document YAML (``kubectl apply -f``); ``"-"`` is stdout.
+
+    A file is written atomically (a temporary file beside it, then renamed), so a failed write never
+    leaves a half manifest behind.
+    """
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # shared volume dicts written out in full, no &anchors
+            return True
+
+    def represent_str(dumper, text):  # multi-line strings (the config JSON) as readable "|" blocks
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+    Dumper.add_representer(str, represent_str)
+    dump = dict(Dumper=Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
+    if path == "-":
+        yaml.dump_all(list(objs), sys.stdout, **dump)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.dump_all(list(objs), f, **dump)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _inside(path: str, spec: MPIJobSpec) -> bool:
+    """Whether ``path`` is an absolute path inside the data volume."""
+    if not (spec.has_volume and posixpath.isabs(path)):
+        return False
+    mount = posixpath.normpath(spec.mount_path)
+    return posixpath.commonpath([posixpath.normpath(path), mount]) == mount
+
+
+def _check_model(model: str) -> None:
+    """A registered variant, a packaged network config, or an absolute config path the pods can read."""
+    from hrnet_tfx.models.registry import PACKAGED_CONFIGS, get_config, list_models
+
+    if posixpath.isabs(model) or model in list_models():
+        return
+    get_config(model)  # unknown name -> ConfigError naming the known ones
+    if os.sep in model or not os.path.isfile(os.path.join(PACKAGED_CONFIGS, model)):
+        raise ConfigError(f"model {model!r} is a local file the pods cannot read: use a registered variant, "
+                          "a packaged config, or an absolute path in the image or the data volume")
