@@ -66,7 +66,8 @@ def test_without_placement_one_document_and_cpu_trainer(tmp_path):
     (spec,) = yaml.safe_load_all(path.read_text())
     trainer = spec["deploymentSpec"]["executors"]["HorovodTrainer_executor"]["container"]
     assert "accelerator" not in trainer.get("resources", {})
-    assert [p.name for p in tmp_path.iterdir()] == ["demo.yaml"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.config.json", "demo.yaml"]  # no temp file left
+    assert load_config("", str(tmp_path / "demo.config.json")) == load_config("demo", "", CLUSTER)
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,8 @@ def platform_spec(config: PipelineConfig, executor_label: str) -> dict[str, Any]
 
 
 def compile_pipeline(config: PipelineConfig, output: str) -> dict[str, Any]:
-    """Writes the KFP v2 pipeline spec of ``create_pipeline(config)`` to ``output`` (YAML); returns it.
+    """Writes the KFP v2 pipeline spec of ``create_pipeline(config)`` to ``output`` (YAML) and the
+    resolved config beside it (``<output stem>.config.json``); returns the spec.
 
     The Trainer gets ``kubeflow.trainer_gpus`` GPUs (and CPU/memory) and, when ``num_workers`` is 0,
     starts one Horovod process per GPU it sees.
@@ -105,6 +106,7 @@ def compile_pipeline(config: PipelineConfig, output: str) -> dict[str, Any]:
         f.write(f"# KFP v2 pipeline spec of {config.name}, compiled by hrnet-tfx with {spec.get('sdkVersion')}\n")
         yaml.safe_dump_all(documents, f, sort_keys=True)
     os.replace(f.name, output)
+    config.save(os.path.splitext(output)[0] + ".config.json")  # the resolved config, beside the spec
     log.info("wrote %s (image %s, trainer: %d x %s)", output, kfp.image, kfp.trainer_gpus, kfp.gpu_type)
     return {"pipeline_spec": spec, "platform_spec": platform}
 
