@@ -34,8 +34,9 @@ RUN python -m pip install --no-cache-dir -c requirements/constraints.txt ".[kfp]
 
 # Horovod with NCCL for GPU allreduce (Gloo and MPI as controllers); fail the build if TensorFlow or
 # NCCL support is missing.
+# (The -include flags let gcc >= 13 compile 0.28.1; they change nothing for older compilers.)
 RUN HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 CXXFLAGS="-include stdexcept -include string" \
     python -m pip install --no-cache-dir --no-build-isolation -c requirements/constraints.txt horovod==0.28.1 \
  && horovodrun --check-build | tee /tmp/horovod-build.txt \
  && grep -q "\[X\] TensorFlow" /tmp/horovod-build.txt && grep -q "\[X\] NCCL" /tmp/horovod-build.txt
