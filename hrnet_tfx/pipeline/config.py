@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from hrnet_tfx.models.config import ConfigError, read_config_file
 from hrnet_tfx.models.registry import list_models
-from hrnet_tfx.training.config import TrainConfig, parse_overrides
+from hrnet_tfx.training.config import TrainConfig, coerce_field, parse_overrides
 
 
 _SECTIONS = ("train", "kubeflow")  # nested mappings, overridden key by key
@@ -76,19 +76,9 @@ def _checked(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}")
-    out = {}
-    for key, value in data.items():
-        kind = str(fields[key].type)
-        ok = {
-            "bool": lambda v: isinstance(v, bool),
-            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "str": lambda v: isinstance(v, str),
-        }.get(kind, lambda v: True)
-        if not ok(value):
-            raise ConfigError(f"{where}: {key}={value!r} is not a valid {kind}")
-        out[key] = float(value) if kind == "float" else value
-    return out
+    scalars = ("bool", "int", "float", "str")
+    return {key: coerce_field(key, value, fields[key].type, where) if str(fields[key].type) in scalars else value
+            for key, value in data.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,7 @@ class TrainConfig:
             raise ConfigError(f"training config: unknown key(s) {unknown}")
         converted = {}
         for key, value in data.items():
-            converted[key] = _coerce(key, value, fields[key].type)
+            converted[key] = coerce_field(key, value, fields[key].type)
         return cls(**converted)
 
     @classmethod
@@ -158,8 +158,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Checks/converts one value against the field's annotation (a string under postponed evaluation)."""
+def coerce_field(key: str, value: Any, annotation: str, where: str = "training config") -> Any:
+    """Checks/converts one value against the field's annotation (a string under postponed evaluation);
+    other annotations pass through. ``where`` starts the error message."""
     kind = str(annotation)
     try:
         if kind == "bool":
@@ -181,5 +182,5 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
                 value = [value]
             return tuple(float(v) for v in value)
     except (TypeError, ValueError):
-        raise ConfigError(f"training config: {key}={value!r} is not a valid {kind}") from None
+        raise ConfigError(f"{where}: {key}={value!r} is not a valid {kind}") from None
     return value
