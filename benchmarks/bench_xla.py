@@ -4,11 +4,12 @@ The step is the trainer's: forward + gradient under one ``tf.function`` (jit-com
 decay added to the gradients, SGD Nesterov update outside. Rounds alternate between the two so load
 from other jobs hits both alike; the median of each side is reported with its spread and the ratio.
 
-    .venv/bin/python benchmarks/bench_xla.py                       # tiny@64 and hrnet_w18@224
-    .venv/bin/python benchmarks/bench_xla.py --models hrnet_w18 --batch 8 --rounds 5
+    .venv/bin/python benchmarks/bench_xla.py                       # tiny@64
+    .venv/bin/python benchmarks/bench_xla.py --models hrnet_w18 --batch 8 --rounds 5   # for GPU machines
 
 On a CPU this says little about GPUs, where XLA fuses HRNet's many small elementwise ops (BN, ReLU,
-adds) around cuDNN convolutions; run it on a GPU machine for the number that matters.
+adds) around cuDNN convolutions; run it on a GPU machine for the number that matters. On the 2-core
+CPU here XLA's CPU compiler had not finished compiling hrnet_w18's training step after 20 minutes.
 """
 
 import argparse
@@ -45,7 +46,7 @@ def make_step(model, jit: bool, num_classes: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="tiny.yaml,hrnet_w18")
+    p.add_argument("--models", default="tiny.yaml", help="comma-separated: tiny.yaml, hrnet_w18, ...")
     p.add_argument("--batch", type=int, default=0, help="per-step batch (default: 32 tiny, 8 hrnet_w18)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per side")
     p.add_argument("--steps", type=int, default=3, help="steps per round (tiny: x10)")
