@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from typing import Any
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
@@ -26,6 +25,7 @@ import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.pipeline.config import PipelineConfig
 from hrnet_tfx.pipeline.pipeline import create_pipeline
+from hrnet_tfx.yaml_io import write_yaml_documents
 
 TRAINER_ID = "HorovodTrainer"
 
@@ -74,7 +74,6 @@ def compile_pipeline(config: PipelineConfig, output: str) -> dict[str, Any]:
     The Trainer gets ``kubeflow.trainer_gpus`` GPUs (and CPU/memory) and, when ``num_workers`` is 0,
     starts one Horovod process per GPU it sees.
     """
-    import yaml
     from tfx import v1 as tfx
 
     kfp = config.kubeflow_config()
@@ -100,12 +99,8 @@ def compile_pipeline(config: PipelineConfig, output: str) -> dict[str, Any]:
     platform = platform_spec(config, executor_label)
     if platform:
         documents.append(platform)
-    out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False) as f:
-        f.write(f"# KFP v2 pipeline spec of {config.name}, compiled by hrnet-tfx with {spec.get('sdkVersion')}\n")
-        yaml.safe_dump_all(documents, f, sort_keys=True)
-    os.replace(f.name, output)
+    write_yaml_documents(documents, output, header=f"# KFP v2 pipeline spec of {config.name}, compiled by "
+                                                   f"hrnet-tfx with {spec.get('sdkVersion')}\n")
     config.save(os.path.splitext(output)[0] + ".config.json")  # the resolved config, beside the spec
     log.info("wrote %s (image %s, trainer: %d x %s)", output, kfp.image, kfp.trainer_gpus, kfp.gpu_type)
     return {"pipeline_spec": spec, "platform_spec": platform}

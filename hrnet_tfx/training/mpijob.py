@@ -15,8 +15,6 @@ import json
 import os
 import posixpath
 import re
-import sys
-import tempfile
 import types
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +22,7 @@ import hrnet_tfx  # noqa: F401
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.training.config import TrainConfig
 from hrnet_tfx.training.launcher import worker_command
+from hrnet_tfx.yaml_io import write_yaml_documents
 
 API_VERSION = "kubeflow.org/v2beta1"
 CONFIG_DIR = "/etc/hrnet-tfx"
@@ -165,7 +164,7 @@ def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: boo
     mpi-operator v2 already writes ``/etc/mpi/hostfile`` (``<worker> slots=N``), sets up SSH and retries
     connections while worker pods start (``OMPI_MCA_plm_rsh_args``), so ``mpirun -np workers*slots`` is
     all that is needed; ``horovodrun`` would add its own SSH checks and a second launcher layer. Worker
-    pods keep the operator's default command (``sshd``); ``mpirun`` starts one
+    pods run ``sshd`` (:data:`WORKER_COMMAND`); ``mpirun`` starts one
     ``python -m hrnet_tfx.training.worker`` per slot. The environment of those processes comes from the
     launcher (``-x``), not from the worker pods, so ``nccl_env``/``env`` are set on the launcher only.
 
@@ -253,36 +252,8 @@ def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: boo
 
 
 def write_manifests(objs: Sequence[Mapping], path: str) -> None:
-    """Writes ``objs`` as one multi-document YAML (``kubectl apply -f``); ``"-"`` is stdout.
-
-    A file is written atomically (a temporary file beside it, then renamed), so a failed write never
-    leaves a half manifest behind.
-    """
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data):  # shared volume dicts written out in full, no &anchors
-            return True
-
-    def represent_str(dumper, text):  # multi-line strings (the config JSON) as readable "|" blocks
-        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
-
-    Dumper.add_representer(str, represent_str)
-    dump = dict(Dumper=Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
-    if path == "-":
-        yaml.dump_all(list(objs), sys.stdout, **dump)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.dump_all(list(objs), f, **dump)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes ``objs`` as one multi-document YAML for ``kubectl apply -f`` (atomically; ``"-"`` is stdout)."""
+    write_yaml_documents(objs, path)
 
 
 def _inside(path: str, spec: MPIJobSpec) -> bool:
