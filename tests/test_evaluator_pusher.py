@@ -129,12 +129,14 @@ def assert_complete_version(version_dir: pathlib.Path):
 
 def test_push_writes_a_complete_version_and_never_reuses_one(tmp_path, models):
     base = tmp_path / "base"
-    v1, dir1 = push_saved_model(str(models["good"] / "Format-Serving"), str(base), "hrnet", now=1_700_000_000)
+    v1, dir1, reused = push_saved_model(str(models["good"] / "Format-Serving"), str(base), "hrnet",
+                                        now=1_700_000_000)
+    assert not reused
     assert v1 == 1_700_000_000 and dir1 == str(base / "hrnet" / "1700000000")
     assert_complete_version(pathlib.Path(dir1))
     # Same second, and a clock behind the newest version: still a new, higher version.
-    v2, _ = push_saved_model(str(models["good"] / "Format-Serving"), str(base), "hrnet", now=1_700_000_000)
-    v3, dir3 = push_saved_model(str(models["good"] / "Format-Serving"), str(base), "hrnet", now=5)
+    v2, _, _ = push_saved_model(str(models["good_again"] / "Format-Serving"), str(base), "hrnet", now=1_700_000_000)
+    v3, dir3, _ = push_saved_model(str(models["constant"] / "Format-Serving"), str(base), "hrnet", now=5)
     assert v1 < v2 < v3 == v2 + 1
     assert model_base.complete_versions(str(base / "hrnet")) == [v1, v2, v3]
     assert model_base.latest_version(str(base / "hrnet")) == v3
@@ -147,8 +149,8 @@ def test_push_ships_the_label_map_when_the_model_has_none(tmp_path, models, colo
     with pytest.raises(PushError, match="no assets/labels.tsv"):
         push_saved_model(source, str(tmp_path / "base"), "hrnet")
     assert not (tmp_path / "base").exists()
-    _, version_dir = push_saved_model(source, str(tmp_path / "base"), "hrnet",
-                                      label_map_path=str(color_records / "labels.tsv"))
+    _, version_dir, _ = push_saved_model(source, str(tmp_path / "base"), "hrnet",
+                                         label_map_path=str(color_records / "labels.tsv"))
     assert_complete_version(pathlib.Path(version_dir))
 
 
@@ -172,14 +174,16 @@ def test_a_half_copied_staging_directory_is_not_a_version(tmp_path, models):
     (staging / "saved_model.pb").write_bytes((models["good"] / "Format-Serving" / "saved_model.pb").read_bytes())
     assert model_base.version_dirs(str(model_dir)) == {}
     assert model_base.latest_version(str(model_dir)) is None
-    version, _ = push_saved_model(str(models["good"] / "Format-Serving"), str(tmp_path / "base"), "hrnet")
+    version, _, _ = push_saved_model(str(models["good"] / "Format-Serving"), str(tmp_path / "base"), "hrnet")
     assert model_base.complete_versions(str(model_dir)) == [version]
 
 
 def test_pusher_component_checks_its_arguments():
     model = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model)
-    with pytest.raises(ValueError, match="model_name"):
+    with pytest.raises(ValueError, match="model name 'a/b'"):
         HRNetPusher(model, "/srv/models", model_name="a/b")
+    with pytest.raises(ValueError, match=r"model name 'hrnet\\n'"):
+        HRNetPusher(model, "/srv/models", model_name="hrnet\n")
     with pytest.raises(ValueError, match="base_directory"):
         HRNetPusher(model, "")
 

@@ -15,13 +15,21 @@ send encoded images or tf.Examples, never pixels):
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
 ``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation, fine-tuning), and
 ``model_variables`` holds the weights in ``model.variables`` order (see :func:`load_weights_into`).
+
+Publishing (:func:`export_saved_model`, and the Pusher through :func:`publish_directory`): every file goes
+through ``tf.io.gfile``, so ``export_dir`` may be a bucket (``gs://``, ``s3://``) as well as a local path.
+The SavedModel is written into a hidden staging directory beside ``export_dir`` first. On a local file
+system the staging directory is then renamed into place (one atomic ``rename``). Object stores have no
+directory rename (a "rename" copies object by object), so there the files are copied into ``export_dir``
+with ``saved_model.pb`` last: whatever a crash leaves at ``export_dir`` has no ``saved_model.pb`` and is
+not taken for a SavedModel by TF Serving, TFMA or :mod:`hrnet_tfx.serving.model_base`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import posixpath
+import uuid
 from typing import Sequence
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -30,6 +38,8 @@ import tensorflow as tf
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
 
+SAVED_MODEL_PB = "saved_model.pb"
+STAGING_PREFIX = ".export-"
 SIGNATURE_CLASSIFY = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURE_EXAMPLES = "predict_examples"
@@ -99,6 +109,67 @@ class ServingModule(tf.Module):
         }
 
 
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names a file system by scheme (``gs://b/x``, ``ram://x``), not a local path."""
+    return "://" in path
+
+
+def _join(parent: str, name: str) -> str:
+    return posixpath.join(parent, name) if is_uri(parent) else os.path.join(parent, name)
+
+
+def _parent(path: str) -> str:
+    path = path.rstrip("/")
+    return posixpath.dirname(path) if is_uri(path) else os.path.dirname(os.path.abspath(path))
+
+
+def copy_tree(src: str, dst: str, last: Sequence[str] = ()) -> None:
+    """Copies directory ``src`` into ``dst`` (created) with ``tf.io.gfile``; the files named in ``last``
+    (paths relative to ``src``) are copied after every other file, in that order."""
+    deferred = []
+    for dirpath, _, filenames in tf.io.gfile.walk(src):
+        rel = os.path.relpath(dirpath, src) if not is_uri(src) else posixpath.relpath(dirpath, src)
+        target_dir = dst if rel == "." else _join(dst, rel)
+        tf.io.gfile.makedirs(target_dir)
+        for name in filenames:
+            rel_file = posixpath.normpath(posixpath.join(rel, name))
+            if rel_file in last:
+                deferred.append(rel_file)
+                continue
+            tf.io.gfile.copy(_join(dirpath, name), _join(target_dir, name), overwrite=True)
+    for rel_file in sorted(deferred, key=list(last).index):
+        tf.io.gfile.copy(_join(src, rel_file), _join(dst, rel_file), overwrite=True)
+
+
+def renames_atomically(path: str) -> bool:
+    """Whether directories under ``path`` can be renamed into place in one step: local file systems yes;
+    object stores (``gs://``, ``s3://``, TF's in-memory ``ram://``) no."""
+    return not is_uri(path)
+
+
+def publish_directory(staging: str, final: str, *, rename: bool | None = None) -> None:
+    """Makes the SavedModel in ``staging`` appear at ``final`` (which must not exist), complete or not at all.
+
+    ``rename`` (default: :func:`renames_atomically`) renames the directory; otherwise every file is
+    copied with ``saved_model.pb`` last and ``staging`` is removed. Raises ``FileExistsError`` when
+    ``final`` exists (a concurrent writer took it; on a local file system the rename itself refuses).
+    """
+    if rename is None:
+        rename = renames_atomically(final)
+    if rename:
+        try:
+            tf.io.gfile.rename(staging, final, overwrite=False)
+        except tf.errors.OpError as e:
+            if tf.io.gfile.exists(final):
+                raise FileExistsError(f"{final} appeared while publishing {staging}") from e
+            raise
+        return
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(f"{final} already exists")
+    copy_tree(staging, final, last=(SAVED_MODEL_PB,))
+    tf.io.gfile.rmtree(staging)
+
+
 def export_saved_model(
     model,
     export_dir: str,
@@ -107,26 +178,36 @@ def export_saved_model(
     image_size: int = IMAGE_SIZE,
     top_k: int = TOP_K,
     label_map_path: str | None = None,
+    rename: bool | None = None,
 ) -> str:
     """Writes ``model`` with the serving signatures to ``export_dir`` (which must not exist yet).
 
-    The SavedModel is written next to ``export_dir`` and renamed into place, so a crash never leaves a
-    partial model at ``export_dir``. ``label_map_path`` (the converter's labels file) is copied into
-    ``assets/`` beside the model.
+    ``export_dir`` may be local or a bucket URI. The SavedModel is written into a staging directory
+    beside it and published with :func:`publish_directory` (renamed on a local file system, copied with
+    ``saved_model.pb`` last on object stores; ``rename`` forces one or the other), so a crash never
+    leaves a complete-looking model at ``export_dir``. ``label_map_path`` (the converter's labels file,
+    local or a URI) is copied into ``assets/`` beside the model.
     """
     if tf.io.gfile.exists(export_dir):
-        raise FileExistsError(f"export directory already exists: {export_dir}")
-    parent = os.path.dirname(os.path.abspath(export_dir))
+        complete = tf.io.gfile.exists(_join(export_dir, SAVED_MODEL_PB))
+        raise FileExistsError(f"export directory already exists: {export_dir}" + (
+            "" if complete else f" (without {SAVED_MODEL_PB}: left by an interrupted export? remove it)"))
+    parent = _parent(export_dir)
     tf.io.gfile.makedirs(parent)
     module = ServingModule(model, labels, image_size, top_k)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    name = os.path.basename(export_dir.rstrip("/"))
+    staging = _join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     try:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        tf.io.gfile.makedirs(staging)
+        tf.saved_model.save(module, staging, signatures=module.signatures())
         if label_map_path:
-            shutil.copy(label_map_path, os.path.join(tmp, "assets", features.LABEL_MAP_FILENAME))
-        os.replace(tmp, export_dir)
+            tf.io.gfile.makedirs(_join(staging, "assets"))
+            tf.io.gfile.copy(label_map_path, _join(_join(staging, "assets"), features.LABEL_MAP_FILENAME),
+                             overwrite=True)
+        publish_directory(staging, export_dir, rename=rename)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
         raise
     return export_dir
 
