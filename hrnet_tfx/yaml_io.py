@@ -1,10 +1,15 @@
-"""Writing YAML documents for other tools (kubectl, KFP): readable, complete or not at all."""
+"""Writing YAML documents for other tools (kubectl, KFP): readable, complete or not at all.
+
+The files are local by nature: ``kubectl apply -f`` and KFP's upload read them from the machine that runs
+the command (the paths *inside* them may be buckets). They get the permissions of any new file (0666
+less the umask, usually 0644), not the 0600 of a private temporary file.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
+import uuid
 from typing import Mapping, Sequence
 
 
@@ -32,7 +37,8 @@ def write_yaml_documents(objs: Sequence[Mapping], path: str, header: str = "") -
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(header)

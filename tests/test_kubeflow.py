@@ -56,7 +56,10 @@ def test_trainer_carries_its_gpu_request_and_every_step_the_image(compiled):
     assert all("resources" not in c for label, c in containers.items() if label != "HorovodTrainer_executor")
     example_gen = containers["ImageExampleGen_executor"]["args"]
     assert {"--runner=DataflowRunner", "--max_num_workers=64", "--project=p", "--region=us-central1"} <= set(example_gen)
-    assert not any(a.startswith("--setup_file") for c in containers.values() for a in c["args"])  # installed in the image
+    # Dataflow's workers install the package from the image's setup.py (the steps have it installed)
+    for label in ("ImageExampleGen_executor", "Evaluator_executor"):
+        assert [a for a in containers[label]["args"] if a.startswith("--setup_file")] == [
+            "--setup_file=/opt/hrnet-tfx/setup.py"], label
     assert trainer["args"][:2] == ["--executor_class_path", "hrnet_tfx.components.trainer.Executor"]
 
 
@@ -66,6 +69,8 @@ def test_without_placement_one_document_and_cpu_trainer(tmp_path):
     (spec,) = yaml.safe_load_all(path.read_text())
     trainer = spec["deploymentSpec"]["executors"]["HorovodTrainer_executor"]["container"]
     assert "accelerator" not in trainer.get("resources", {})
+    assert not any(a.startswith("--setup_file") for e in spec["deploymentSpec"]["executors"].values()
+                   for a in e.get("container", {}).get("args", []))  # in-process Beam: the image has the package
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.config.json", "demo.yaml"]  # no temp file left
     assert load_config("", str(tmp_path / "demo.config.json")) == load_config("demo", "", CLUSTER)
 
@@ -133,6 +138,10 @@ def test_container_recipe_matches_the_pinned_set():
     horovod = re.search(r"horovod==(\S+)", dockerfile).group(1)
     assert f"horovod=={horovod}" in (root / "scripts" / "setup.sh").read_text()
     assert "HOROVOD_GPU_OPERATIONS=NCCL" in dockerfile and "TF_USE_LEGACY_KERAS=1" in dockerfile
+    from hrnet_tfx.pipeline.pipeline import IMAGE_SETUP_FILE  # what Dataflow workers get as --setup_file
+
+    workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.M).group(1)
+    assert IMAGE_SETUP_FILE == f"{workdir}/setup.py" and re.search(r"^COPY setup\.py .*\./$", dockerfile, re.M)
 
 
 def test_readme_kubeflow_example_compiles(tmp_path):
@@ -147,4 +156,5 @@ def test_readme_kubeflow_example_compiles(tmp_path):
     spec, platform = yaml.safe_load_all((tmp_path / "hrnet_w18.yaml").read_text())
     trainer = spec["deploymentSpec"]["executors"]["HorovodTrainer_executor"]["container"]
     assert trainer["resources"]["accelerator"]["count"] == "8"
-    assert "--runner=DataflowRunner" in spec["deploymentSpec"]["executors"]["ImageExampleGen_executor"]["container"]["args"]
+    args = spec["deploymentSpec"]["executors"]["ImageExampleGen_executor"]["container"]["args"]
+    assert "--runner=DataflowRunner" in args and args.count("--setup_file=/opt/hrnet-tfx/setup.py") == 1

@@ -156,8 +156,7 @@ class PipelineConfig:
         installed where the components run, as in the container image).
         """
         args = [f"--runner={self.beam_runner}"] if self.beam_runner else []
-        runner = self.beam_runner or next(
-            (a.split("=", 1)[1] for a in self.beam_args if a.startswith("--runner=")), "FnApiRunner")
+        runner = self.runner
         if self.beam_workers:
             flags = _BEAM_WORKER_FLAGS.get(runner)
             if flags is None:
@@ -173,8 +172,28 @@ class PipelineConfig:
         return args
 
     @property
+    def runner(self) -> str:
+        """The Beam runner ExampleGen and Evaluator use (``beam_runner``, else ``--runner`` in ``beam_args``)."""
+        return self.beam_runner or next(
+            (a.split("=", 1)[1] for a in self.beam_args if a.startswith("--runner=")), "FnApiRunner")
+
+    @property
+    def runner_has_own_workers(self) -> bool:
+        """Whether Beam runs on workers of its own (Dataflow, Flink, Spark), which must install the package
+        (``--setup_file``), rather than in the component's process."""
+        return self.runner not in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
+
+    @property
     def metadata(self) -> str:
-        return self.metadata_path or os.path.join(self.root, "metadata.sqlite")
+        """The local pipeline's ML Metadata sqlite file: ``metadata_path``, else ``ROOT/metadata.sqlite``.
+
+        sqlite needs a local file: with ``root`` on a bucket, ``metadata_path`` must name a local path.
+        """
+        path = self.metadata_path or os.path.join(self.root, "metadata.sqlite")
+        if "://" in path:
+            raise ConfigError(f"pipeline config: metadata_path {path!r} is not a local path (ML Metadata's sqlite "
+                              "file must be local); with root on a bucket, set metadata_path to a local file")
+        return path
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -186,9 +205,16 @@ class PipelineConfig:
         return cls(**_checked(cls, data, "pipeline config"))
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        """Writes the resolved config as JSON to ``path`` (local or a bucket URI such as ``ROOT/...``),
+        whole or not at all: written beside it, then renamed over it."""
+        import tensorflow as tf
+
+        directory = path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
+        tf.io.gfile.makedirs(directory)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 _BEAM_WORKER_FLAGS = {

@@ -61,8 +61,20 @@ def create_pipeline(config: PipelineConfig, local: bool = True) -> tfx.dsl.Pipel
         enable_cache=config.enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             resolve_path(config.metadata)) if local else None,
-        beam_pipeline_args=config.beam_pipeline_args(source_setup_file() if local else ""),
+        beam_pipeline_args=config.beam_pipeline_args(_setup_file(config, local)),
     )
+
+
+IMAGE_SETUP_FILE = "/opt/hrnet-tfx/setup.py"
+"""Where the container image (``Dockerfile``: ``WORKDIR /opt/hrnet-tfx``, ``COPY setup.py``) has setup.py."""
+
+
+def _setup_file(config: PipelineConfig, local: bool) -> str:
+    """The ``--setup_file`` Beam gets: this checkout's locally; on Kubeflow the image's one, for runners whose
+    workers must install the package (the steps themselves run in the image, which has it installed)."""
+    if local:
+        return source_setup_file()
+    return IMAGE_SETUP_FILE if config.runner_has_own_workers else ""
 
 
 def source_setup_file() -> str:
