@@ -33,9 +33,8 @@ BEAM_ARGS = ["--runner=FnApiRunner", f"--setup_file={REPO / 'setup.py'}"]
 LABELS = ["red", "green", "blue"]
 
 
-def export_color_model(path: pathlib.Path, kind: str, label_map: str | None = None) -> pathlib.Path:
-    """Exports a hand-weighted model (``good`` or ``constant``, see the module docstring) to
-    ``path/Format-Serving`` (the Model artifact layout); returns ``path``."""
+def color_model(kind: str):
+    """A hand-weighted Keras model on 64x64 images: ``good`` or ``constant`` (see the module docstring)."""
     import tf_keras as keras
 
     inputs = keras.Input((64, 64, 3))
@@ -47,7 +46,14 @@ def export_color_model(path: pathlib.Path, kind: str, label_map: str | None = No
         model.layers[-1].set_weights([np.zeros((3, 3), "float32"), np.array([2.0, 0.0, 0.0], "float32")])
     else:
         raise ValueError(kind)
-    export_saved_model(model, str(path / "Format-Serving"), LABELS, image_size=64, label_map_path=label_map)
+    return model
+
+
+def export_color_model(path: pathlib.Path, kind: str, label_map: str | None = None) -> pathlib.Path:
+    """Exports :func:`color_model` ``kind`` to ``path/Format-Serving`` (the Model artifact layout); returns
+    ``path``."""
+    export_saved_model(color_model(kind), str(path / "Format-Serving"), LABELS, image_size=64,
+                       label_map_path=label_map)
     return path
 
 

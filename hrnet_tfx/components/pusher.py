@@ -76,7 +76,8 @@ from tfx.utils import io_utils, json_utils, path_utils
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.serving import model_base
-from hrnet_tfx.serving.export import SAVED_MODEL_PB, copy_tree, is_uri, publish_directory, renames_atomically
+from hrnet_tfx.serving.export import (SAVED_MODEL_PB, copy_tree, is_uri, publish_directory, remove_tree,
+                                     renames_atomically, walk_files)
 from hrnet_tfx.serving.warmup import WARMUP_DIR, write_warmup_requests
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,9 @@ def saved_model_fingerprint(saved_model_dir: str, extra: Optional[Dict[str, str]
     {relative path: file} added at push time). The variable index holds a checksum of every tensor, so the
     variable data files need not be read; ``assets.extra/`` (written by the Pusher) is left out."""
     files: Dict[str, str] = {}
-    for dirpath, _, filenames in tf.io.gfile.walk(saved_model_dir):
-        rel_dir = posixpath.relpath(dirpath, saved_model_dir) if is_uri(saved_model_dir) else \
-            os.path.relpath(dirpath, saved_model_dir)
+    for dirpath, rel_dir, filenames in walk_files(saved_model_dir):
         for name in filenames:
-            rel = posixpath.normpath(posixpath.join(rel_dir.replace(os.sep, "/"), name))
+            rel = posixpath.normpath(posixpath.join(rel_dir, name))
             if rel.startswith(WARMUP_DIR + "/") or (rel.startswith("variables/") and ".data-" in rel):
                 continue
             files[rel] = _join(dirpath, name)
@@ -207,14 +206,14 @@ def clean_stale(model_dir: str, stale_after: float = STALE_AFTER_SECONDS) -> Lis
         m = _STAGING.fullmatch(name)
         if m and int(m.group(1)) < cutoff:
             path = _join(model_dir, name)
-            tf.io.gfile.rmtree(path)
+            remove_tree(path)
             removed.append(path)
     versions = model_base.version_dirs(model_dir)
     for name, (version, started, _) in _claims(model_dir).items():
         if started >= cutoff:
             continue
         if version in versions and not model_base.saved_model_file(versions[version]):
-            tf.io.gfile.rmtree(versions[version])  # the half-copied version of the killed push
+            remove_tree(versions[version])  # the half-copied version of the killed push
             removed.append(versions[version])
         path = _join(model_dir, CLAIMS_DIR, name)
         tf.io.gfile.remove(path)
@@ -342,10 +341,10 @@ def push_saved_model(
             marker = None
     except BaseException:
         if tf.io.gfile.exists(staging):
-            tf.io.gfile.rmtree(staging)
+            remove_tree(staging)
         if marker is not None:  # we hold the claim: whatever is at the version directory is ours
             if final and tf.io.gfile.exists(final):
-                tf.io.gfile.rmtree(final)
+                remove_tree(final)
             tf.io.gfile.remove(marker)
         raise
     log.info("pushed %s as %s version %d: %s", saved_model_dir, model_name, version, final)

@@ -123,12 +123,37 @@ def _parent(path: str) -> str:
     return posixpath.dirname(path) if is_uri(path) else os.path.dirname(os.path.abspath(path))
 
 
+def walk_files(root: str):
+    """``(directory, relative directory, file names)`` for every directory under ``root``, top-down
+    (``tf.io.gfile.walk``, less names a listing reports that do not exist: TF's ``ram://`` lists by
+    prefix, so ``assets/`` appears to hold ``.extra`` when ``assets.extra/`` is its sibling)."""
+    for dirpath, _, filenames in tf.io.gfile.walk(root):
+        rel = posixpath.relpath(dirpath, root) if is_uri(root) else os.path.relpath(dirpath, root)
+        names = [n for n in filenames if not is_uri(root) or tf.io.gfile.exists(_join(dirpath, n))]
+        yield dirpath, rel.replace(os.sep, "/"), names
+
+
+def remove_tree(path: str) -> None:
+    """Deletes directory ``path`` and everything under it (``tf.io.gfile.rmtree``; on URIs file by file,
+    deepest directory first, which also works around ``ram://``'s prefix listing, see :func:`walk_files`)."""
+    if not is_uri(path):
+        tf.io.gfile.rmtree(path)
+        return
+    directories = []
+    for dirpath, _, filenames in walk_files(path):
+        directories.append(dirpath)
+        for name in filenames:
+            tf.io.gfile.remove(_join(dirpath, name))
+    for directory in sorted(directories, key=lambda d: (d.count("/"), len(d)), reverse=True):
+        if tf.io.gfile.exists(directory):
+            tf.io.gfile.rmtree(directory)
+
+
 def copy_tree(src: str, dst: str, last: Sequence[str] = ()) -> None:
     """Copies directory ``src`` into ``dst`` (created) with ``tf.io.gfile``; the files named in ``last``
     (paths relative to ``src``) are copied after every other file, in that order."""
     deferred = []
-    for dirpath, _, filenames in tf.io.gfile.walk(src):
-        rel = os.path.relpath(dirpath, src) if not is_uri(src) else posixpath.relpath(dirpath, src)
+    for dirpath, rel, filenames in walk_files(src):
         target_dir = dst if rel == "." else _join(dst, rel)
         tf.io.gfile.makedirs(target_dir)
         for name in filenames:
@@ -167,7 +192,7 @@ def publish_directory(staging: str, final: str, *, rename: bool | None = None) -
     if tf.io.gfile.exists(final):
         raise FileExistsError(f"{final} already exists")
     copy_tree(staging, final, last=(SAVED_MODEL_PB,))
-    tf.io.gfile.rmtree(staging)
+    remove_tree(staging)
 
 
 def export_saved_model(
@@ -207,7 +232,7 @@ def export_saved_model(
         publish_directory(staging, export_dir, rename=rename)
     except BaseException:
         if tf.io.gfile.exists(staging):
-            tf.io.gfile.rmtree(staging)
+            remove_tree(staging)
         raise
     return export_dir
 
