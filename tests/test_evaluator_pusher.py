@@ -19,7 +19,7 @@ import hrnet_tfx  # noqa: F401
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from hrnet_tfx.components.evaluator import BASELINE, CANDIDATE, eval_config, make_evaluator
+from hrnet_tfx.components.evaluator import BASELINE, CANDIDATE, LabelRangeError, eval_config, make_evaluator
 from hrnet_tfx.components.pusher import (PUSHED, PUSHED_DESTINATION, PUSHED_VERSION, STAGING_PREFIX, HRNetPusher,
                                          PushError, next_version, push_saved_model)
 from hrnet_tfx.components.report import REPORT_HTML, REPORT_JSON, REPORT_MD, EvaluationReport
@@ -114,7 +114,7 @@ def test_make_evaluator_wires_the_latest_blessed_baseline():
     assert resolver.id == "LatestBlessedModelResolver" and evaluator.id == "Evaluator"
     assert evaluator.inputs["baseline_model"] is not None
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
-    assert not evaluator.exec_properties.get("module_path")
+    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator"  # the label check
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5, max_top1_drop=None, inference_batch_size=64))
     assert resolver is None and "baseline_model" not in evaluator.inputs
     assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator"
@@ -297,3 +297,46 @@ def test_pipeline_refuses_a_model_below_the_bound_on_the_first_run(tmp_path, mod
     assert "**Verdict: NOT BLESSED**" in text
     assert "top-1 accuracy 1.0000, required >= 1.0100" in text
     assert "| top-1 accuracy | 1.0000 |" in text and "| 0 | r | red | 4 | 1.0000 | 1.0000 |" in text
+
+
+def shifted_records(records: pathlib.Path, out: pathlib.Path, offset: int) -> str:
+    """The eval records of ``records`` with ``offset`` added to every label (1: inception's 1-based labels)."""
+    import tensorflow as tf
+
+    out.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(out / "eval-00000-of-00001")) as writer:
+        for data in tf.data.TFRecordDataset(sorted(map(str, (records / "eval").glob("eval-*")))):
+            example = tf.train.Example.FromString(data.numpy())
+            example.features.feature["image/class/label"].int64_list.value[0] += offset
+            writer.write(example.SerializeToString())
+    return str(out / "eval-00000-of-00001")
+
+
+def run_tfma(model_dir: pathlib.Path, data: str, output: pathlib.Path, config):
+    """TFMA as the Evaluator runs it, with :func:`custom_extractors` (what ``module_path`` installs)."""
+    from hrnet_tfx.components.evaluator import custom_extractors
+
+    shared = tfma.default_eval_shared_model(str(model_dir / "Format-Serving"), eval_config=config)
+    return tfma.run_model_analysis(
+        eval_shared_model=shared, eval_config=config, data_location=data, file_format="tfrecords",
+        output_path=str(output), extractors=custom_extractors(shared, config),
+        pipeline_options=None)
+
+
+def test_one_based_labels_are_refused_where_the_config_knows_them():
+    with pytest.raises(ValueError, match="label_offset=1: the Evaluator .TFMA. scores 'image/class/label' as stored"):
+        eval_config(label_offset=1)
+
+
+@pytest.mark.e2e
+def test_evaluation_refuses_one_based_labels_and_scores_zero_based_ones(tmp_path, models, color_records):
+    """1-based labels (class 3 of a 3-class model appears) fail the evaluation with a clear error instead of
+    a top-1 of 0; the same records 0-based evaluate to top-1 1.0."""
+    config = eval_config(max_top1_drop=None, per_class=False)
+    with pytest.raises(LabelRangeError, match=r"eval label 3 is not a class of the 3-class model .*1-based"):
+        run_tfma(models["good"], shifted_records(color_records, tmp_path / "one_based", 1), tmp_path / "out1",
+                 config)
+    result = run_tfma(models["good"], shifted_records(color_records, tmp_path / "zero_based", 0),
+                      tmp_path / "out0", config)
+    (overall,) = [m for s, m in result.slicing_metrics if not s]
+    assert overall[""][""]["sparse_categorical_accuracy"]["doubleValue"] == pytest.approx(1.0)

@@ -30,6 +30,7 @@ def test_layers_preset_file_overrides(tmp_path):
         (["train.bogus=1"], r"train: .*unknown key\(s\) \['bogus'\]"),
         (["input_base="], "input_base"),
         (["train.global_batch_size=lots"], "global_batch_size='lots'"),
+        (["train.label_offset=1"], "train.label_offset=1 but ImageExampleGen writes 0-based labels"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):

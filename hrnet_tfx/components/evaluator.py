@@ -25,6 +25,14 @@ What TFMA 0.47 evaluates, and why the config looks like this:
   ``label == c`` is the recall of class ``c``: the per-class accuracy table of
   :mod:`hrnet_tfx.components.report`.
 
+Labels. TFMA scores the label feature as stored: it cannot shift labels. Examples whose labels are
+1-based (inception/TF-slim TFRecords read by a foreign ExampleGen; ``ImageExampleGen`` and ``hrnet-tfx
+data convert`` shift them to 0-based) would be mis-scored, every prediction off by one class. So
+:func:`eval_config` refuses ``label_offset != 0`` (the offset the Trainer was given for such Examples),
+and the Evaluator of :func:`make_evaluator` checks every label while it runs (:func:`custom_extractors`):
+a label outside ``[0, classes)`` of the model fails the evaluation with an error that names it, which
+catches 1-based ImageNet labels (class 1000 appears) before a wrong number is reported.
+
 Cost and memory. By default the Evaluator's TFXIO source batches records with Beam's adaptive
 ``BatchElements`` (1 to 1000 records, grown while a batch stays fast): on a CPU the batches stay small,
 on a fast GPU they can reach 1000 224x224 images, too many for its memory (TFMA then retries the batch
@@ -36,6 +44,8 @@ metric state is a handful of floats per class, so 1000 label slices are cheap.
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
+
+import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow_model_analysis as tfma
@@ -81,6 +91,7 @@ def eval_config(
     per_class: bool = True,
     top_k: int = 5,
     inference_batch_size: Optional[int] = None,
+    label_offset: int = 0,
 ) -> tfma.EvalConfig:
     """The TFMA config that evaluates and blesses an hrnet-tfx SavedModel (see the module docstring).
 
@@ -97,11 +108,19 @@ def eval_config(
       inference_batch_size: run the model on batches of exactly this many examples (bounded accelerator
         memory; :func:`make_evaluator` then installs :func:`custom_extractors`). Default: TFMA's adaptive
         batches of 1 to 1000 examples.
+      label_offset: what the Examples' labels are offset by (the Trainer's ``label_offset``). Only 0 is
+        accepted: TFMA cannot shift labels (see the module docstring).
 
     Returns:
       A :class:`tfma.EvalConfig` with model specs ``candidate`` (and ``baseline`` unless
       ``max_top1_drop is None``).
     """
+    if label_offset:
+        raise ValueError(
+            f"label_offset={label_offset}: the Evaluator (TFMA) scores {label_key!r} as stored and cannot shift "
+            "labels, so every example would count as the neighbouring class. Convert the data with "
+            "ImageExampleGen or 'hrnet-tfx data convert' (they write 0-based labels, shifting inception's "
+            "1-based ones), or evaluate without TFMA ('hrnet-tfx train --eval-only' takes -s label_offset=1)")
     top1_lower_bound = _check_fraction("top1_lower_bound", top1_lower_bound)
     top5_lower_bound = _check_fraction("top5_lower_bound", top5_lower_bound)
     if max_top1_drop is not None:
@@ -181,30 +200,70 @@ def make_evaluator(
             model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
         ).with_id(f"{id_prefix}LatestBlessedModelResolver")
         baseline = resolver.outputs["model"]
-    fixed_batches = any(spec.inference_batch_size for spec in config.model_specs)
     evaluator = tfx.components.Evaluator(
         examples=examples,
         model=model,
         baseline_model=baseline,
         eval_config=config,
         example_splits=list(example_splits),
-        module_path=__name__ if fixed_batches else None,  # custom_extractors: fixed inference batches
+        module_path=__name__,  # custom_extractors: label check, fixed inference batches
     ).with_id(f"{id_prefix}Evaluator")
     return resolver, evaluator
 
 
+class LabelRangeError(ValueError):
+    """An eval example's label is not a class index of the model."""
+
+
+def _arrays(value):
+    """The arrays in a (possibly per-model dict, or per-example list) extracts value."""
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in _arrays(v)]
+    if isinstance(value, (list, tuple)):
+        return [np.asarray(v) for v in value]
+    return [] if value is None else [np.asarray(value)]
+
+
+def check_labels(extracts: dict) -> dict:
+    """Raises :class:`LabelRangeError` unless every label of the batch is in ``[0, classes)`` of the
+    predictions (see the module docstring); returns ``extracts`` unchanged."""
+    predictions = _arrays(extracts.get(tfma.PREDICTIONS_KEY))
+    labels = [a.ravel() for a in _arrays(extracts.get(tfma.LABELS_KEY)) if a.size]
+    if not predictions or not labels:
+        return extracts
+    num_classes = int(predictions[0].shape[-1])
+    values = np.concatenate(labels).astype(np.int64)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise LabelRangeError(
+            f"eval label {int(bad[0])} is not a class of the {num_classes}-class model (labels are 0 to "
+            f"{num_classes - 1}); {bad.size} of {values.size} labels in this batch are out of range. 1-based "
+            "labels (inception/TF-slim TFRecords)? TFMA cannot shift them: convert the data with ImageExampleGen "
+            "or 'hrnet-tfx data convert', which write 0-based labels")
+    return extracts
+
+
 def custom_extractors(eval_shared_model, eval_config, tensor_adapter_config=None):
-    """TFMA extractors that run inference in fixed batches of ``ModelSpec.inference_batch_size``.
+    """TFMA's extractors plus the label check (:func:`check_labels`) after the predictions, and, when
+    ``ModelSpec.inference_batch_size`` is set, inference in fixed batches of that size.
 
     The stock Evaluator calls this (``module_path='hrnet_tfx.components.evaluator'``, set by
-    :func:`make_evaluator` when ``inference_batch_size`` is given): TFMA's default predictions extractor
-    calls the model on whatever batch Beam's adaptive batching produced (up to 1000 records, which on a
-    fast GPU can be too many 224x224 images for its memory; TFMA then retries one example at a time),
-    while tfx_bsl's RunInference extractor batches to exactly ``inference_batch_size``.
+    :func:`make_evaluator`). Fixed batches: TFMA's default predictions extractor calls the model on
+    whatever batch Beam's adaptive batching produced (up to 1000 records, which on a fast GPU can be too
+    many 224x224 images for its memory; TFMA then retries one example at a time), while tfx_bsl's
+    RunInference extractor batches to exactly ``inference_batch_size``.
     """
+    import apache_beam as beam
     from tensorflow_model_analysis.extractors import tfx_bsl_predictions_extractor
 
-    predict = tfx_bsl_predictions_extractor.TfxBslPredictionsExtractor(
-        eval_config=eval_config, eval_shared_model=eval_shared_model)
-    return tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,
-                                   tensor_adapter_config=tensor_adapter_config, custom_predict_extractor=predict)
+    predict = None
+    if any(spec.inference_batch_size for spec in eval_config.model_specs):
+        predict = tfx_bsl_predictions_extractor.TfxBslPredictionsExtractor(
+            eval_config=eval_config, eval_shared_model=eval_shared_model)
+    extractors = tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,
+                                         tensor_adapter_config=tensor_adapter_config,
+                                         custom_predict_extractor=predict)
+    names = [e.stage_name for e in extractors]
+    after = max(i for i, name in enumerate(names) if "Predict" in name or "Inference" in name)
+    check = tfma.extractors.Extractor(stage_name="CheckLabels", ptransform=beam.Map(check_labels))
+    return extractors[:after + 1] + [check] + extractors[after + 1:]

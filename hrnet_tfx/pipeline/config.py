@@ -128,7 +128,10 @@ class PipelineConfig:
             if not isinstance(getattr(self, section), Mapping):
                 raise ConfigError(f"pipeline config: {section} must be a mapping, got {getattr(self, section)!r}")
             object.__setattr__(self, section, dict(getattr(self, section)))
-        self.train_config()  # unknown or bad training keys fail now
+        if self.train_config().label_offset:  # unknown or bad training keys fail here too
+            raise ConfigError(
+                f"pipeline config: train.label_offset={self.train['label_offset']} but ImageExampleGen writes "
+                "0-based labels (it shifts inception's 1-based ones itself); remove it")
         self.kubeflow_config()
         if self.beam_workers < 0:
             raise ConfigError("pipeline config: beam_workers must be >= 0")
