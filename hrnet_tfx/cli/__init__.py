@@ -12,6 +12,7 @@ import click  # noqa: E402
 
 import hrnet_tfx  # noqa: E402
 from hrnet_tfx.cli.data import data  # noqa: E402
+from hrnet_tfx.cli.kubernetes import serving_manifests  # noqa: E402
 from hrnet_tfx.cli.models import models  # noqa: E402
 from hrnet_tfx.cli.mpijob import mpijob  # noqa: E402
 from hrnet_tfx.cli.pipeline import pipeline  # noqa: E402
@@ -35,5 +36,6 @@ main.add_command(data)
 main.add_command(train)
 main.add_command(mpijob)
 main.add_command(serve)
+main.add_command(serving_manifests)
 main.add_command(predict)
 main.add_command(pipeline)

@@ -76,6 +76,7 @@ from tfx.utils import io_utils, json_utils, path_utils
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.serving import model_base
+from hrnet_tfx.serving.names import check_model_name
 from hrnet_tfx.serving.export import (SAVED_MODEL_PB, copy_tree, is_uri, publish_directory, remove_tree,
                                      renames_atomically, walk_files)
 from hrnet_tfx.serving.warmup import WARMUP_DIR, write_warmup_requests
@@ -93,7 +94,6 @@ PUSH_RECORD = "hrnet_tfx_push.json"
 STALE_AFTER_SECONDS = 3600.0
 """A staging directory or claim older than this belongs to a killed push (a push takes seconds to minutes)."""
 MAX_CLAIM_ATTEMPTS = 50
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _STAGING = re.compile(r"\.staging-(\d+)-([0-9a-f]+)")
 _CLAIM = re.compile(r"(\d+)-(\d+)-([0-9a-f]+)")
 
@@ -109,13 +109,6 @@ class Push(NamedTuple):
     directory: str
     reused: bool = False
     """True: the model already was the latest version, nothing was written."""
-
-
-def check_model_name(model_name: str) -> str:
-    """``model_name`` if it is a usable directory name (letters, digits, ``_.-``), else ``ValueError``."""
-    if not isinstance(model_name, str) or not _MODEL_NAME.fullmatch(model_name):
-        raise ValueError(f"model name {model_name!r} is not a usable directory name (letters, digits, _ . -)")
-    return model_name
 
 
 def _join(parent: str, *names: str) -> str:
