@@ -8,7 +8,6 @@ records), exported with the real serving signatures.
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from hrnet_tfx.components import pusher
-from hrnet_tfx.components.pusher import (ALREADY_PUSHED, CLAIMS_DIR, PUSH_RECORD, STAGING_PREFIX, PushError,
+from hrnet_tfx.components.pusher import (CLAIMS_DIR, PUSH_RECORD, STAGING_PREFIX, PushError,
                                          next_version, push_saved_model, read_push_record, saved_model_fingerprint)
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.pipeline import load_config
@@ -268,3 +267,23 @@ def test_push_refusals_name_the_problem(ram_models):
     with pytest.raises(PushError, match=r"model name 'hrnet\\n'"):
         push_saved_model(f"{ram_models}/good", base, "hrnet\n")
     assert not gfile.exists(base)
+
+
+def test_warmup_images_come_from_a_bucket_and_are_bounded(ram_models):
+    from hrnet_tfx.serving.warmup import MAX_IMAGE_BYTES
+
+    base = ram("warmup")
+    image = sample_images(1, seed=3)[0]
+    gfile.makedirs(base)
+    with gfile.GFile(f"{base}/cat.jpg", "wb") as f:
+        f.write(image)
+    with gfile.GFile(f"{base}/huge.jpg", "wb") as f:
+        f.write(b"\xff" * (MAX_IMAGE_BYTES + 1))
+    with pytest.raises(ValueError, match=rf"warm-up image ram://.*/huge.jpg is larger than {MAX_IMAGE_BYTES} bytes"):
+        push_saved_model(f"{ram_models}/good", base, "hrnet", warmup_images=[f"{base}/huge.jpg"])
+    assert model_base.version_dirs(f"{base}/hrnet") == {}
+    push = push_saved_model(f"{ram_models}/good", base, "hrnet", warmup_images=[f"{base}/cat.jpg"])
+    records = list(read_warmup_requests(push.directory))
+    predict = next(r.predict_log.request for r in records if r.predict_log.request.model_spec.signature_name
+                   == "predict_images")
+    assert predict.inputs["images"].string_val == [image]

@@ -332,7 +332,7 @@ def test_one_based_labels_are_refused_where_the_config_knows_them():
 def test_evaluation_refuses_one_based_labels_and_scores_zero_based_ones(tmp_path, models, color_records):
     """1-based labels (class 3 of a 3-class model appears) fail the evaluation with a clear error instead of
     a top-1 of 0; the same records 0-based evaluate to top-1 1.0."""
-    config = eval_config(max_top1_drop=None, per_class=False)
+    config = eval_config(top1_lower_bound=0.5, max_top1_drop=None, per_class=False)
     with pytest.raises(LabelRangeError, match=r"eval label 3 is not a class of the 3-class model .*1-based"):
         run_tfma(models["good"], shifted_records(color_records, tmp_path / "one_based", 1), tmp_path / "out1",
                  config)
@@ -340,3 +340,19 @@ def test_evaluation_refuses_one_based_labels_and_scores_zero_based_ones(tmp_path
                       tmp_path / "out0", config)
     (overall,) = [m for s, m in result.slicing_metrics if not s]
     assert overall[""][""]["sparse_categorical_accuracy"]["doubleValue"] == pytest.approx(1.0)
+
+    # the report reads TFMA's output from a bucket and writes there (TF's in-memory ram:// file system)
+    import tensorflow as tf
+
+    from hrnet_tfx.components.report import write_report
+    from hrnet_tfx.data.labels import read_label_map
+    from hrnet_tfx.serving.export import copy_tree
+
+    bucket = f"ram://report-{os.getpid()}"
+    copy_tree(str(tmp_path / "out0"), f"{bucket}/evaluation")
+    copy_tree(str(color_records), f"{bucket}/examples")
+    report = write_report(f"{bucket}/evaluation", f"{bucket}/report", read_label_map(f"{bucket}/examples/labels.tsv"))
+    assert report.verdict == "BLESSED"
+    with tf.io.gfile.GFile(f"{bucket}/report/{REPORT_MD}") as f:
+        assert "| top-1 accuracy | 1.0000 |" in f.read()
+    assert sorted(tf.io.gfile.listdir(f"{bucket}/report")) == [REPORT_HTML, REPORT_JSON, REPORT_MD]

@@ -45,9 +45,40 @@ def test_whole_pipeline_caches_and_refuses_a_bad_model(tmp_path):
               for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.CACHED}
     assert {"ImageExampleGen", "HorovodTrainer"} <= cached
     assert len(store.get_artifacts_by_type("Model")) == 1 and len(store.get_artifacts_by_type("Examples")) == 1
-    versions = sorted(os.listdir(tmp_path / "serving" / "hrnet"))
+    # the same model is already the latest version: no second version, the PushedModel points at the first
+    versions = [v for v in os.listdir(tmp_path / "serving" / "hrnet") if not v.startswith(".")]
+    assert versions == [version]
+    rerun = max(store.get_artifacts_by_type("PushedModel"), key=lambda a: a.id)
+    assert rerun.custom_properties["pushed"].int_value == 1
+    assert rerun.custom_properties["already_pushed"].int_value == 1
+    assert rerun.custom_properties["pushed_version"].string_value == version
 
     refusing = load_config("demo", "", overrides[:-1] + ["top1_lower_bound=1.01"])
     run(refusing)  # the trained model is reused from cache; the stricter bound refuses it
     assert _pushed(store)[-1] == 0
-    assert sorted(os.listdir(tmp_path / "serving" / "hrnet")) == versions
+    assert [v for v in os.listdir(tmp_path / "serving" / "hrnet") if not v.startswith(".")] == versions
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(strict=False, reason="needs the bucket-safe converter and trainer of the parallel branches "
+                   "(ImageExampleGen and HorovodTrainer reading and writing ram://) to be merged")
+def test_whole_pipeline_on_a_bucket(tmp_path):
+    """root, input_base and serving_base on TF's in-memory ram:// file system (one process: one Horovod
+    worker), ML Metadata local; the served version is complete and the rerun pushes nothing new."""
+    import tensorflow as tf
+
+    from hrnet_tfx.serving import model_base
+    from hrnet_tfx.serving.export import copy_tree
+
+    bucket = f"ram://pipeline-{os.getpid()}"
+    make_sample(str(tmp_path / "sample"), num_classes=3, train_per_class=4, val_per_class=2, image_size=48)
+    copy_tree(str(tmp_path / "sample"), f"{bucket}/sample")
+    config = load_config("demo", "", [f"input_base={bucket}/sample", f"root={bucket}/root",
+                                      f"serving_base={bucket}/serving", f"metadata_path={tmp_path / 'mlmd.sqlite'}",
+                                      "train.train_steps=4", "top1_lower_bound=0.0"])
+    run(config)
+    assert tf.io.gfile.exists(f"{bucket}/root/pipeline_config.json")
+    (version,) = model_base.complete_versions(f"{bucket}/serving/hrnet")
+    run(config)
+    assert model_base.complete_versions(f"{bucket}/serving/hrnet") == [version]
+    assert not os.path.exists("ram:")  # nothing went to a local ./ram:/ directory

@@ -72,7 +72,7 @@ from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
-from tfx.utils import io_utils, json_utils, path_utils
+from tfx.utils import json_utils, path_utils
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.serving import model_base
@@ -322,6 +322,7 @@ def push_saved_model(
     record = {"source": saved_model_dir, "fingerprint": fingerprint, "token": token,
               "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     marker = final = None
+    writing_final = False
     try:
         _stage(saved_model_dir, staging, model_name, label_map_path, has_labels, warmup_images, record)
         if rename:
@@ -329,14 +330,17 @@ def push_saved_model(
         else:
             version, marker = claim_version(model_dir, token, now=now, stale_after=stale_after)
             final = _join(model_dir, str(version))
+            if tf.io.gfile.exists(final):  # written by something that ignores the claims
+                raise PushError(f"{final} appeared although this push claimed version {version}")
+            writing_final = True
             publish_directory(staging, final, rename=False)
             tf.io.gfile.remove(marker)
             marker = None
     except BaseException:
         if tf.io.gfile.exists(staging):
             remove_tree(staging)
-        if marker is not None:  # we hold the claim: whatever is at the version directory is ours
-            if final and tf.io.gfile.exists(final):
+        if marker is not None:  # we hold the claim: what we began to write at the version directory is ours
+            if writing_final and tf.io.gfile.exists(final):
                 remove_tree(final)
             tf.io.gfile.remove(marker)
         raise
@@ -394,7 +398,7 @@ class Executor(base_executor.BaseExecutor):
         push = push_saved_model(
             path_utils.serving_model_path(model.uri), exec_properties["base_directory"],
             exec_properties["model_name"], label_map_path=label_map, warmup_images=images)
-        io_utils.copy_dir(push.directory, pushed_model.uri)
+        copy_tree(push.directory, pushed_model.uri)
         pushed_model.set_int_custom_property(PUSHED, 1)
         pushed_model.set_string_custom_property(PUSHED_DESTINATION, push.directory)
         pushed_model.set_string_custom_property(PUSHED_VERSION, str(push.version))

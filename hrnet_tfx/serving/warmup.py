@@ -29,6 +29,8 @@ WARMUP_DIR = "assets.extra"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 """TF Serving reads at most this many warm-up records."""
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+"""Largest warm-up image accepted (read no further)."""
 
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURE_CLASSIFY = "serving_default"
@@ -68,13 +70,22 @@ def image_example(image: bytes) -> bytes:
 
 
 def _read_images(images: Sequence[bytes | str | os.PathLike]) -> list[bytes]:
+    """The images' bytes; files (local or bucket URIs) are read through ``tf.io.gfile``, each at most
+    :data:`MAX_IMAGE_BYTES` (TF Serving replays every record before a version serves)."""
+    import tensorflow as tf
+
     out = []
     for image in images:
         if isinstance(image, (bytes, bytearray)):
-            out.append(bytes(image))
+            data = bytes(image)
         else:
-            with open(image, "rb") as f:
-                out.append(f.read())
+            path = os.fspath(image)
+            with tf.io.gfile.GFile(path, "rb") as f:
+                data = f.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ValueError(f"warm-up image {image if not isinstance(image, (bytes, bytearray)) else '(bytes)'} "
+                             f"is larger than {MAX_IMAGE_BYTES} bytes; use a few small images")
+        out.append(data)
     return out
 
 
