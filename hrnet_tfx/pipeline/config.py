@@ -15,8 +15,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from hrnet_tfx.models.config import ConfigError, read_config_file
-from hrnet_tfx.models.registry import list_models
+from hrnet_tfx.models.config import ConfigError, did_you_mean, read_config_file, unknown_keys_error
+from hrnet_tfx.models.registry import get_config, list_models
 from hrnet_tfx.training.config import TrainConfig, coerce_field, parse_overrides
 
 
@@ -71,14 +71,55 @@ _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
 def _checked(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``data`` with unknown keys refused and scalars checked against ``cls``'s field types."""
+    """``data`` with unknown keys refused (naming the closest known key, and all of them) and scalars
+    checked against ``cls``'s field types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}")
+        raise _unknown_keys(where, unknown, fields)
     scalars = ("bool", "int", "float", "str")
     return {key: coerce_field(key, value, fields[key].type, where) if str(fields[key].type) in scalars else value
             for key, value in data.items()}
+
+
+def _unknown_keys(where: str, unknown: Sequence[str], fields) -> ConfigError:
+    """The unknown-keys error; a dotted override of a section that does not exist (``trian.epochs``)
+    gets the section's suggestion."""
+    error = unknown_keys_error(where, unknown, fields)
+    for key in unknown:
+        section, dot, rest = key.partition(".")
+        if dot and section not in _SECTIONS:
+            hint = did_you_mean(section, _SECTIONS)
+            return ConfigError(f"{error}. {key!r}: {section!r} is not a section{hint}; sections: "
+                               f"{', '.join(_SECTIONS)}")
+    return error
+
+
+TRAINER_FILLS = ("train_files", "eval_files", "label_map", "model_dir", "export_dir")
+"""TrainConfig fields the HorovodTrainer takes from its artifacts (its ``_FROM_ARTIFACTS``): refused in ``train``."""
+
+FROM_DATA = ("num_classes", "num_train_examples")
+"""TrainConfig fields the HorovodTrainer counts from ImageExampleGen's manifest unless ``train`` sets them."""
+
+
+def resolve_path(path: str) -> str:
+    """An absolute local path, or a URI (``gs://``, ``s3://``, ``ram://`` ...) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _require(path: str, key: str, *, directory: bool, hint: str) -> None:
+    import tensorflow as tf
+
+    try:
+        found = tf.io.gfile.isdir(path) if directory else (
+            tf.io.gfile.exists(path) or bool(tf.io.gfile.glob(path + ".index")))
+    except tf.errors.OpError as e:  # e.g. a bucket without credentials
+        raise ConfigError(f"pipeline config: cannot read {key} {path}: {e.message}") from None
+    if not found:
+        what = "directory" if directory else "path"
+        raise ConfigError(f"pipeline config: {key} {path} does not exist or is not a {what} ({hint})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +169,25 @@ class PipelineConfig:
             if not isinstance(getattr(self, section), Mapping):
                 raise ConfigError(f"pipeline config: {section} must be a mapping, got {getattr(self, section)!r}")
             object.__setattr__(self, section, dict(getattr(self, section)))
-        if self.train_config().label_offset:  # unknown or bad training keys fail here too
+        filled = sorted(set(self.train) & set(TRAINER_FILLS))
+        if filled:
+            raise ConfigError(f"pipeline config: train.{filled[0]} is set by the pipeline from ImageExampleGen's "
+                              f"output and the Trainer's artifacts (so are {', '.join(TRAINER_FILLS)}); remove it")
+        train = self.train_config()  # unknown or bad training keys fail here too
+        if train.label_offset:
             raise ConfigError(
                 f"pipeline config: train.label_offset={self.train['label_offset']} but ImageExampleGen writes "
                 "0-based labels (it shifts inception's 1-based ones itself); remove it")
-        self.kubeflow_config()
+        try:
+            get_config(train.model)
+        except ConfigError as e:
+            raise ConfigError(f"pipeline config, train.model: {e}") from None
+        # Every setting spelled out (what is printed and saved is what runs), except what the data decides.
+        object.__setattr__(self, "train", {k: v for k, v in train.to_dict().items()
+                                           if k not in TRAINER_FILLS and (k not in FROM_DATA or k in self.train)})
+        kubeflow = dataclasses.asdict(self.kubeflow_config())
+        kubeflow["trainer_tolerations"] = list(kubeflow["trainer_tolerations"])
+        object.__setattr__(self, "kubeflow", kubeflow)
         if self.beam_workers < 0:
             raise ConfigError("pipeline config: beam_workers must be >= 0")
         self.beam_pipeline_args()  # an unsupported runner/workers combination fails now
@@ -143,6 +198,11 @@ class PipelineConfig:
                 raise ConfigError(f"pipeline config: {key} must not be empty")
 
     def train_config(self) -> TrainConfig:
+        """The Trainer's settings (without the paths and counts it takes from its input artifacts)."""
+        fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in TRAINER_FILLS]
+        unknown = sorted(set(self.train) - set(fields))
+        if unknown:
+            raise unknown_keys_error("pipeline config, train", unknown, fields)
         try:
             return TrainConfig.from_dict(self.train)
         except ConfigError as e:
@@ -150,6 +210,32 @@ class PipelineConfig:
 
     def kubeflow_config(self) -> KubeflowConfig:
         return KubeflowConfig.from_dict(self.kubeflow)
+
+    def for_local_run(self) -> "PipelineConfig":
+        """This config as a local run (LocalDagRunner) uses it, after checking its inputs: local paths made
+        absolute (``root``, ``input_base``, ``serving_base``, ``metadata_path``, which gets its default
+        ``ROOT/metadata.sqlite``, a network config file in ``train.model`` and ``train.init_from``). Bucket
+        URIs stay as they are. Raises :class:`ConfigError` naming a missing input before any work starts."""
+        metadata = resolve_path(self.metadata)
+        train = dict(self.train)
+        if "://" not in train["model"] and os.path.isfile(train["model"]):  # else packaged or registered
+            train["model"] = os.path.abspath(train["model"])
+        if train["init_from"]:
+            train["init_from"] = resolve_path(train["init_from"])
+        local = dataclasses.replace(self, root=resolve_path(self.root), input_base=resolve_path(self.input_base),
+                                    serving_base=resolve_path(self.serving_base), metadata_path=metadata, train=train)
+        local.check_inputs()
+        return local
+
+    def check_inputs(self) -> None:
+        """Raises :class:`ConfigError` unless ``input_base`` is a directory and ``train.init_from`` (when
+        set) exists; bucket paths are checked with ``tf.io.gfile``."""
+        _require(self.input_base, "input_base", directory=True,
+                 hint="the dataset: ImageNet as extracted, train/ and val/ image folders, or inception TFRecords; "
+                      "'hrnet-tfx data make-sample DIR' makes a small one")
+        if self.train["init_from"]:
+            _require(self.train["init_from"], "train.init_from", directory=False,
+                     hint="PyTorch weights (.pth/.safetensors), a SavedModel directory or a TF checkpoint")
 
     def beam_pipeline_args(self, setup_file: str = "") -> list[str]:
         """Beam options for ExampleGen and Evaluator: runner, worker count, then ``beam_args``.

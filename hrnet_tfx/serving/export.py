@@ -14,7 +14,7 @@ send encoded images or tf.Examples, never pixels):
 
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
 ``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation, fine-tuning), and
-``model_variables`` holds the weights in ``model.variables`` order (see :func:`load_weights_into`).
+``model_variables`` holds the weights, named as in the Keras model (see :func:`load_weights_into`).
 
 Publishing (:func:`export_saved_model`, and the Pusher through :func:`publish_directory`): every file goes
 through ``tf.io.gfile``, so ``export_dir`` may be a bucket (``gs://``, ``s3://``) as well as a local path.
@@ -35,6 +35,7 @@ from typing import Sequence
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from hrnet_tfx import quiet
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
 
@@ -224,7 +225,8 @@ def export_saved_model(
     staging = _join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     try:
         tf.io.gfile.makedirs(staging)
-        tf.saved_model.save(module, staging, signatures=module.signatures())
+        with quiet.known_noise_dropped():  # TF lists every captured variable of each signature (~9 KB apiece)
+            tf.saved_model.save(module, staging, signatures=module.signatures())
         if label_map_path:
             tf.io.gfile.makedirs(_join(staging, "assets"))
             tf.io.gfile.copy(label_map_path, _join(_join(staging, "assets"), features.LABEL_MAP_FILENAME),
@@ -237,15 +239,41 @@ def export_saved_model(
     return export_dir
 
 
-def load_weights_into(model, export_dir: str) -> None:
-    """Copies the weights of an exported SavedModel into ``model`` (built with the same network)."""
+CLASSIFIER_PREFIX = "classifier/"
+"""Variable names of the classification head's final Dense layer (PyTorch's ``classifier``)."""
+
+
+def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) -> list[str]:
+    """Copies the weights of an exported SavedModel (:func:`export_saved_model`, ``hrnet-tfx models
+    import-weights``) into ``model``, built with the same network, matching variables by name.
+
+    When only the classifier's shape differs (fine-tuning on another class count) and ``new_classifier``
+    is true, every other weight is copied and the classifier keeps its fresh initialisation. Nothing is
+    assigned unless everything else matches. Returns the names of the variables left as they were
+    (the classifier's, or none); raises ``ValueError`` naming what differs.
+    """
     loaded = tf.saved_model.load(export_dir)
     source = getattr(loaded, "model_variables", None)
     if source is None:
-        raise ValueError(f"{export_dir} is not a SavedModel exported by hrnet-tfx (no model_variables)")
-    shapes = [tuple(v.shape) for v in source]
-    wanted = [tuple(v.shape) for v in model.variables]
-    if shapes != wanted:
-        raise ValueError(f"{export_dir} holds a different network: {len(shapes)} variables vs {len(wanted)} "
-                         "expected, or their shapes differ")
-    model.set_weights([v.numpy() for v in source])
+        raise ValueError(f"{export_dir} is not a SavedModel exported by hrnet-tfx (no model_variables): "
+                         "export it with hrnet_tfx.serving.export or 'hrnet-tfx models import-weights'")
+    by_name = {v.name: v for v in source}
+    wanted = {v.name: v for v in model.variables}
+    missing, unused = sorted(set(wanted) - set(by_name)), sorted(set(by_name) - set(wanted))
+    if missing or unused or len(by_name) != len(source):
+        raise ValueError(f"{export_dir} holds a different network: {len(source)} variables vs {len(wanted)}"
+                         f" expected; missing {_some(missing)}, unused {_some(unused)}")
+    shapes = {n: (tuple(by_name[n].shape), tuple(v.shape)) for n, v in wanted.items()}
+    differ = sorted(n for n, (have, want) in shapes.items() if have != want)
+    skipped = [n for n in differ if n.startswith(CLASSIFIER_PREFIX)] if new_classifier else []
+    if set(differ) - set(skipped):
+        raise ValueError(f"{export_dir} holds a different network: " + "; ".join(
+            f"{n} is {list(shapes[n][0])}, expected {list(shapes[n][1])}" for n in differ[:5]))
+    for name, variable in wanted.items():
+        if name not in skipped:
+            variable.assign(by_name[name])
+    return skipped
+
+
+def _some(names: list[str]) -> str:
+    return "none" if not names else ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
