@@ -91,7 +91,7 @@ def import_weights(name: str, weights: str, output: str, labels_path: str | None
         _check_output(output)
         state = read_state_dict(weights)
         num_classes = _num_classes(state, num_classes, weights)
-        labels = _labels(labels_path, num_classes)
+        labels = _labels(labels_path, num_classes, weights)
         model = build_model(name, num_classes=num_classes, image_size=image_size)
         count = load_pytorch_weights(model, state)
         if fmt == "savedmodel":
@@ -139,16 +139,20 @@ def _num_classes(state: dict, requested: int | None, weights: str) -> int:
     return requested or found
 
 
-def _labels(path: str | None, num_classes: int) -> list[str]:
+def _labels(path: str | None, num_classes: int, weights: str) -> list[str]:
     """The class names the export carries (the Trainer's rule: the label map's names, else class_<i>)."""
+    from hrnet_tfx.data.labels import DataError, read_label_map
     from hrnet_tfx.training.config import TrainConfig
     from hrnet_tfx.training.loop import label_strings
 
     if path:
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
-            raise click.ClickException(f"label map not found: {path}")
+        try:
+            count = len(read_label_map(path))
+        except DataError as e:
+            raise click.ClickException(f"--labels: {e}") from None
+        if count != num_classes:
+            raise click.ClickException(f"--labels {path} has {count} classes, but the classifier in {weights} has "
+                                       f"{num_classes}")
     return label_strings(TrainConfig(num_classes=num_classes, label_map=path or ""))
 
 

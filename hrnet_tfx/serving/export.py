@@ -27,6 +27,7 @@ not taken for a SavedModel by TF Serving, TFMA or :mod:`hrnet_tfx.serving.model_
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import uuid
@@ -45,6 +46,8 @@ SIGNATURE_CLASSIFY = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURE_EXAMPLES = "predict_examples"
 TOP_K = 5
+
+log = logging.getLogger(__name__)
 
 
 def _predictions(logits_fn, images, labels: tf.Tensor, top_k: int) -> dict[str, tf.Tensor]:
@@ -272,6 +275,9 @@ def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) ->
     for name, variable in wanted.items():
         if name not in skipped:
             variable.assign(by_name[name])
+    if skipped:
+        log.info("loaded %s except its classifier (%s classes there, %s here), which keeps its initial weights",
+                 export_dir, shapes[skipped[0]][0][-1], shapes[skipped[0]][1][-1])
     return skipped
 
 
