@@ -50,7 +50,7 @@ def prepare(config: PipelineConfig) -> PipelineConfig:
     :meth:`PipelineConfig.for_local_run`) and its pipeline definition checked; raises ``ConfigError``
     (or the component's ``ValueError``) before anything is written."""
     local = config.for_local_run()
-    create_pipeline(local)
+    create_pipeline(local, local=False)  # the components check their settings; local=True would create ROOT
     return local
 
 
