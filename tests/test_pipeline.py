@@ -153,19 +153,23 @@ def test_dry_run_prints_the_resolved_config_and_runs_nothing(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    "overrides, message, printed",
     [
-        (["input_base=missing"], r"^Error: pipeline config: input_base /\S+/missing does not exist or is not a directory"),
+        (["input_base=missing"], r"^Error: pipeline config: input_base /\S+/missing does not exist or is not a directory",
+         True),  # a dry run still shows the resolved config first
         (["input_base=sample", "train.model=tiny.yml"],
-         r"^Error: pipeline config, train.model: network config file not found: tiny.yml"),
+         r"^Error: pipeline config, train.model: network config file not found: tiny.yml", False),
     ],
 )
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_pipeline_run_refuses_bad_inputs_before_any_work(tmp_path, monkeypatch, overrides, message, dry_run):
+def test_pipeline_run_refuses_bad_inputs_before_any_work(tmp_path, monkeypatch, overrides, message, printed, dry_run):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sample").mkdir()
     args = ["run", "--preset", "demo"] + [a for o in overrides for a in ("-s", o)] + (["--dry-run"] if dry_run else [])
     result = _cli(*args)
     assert result.exit_code == 1, result.output
-    assert re.search(message, result.output) and len(result.output.strip().splitlines()) == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert re.search(message, lines[-1]), result.output
+    assert len(lines) > 1 if (dry_run and printed) else len(lines) == 1, result.output
+    assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # no metadata, no pipeline root

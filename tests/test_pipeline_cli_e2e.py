@@ -101,13 +101,19 @@ def test_pipeline_through_the_tfx_cli(tmp_path):
     listed = _tfx(env, tmp_path, "pipeline", "list")
     assert PIPELINE in listed.stdout.split()
 
-    _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)
+    ran = _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)
     store = _store(root)
     for kind in ("Examples", "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel"):
         assert len(store.get_artifacts_by_type(kind)) == 1, kind
     assert [a.custom_properties["pushed"].int_value for a in store.get_artifacts_by_type("PushedModel")] == [1]
     (version,) = os.listdir(serving / "hrnet")
     assert (serving / "hrnet" / version / "saved_model.pb").exists()
+    summary = ran.stdout[ran.stdout.index(f"pipeline {PIPELINE} finished"):].splitlines()  # the run ends with it
+    assert [line.split(":")[0] for line in summary[2:]] == [
+        "TensorBoard logs", "trained model", "metrics report", "pushed model", "serve it"]
+    assert summary[1].startswith("eval top-1 ") and summary[1].endswith("(9 images, step 20)")
+    assert summary[5] == f"pushed model:      {serving / 'hrnet' / version}"
+    assert "ArtifactQuery.property_predicate" not in ran.stderr  # known noise, filtered by message
 
     _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)  # unchanged inputs: from the cache
     assert {"ImageExampleGen", "HorovodTrainer"} <= _cached_components(store)

@@ -25,8 +25,7 @@ def presets_cmd() -> None:
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a field, e.g. -s train.epochs=2 -s push=false.")
 @click.option("--dry-run", is_flag=True,
-              help="Check the config and the inputs, print the resolved config (every setting, absolute paths) "
-                   "and exit.")
+              help="Print the resolved config (every setting, absolute paths), check the inputs and exit.")
 def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
     """Run the pipeline with TFX's LocalDagRunner; reruns reuse TFX's cache.
 
@@ -42,9 +41,9 @@ def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
     try:
         config = load_config(preset, config_file, overrides)
         if dry_run:
-            from hrnet_tfx.pipeline.local_runner import prepare
+            from hrnet_tfx.pipeline.local_runner import resolve
 
-            resolved = prepare(config)
+            resolved = resolve(config)
     except (ConfigError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     if dry_run:
@@ -52,6 +51,10 @@ def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
         counted = [f"train.{key}" for key in FROM_DATA if key not in resolved.train]
         if counted:
             click.echo(f"({' and '.join(counted)}: counted from the converted data at run time)", err=True)
+        try:
+            resolved.check_inputs()  # after printing: a preset's config is worth seeing without its data
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
         return
     from hrnet_tfx.pipeline.local_runner import run as run_local
 

@@ -211,19 +211,23 @@ class PipelineConfig:
     def kubeflow_config(self) -> KubeflowConfig:
         return KubeflowConfig.from_dict(self.kubeflow)
 
-    def for_local_run(self) -> "PipelineConfig":
-        """This config as a local run (LocalDagRunner) uses it, after checking its inputs: local paths made
-        absolute (``root``, ``input_base``, ``serving_base``, ``metadata_path``, which gets its default
-        ``ROOT/metadata.sqlite``, a network config file in ``train.model`` and ``train.init_from``). Bucket
-        URIs stay as they are. Raises :class:`ConfigError` naming a missing input before any work starts."""
-        metadata = resolve_path(self.metadata)
+    def local_paths(self) -> "PipelineConfig":
+        """This config as a local run (LocalDagRunner) uses it: local paths made absolute (``root``,
+        ``input_base``, ``serving_base``, ``metadata_path``, which gets its default ``ROOT/metadata.sqlite``,
+        a network config file in ``train.model`` and ``train.init_from``). Bucket URIs stay as they are."""
         train = dict(self.train)
         if "://" not in train["model"] and os.path.isfile(train["model"]):  # else packaged or registered
             train["model"] = os.path.abspath(train["model"])
         if train["init_from"]:
             train["init_from"] = resolve_path(train["init_from"])
-        local = dataclasses.replace(self, root=resolve_path(self.root), input_base=resolve_path(self.input_base),
-                                    serving_base=resolve_path(self.serving_base), metadata_path=metadata, train=train)
+        return dataclasses.replace(self, root=resolve_path(self.root), input_base=resolve_path(self.input_base),
+                                   serving_base=resolve_path(self.serving_base),
+                                   metadata_path=resolve_path(self.metadata), train=train)
+
+    def for_local_run(self) -> "PipelineConfig":
+        """:meth:`local_paths`, after :meth:`check_inputs`: raises :class:`ConfigError` naming a missing input
+        before any work starts."""
+        local = self.local_paths()
         local.check_inputs()
         return local
 

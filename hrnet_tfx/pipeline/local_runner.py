@@ -45,11 +45,11 @@ def _show_progress() -> None:
         log.propagate = False
 
 
-def prepare(config: PipelineConfig) -> PipelineConfig:
-    """The config a local run uses (local paths absolute, inputs checked: see
-    :meth:`PipelineConfig.for_local_run`) and its pipeline definition checked; raises ``ConfigError``
-    (or the component's ``ValueError``) before anything is written."""
-    local = config.for_local_run()
+def resolve(config: PipelineConfig) -> PipelineConfig:
+    """The config a local run uses (local paths absolute: :meth:`PipelineConfig.local_paths`) with its
+    pipeline definition checked, without looking at the inputs; raises ``ConfigError`` (or a component's
+    ``ValueError``) and writes nothing."""
+    local = config.local_paths()
     create_pipeline(local, local=False)  # the components check their settings; local=True would create ROOT
     return local
 
@@ -57,7 +57,7 @@ def prepare(config: PipelineConfig) -> PipelineConfig:
 def run(config: PipelineConfig) -> list[str]:
     """Runs the pipeline locally and returns the summary lines (printed to stdout when the pipeline really
     ran: under ``tfx pipeline create`` the CLI only records the pipeline)."""
-    config = config.for_local_run()
+    config = config.for_local_run()  # inputs checked before anything is written
     pipeline = create_pipeline(config)
     _show_progress()
     config.save(os.path.join(config.root, CONFIG_FILENAME))
