@@ -208,7 +208,8 @@ def test_bad_fraction_failure_publishes_nothing_then_rerun_with_higher_limit(sam
     assert not os.path.exists(L.split_dir(out, "train"))
     with pytest.raises(L.IncompleteOutputError):
         L.load_manifest(out)
-    with open(os.path.join(out, "bad_files.tsv")) as f:
+    assert not os.path.exists(os.path.join(out, "bad_files.tsv"))  # the report stays in staging
+    with open(os.path.join(out, L.STAGING_DIRNAME, "bad_files.tsv")) as f:
         assert len(f.readlines()) == 4
     result = convert(discover(sample[0]), out, SMALL, beam_args=BEAM)  # finished shards are reused
     assert result.manifest["splits"]["train"]["num_examples"] == 60
@@ -377,11 +378,11 @@ def test_inception_import_bad_records_and_cut_short_file(inception_dir, tmp_path
     out = str(tmp_path / "out")
     with pytest.raises(BadFractionError, match="unusable"):
         convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1), beam_args=BEAM)
-    with open(os.path.join(out, "bad_files.tsv")) as f:
+    with open(os.path.join(out, L.STAGING_DIRNAME, "bad_files.tsv")) as f:
         bad = sorted((s, p, r) for s, p, r, _ in (line.rstrip("\n").split("\t") for line in f.readlines()[1:]))
     assert bad == [("eval", "validation-00001-of-00002#0", "bad_label"),
                    ("eval", "validation-00001-of-00002#1", "bad_record"),
-                   ("train", "train-00001-of-00002", "bad_record")]
+                   ("train", "train-00001-of-00002", "lost_records")]
     result = convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1,
                                                              max_bad_fraction=0.5), beam_args=BEAM)
     assert result.manifest["splits"]["train"]["num_examples"] == 13
