@@ -173,11 +173,19 @@ def _folder_items(split_root: str, class_index: dict[str, int], class_dirs: list
     return items
 
 
+def _listing(path: str) -> tuple[list[str], list[str]]:
+    """(directories, files) of ``path``; empty if it does not exist. Probing by listing the parent is one
+    call per directory on object stores and exact everywhere (``ram://``'s isdir matches name prefixes)."""
+    try:
+        return storage.list_dir(path)
+    except DataError:
+        return [], []
+
+
 def _find(dirs: list[str], name: str) -> str | None:
     for d in dirs:
-        path = os.path.join(d, name)
-        if storage.is_file(path):
-            return path
+        if name in _listing(d)[1]:
+            return os.path.join(d, name)
     return None
 
 
@@ -220,7 +228,7 @@ def _flat_val_items(val_dir: str, files: list[str], class_index: dict[str, int],
                         f"expected {VAL_SOLUTION} or the devkit's {DEVKIT_GROUND_TRUTH} (with {DEVKIT_META})"
                         f" in {search[0]}")
     meta_path = os.path.join(os.path.dirname(gt_path), DEVKIT_META)
-    if not storage.is_file(meta_path):
+    if not _find([os.path.dirname(gt_path)], DEVKIT_META):
         raise DataError(f"{gt_path} needs the devkit's {DEVKIT_META} beside it to map its ILSVRC2012_IDs "
                         f"to WordNet ids (the IDs are not in sorted wnid order): {meta_path} is missing")
     fp.file(gt_path)
@@ -278,13 +286,14 @@ def _add_train_boxes(items: list[ImageItem], search: list[str], class_index: dic
 
 def _image_root(input_dir: str) -> str:
     kaggle = os.path.join(input_dir, KAGGLE_ROOT)
-    if not storage.is_dir(os.path.join(input_dir, TRAIN)) and storage.is_dir(os.path.join(kaggle, TRAIN)):
+    if TRAIN not in _listing(input_dir)[0] and TRAIN in _listing(kaggle)[0]:
         return kaggle
     return input_dir
 
 
 def _eval_dir(root: str) -> str:
-    found = [os.path.join(root, n) for n in EVAL_DIRNAMES if storage.is_dir(os.path.join(root, n))]
+    dirs = _listing(root)[0]
+    found = [os.path.join(root, n) for n in EVAL_DIRNAMES if n in dirs]
     if not found:
         raise DataError(f"no validation folder in {root}: expected one of {', '.join(EVAL_DIRNAMES)}/")
     if len(found) > 1:
@@ -295,7 +304,8 @@ def _eval_dir(root: str) -> str:
 def _discover_folders(input_dir: str, imagenet: bool, fp: _Fingerprint) -> Dataset:
     root = _image_root(input_dir)
     train_dir = os.path.join(root, TRAIN)
-    _require_dir(train_dir, "train folder")
+    if TRAIN not in _listing(root)[0]:
+        raise DataError(f"train folder does not exist or is not a directory: {train_dir}")
     eval_dir = _eval_dir(root)
     search = list(dict.fromkeys([input_dir, root]))
     class_dirs, stray = _scan(train_dir, fp)
@@ -345,7 +355,7 @@ def _detect(input_dir: str) -> str:
     if any(fnmatch.fnmatch(n, TFRECORD_PATTERNS[TRAIN] + "*") for n in files):
         return "tfrecords"
     root = _image_root(input_dir)
-    if not storage.is_dir(os.path.join(root, TRAIN)):
+    if TRAIN not in _listing(root)[0]:
         raise DataError(f"cannot tell the layout of {input_dir}: expected train/ and val/ folders "
                         f"(ImageNet or image folders) or train-*-of-* TFRecords")
     search = [input_dir, root]
