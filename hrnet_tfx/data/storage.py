@@ -57,19 +57,11 @@ def list_dir(path: str) -> tuple[list[str], list[str]]:
     Local: a symlink counts as what it points to; a link that cannot be followed (dangling, a loop) counts
     as a file, so the converter reports it instead of dropping it.
     """
+    if is_local(path):
+        return _list_local(path)
     try:
-        if is_local(path):
-            dirs, files = [], []
-            with os.scandir(path) as entries:
-                for e in entries:
-                    try:
-                        is_dir = e.is_dir()
-                    except OSError:  # a symlink loop (ELOOP): reported when it is read
-                        is_dir = False
-                    (dirs if is_dir else files).append(e.name)
-            return sorted(dirs), sorted(files)
         names = _gfile().listdir(path)
-    except (OSError, _tf_error()) as e:
+    except _tf_error() as e:
         raise DataError(f"cannot list directory {path}: {_message(e)}") from None
     dirs = [n.rstrip("/") for n in names if n.endswith("/")]
     others = [n for n in names if not n.endswith("/")]
@@ -80,6 +72,21 @@ def list_dir(path: str) -> tuple[list[str], list[str]]:
         dirs += found
         files = sorted(set(others) - set(found))
     return sorted(dirs), files
+
+
+def _list_local(path: str) -> tuple[list[str], list[str]]:
+    dirs, files = [], []
+    try:
+        with os.scandir(path) as entries:
+            for e in entries:
+                try:
+                    is_dir = e.is_dir()
+                except OSError:  # a symlink loop (ELOOP): reported when it is read
+                    is_dir = False
+                (dirs if is_dir else files).append(e.name)
+    except OSError as e:
+        raise DataError(f"cannot list directory {path}: {e.strerror}") from None
+    return sorted(dirs), sorted(files)
 
 
 def _tf_error():
