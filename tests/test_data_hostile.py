@@ -120,11 +120,17 @@ def test_each_hostile_file_is_reported_with_its_reason(hostile_conversion, name)
     assert words in rows[escaped][3]
 
 
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum (written out here, independently of the reader under test)."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _tfrecord(records, huge_at=None) -> bytes:
     """TFRecord bytes; the record at ``huge_at`` gets a length header claiming 2**40 bytes with a valid
     CRC (so only a bound on the length, not the checksum, can refuse it)."""
-    from hrnet_tfx.data.records import masked_crc32c
-
     out = bytearray()
     for i, data in enumerate(records):
         length = struct.pack("<Q", 2**40 if i == huge_at else len(data))
@@ -166,6 +172,16 @@ def test_tfrecord_length_headers_claiming_huge_records_are_bounded(tmp_path):
     assert rows["train-00001-of-00003.gz"][2] == "lost_records"
     assert "record 4 claims 1099511627776 bytes, above the limit" in rows["train-00001-of-00003.gz"][3]
     assert "record 6 claims 1099511627776 bytes" in rows["train-00002-of-00003"][3]
+
+
+def test_masked_crc32c_matches_tensorflow(tmp_path):
+    import hrnet_tfx  # noqa: F401
+    import tensorflow as tf
+
+    path = str(tmp_path / "r")
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(b"hello")
+    assert open(path, "rb").read() == _tfrecord([b"hello"])
 
 
 def _discover_error(root) -> str:
