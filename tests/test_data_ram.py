@@ -168,3 +168,37 @@ def test_example_gen_driver_and_executor_on_ram(ram_sample):
     assert sorted(tf.io.gfile.listdir(f"{examples.uri}/Split-train")) == ["train-00000-of-00002",
                                                                           "train-00001-of-00002"]
     assert sum(len(v) for v in _shards(examples.uri, "train").values()) == 18
+
+
+def test_tfrecord_import_on_ram_plain_and_gzip(tmp_path):
+    """Inception-style shards on ram://, one of them GZIP and one cut short: counted, imported and reported
+    through tf.io.gfile as on local disk."""
+    import gzip
+
+    from test_data_convert import SYNSETS, _inception_example, _write_records
+
+    local = tmp_path / "records"
+    local.mkdir()
+    jpeg = S.JPEG
+    examples = [_inception_example(1 + i % 3, *SYNSETS[i % 3], jpeg, f"{i}.JPEG") for i in range(20)]
+    _write_records(local / "train-00000-of-00003", examples)
+    _write_records(local / "plain", examples)
+    (local / "train-00001-of-00003.gz").write_bytes(gzip.compress((local / "plain").read_bytes()))
+    _write_records(local / "plain", examples[:15])
+    fifteen = (local / "plain").read_bytes()
+    _write_records(local / "plain", examples[:16])
+    sixteen = (local / "plain").read_bytes()
+    cut = sixteen[:(len(fifteen) + len(sixteen)) // 2]  # 15 records, then half of the 16th
+    (local / "train-00002-of-00003").write_bytes(cut)
+    (local / "plain").unlink()
+    _write_records(local / "validation-00000-of-00001", examples[:5])
+    ram = to_ram(str(local))
+    out = ram.replace("/input", "/out")
+    result = convert(discover(ram), out, ConvertOptions(train_shards=2, eval_shards=1, max_bad_fraction=0.1),
+                     beam_args=BEAM)
+    train = result.manifest["splits"]["train"]
+    assert (train["num_examples"], train["num_bad"], train["num_inputs"]) == (55, 5, 60)
+    with tf.io.gfile.GFile(f"{out}/bad_files.tsv") as f:
+        (row,) = [line.split("\t") for line in f.read().splitlines()[1:]]
+    assert row[1:3] == ["train-00002-of-00003", "lost_records"] and "about 5 lost" in row[3]
+    assert read_label_map(out)[0].id == SYNSETS[0][0]

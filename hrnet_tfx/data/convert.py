@@ -9,9 +9,10 @@ Four stages:
 1. **Plan** (launching process, cheap): every input gets a sort key, a keyed hash of ``seed``, split and
    relative path; inputs sorted by it are cut into ``num_shards`` equal contiguous blocks, so shard
    sizes differ by at most one and the same input always gives the same shards. Imported TFRecords
-   (already shuffled by the tool that wrote them) are first counted from their length headers (in
-   parallel threads), then cut into contiguous blocks of their records in file order and shuffled by key
-   within each shard, so each block is a sequential read instead of a random access per record. A file
+   (already shuffled by the tool that wrote them) are first counted from their length headers (a Beam
+   pipeline with one file per element), then cut into contiguous blocks of their records in file order
+   and shuffled by key within each shard, so each block is a sequential read instead of a random access
+   per record. A file
    that is cut short or corrupt is counted up to the damage and the records lost after it are estimated
    (:func:`hrnet_tfx.data.records.lost_records_estimate`) and count as bad inputs. Each pending shard
    task is written to its own small JSON file in the staging area.
@@ -32,7 +33,6 @@ rest, and publishes. An output that is already complete is left as it is.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -50,7 +50,7 @@ from hrnet_tfx.data import storage
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.data.images import VERIFY_MODES, BadImageError, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError, write_label_map
-from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, lost_records_estimate,
+from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, RecordScan, lost_records_estimate,
                                     make_example, read_records, relabel_record, scan_records)
 from hrnet_tfx.data.sources import Dataset
 
@@ -61,6 +61,8 @@ _TASKS = "tasks"
 _CONFIG = "config.json"
 _RESULTS = "results"
 _PROGRESS = "progress"
+_COUNTS = "counts"
+_COUNT_PROGRESS = "counting"  # no name here may be a prefix of another: ram:// matches by prefix
 _OWN_NAMES = {L.MANIFEST_FILENAME, L.BAD_FILES_FILENAME, L.FIXED_FILES_FILENAME, LABEL_MAP_FILENAME,
               L.STAGING_DIRNAME} | {L.split_dirname(s) for s in L.SPLITS}
 
@@ -152,20 +154,66 @@ def _plan_images(split: str, source, options: ConvertOptions) -> list[dict]:
             for s, (a, b) in enumerate(_blocks(len(items), n))]
 
 
-_SCAN_THREADS = 16  # object stores serve many reads at once; a local disk is not hurt by a few more
+class CountRecords(beam.DoFn):
+    """Counts the records of one TFRecord input file (:func:`hrnet_tfx.data.records.scan_records`) and writes
+    the result to the staging area, so a rerun counts only the files not counted yet."""
+
+    def __init__(self, staging: str, max_record_bytes: int):
+        self._staging, self._max = staging, max_record_bytes
+
+    def setup(self):
+        self._progress = progress_lib.ProgressWriter(os.path.join(self._staging, _COUNT_PROGRESS))
+
+    def process(self, item: str):
+        split, index, path = json.loads(item)
+        scan = scan_records(path, self._max)
+        _write_json(_count_path(self._staging, split, index), dict(dataclasses.asdict(scan), path=path))
+        self._progress.add(force=True)
+        yield split, index, scan.count
 
 
-def _scan_files(source, options: ConvertOptions) -> list:
-    paths = [storage.join(source.root, name) for name in sorted(source.files)]
-    with concurrent.futures.ThreadPoolExecutor(min(_SCAN_THREADS, max(len(paths), 1))) as pool:
-        return list(pool.map(lambda p: scan_records(p, options.max_image_bytes), paths))
+def _count_path(staging: str, split: str, index: int) -> str:
+    return os.path.join(staging, _COUNTS, f"{split}-{index:05d}.json")
 
 
-def _plan_records(split: str, source, options: ConvertOptions, bad: list) -> list[dict]:
+def _count_records(dataset: Dataset, staging: str, options: ConvertOptions,
+                   pipeline_factory: Callable[[], beam.Pipeline]) -> dict[str, list[RecordScan]]:
+    """{split: scan of each of its files in sorted name order}. The files not counted by an earlier
+    attempt are counted by a Beam pipeline, one file per element: reading the length headers of every
+    file is a full read on an object store, which the workers share instead of the launching process."""
+    import tensorflow as tf
+
+    files = {split: [storage.join(s.root, name) for name in sorted(s.files)]
+             for split, s in dataset.splits.items() if s.kind == "tfrecords"}
+    todo = [json.dumps([split, i, path]) for split, paths in files.items() for i, path in enumerate(paths)
+            if not tf.io.gfile.exists(_count_path(staging, split, i))]
+    if todo:
+        log.info("counting the records of %d TFRecord files with Beam", len(todo))
+        pipeline = pipeline_factory()
+        _ = (pipeline
+             | "Files" >> beam.Create(todo)
+             | "Distribute" >> beam.Reshuffle()
+             | "CountRecords" >> beam.ParDo(CountRecords(staging, options.max_image_bytes)))
+        with progress_lib.ProgressMonitor(os.path.join(staging, _COUNT_PROGRESS), len(todo), desc="counting",
+                                          unit="file"):
+            pipeline.run().wait_until_finish()
+    scans = {}
+    for split, paths in files.items():
+        scans[split] = []
+        for i, path in enumerate(paths):
+            found = _read_json(_count_path(staging, split, i))
+            if found.pop("path") != path:
+                raise RuntimeError(f"{_count_path(staging, split, i)} counts another file than {path}; remove "
+                                   f"{staging} and run again")
+            scans[split].append(RecordScan(**found))
+    return scans
+
+
+def _plan_records(split: str, source, scans: list[RecordScan], options: ConvertOptions,
+                  bad: list) -> list[dict]:
     """Tasks over the records of ``source``'s files; damaged files go to ``bad`` with the estimated number
     of records they lost as the row's weight (its 5th element)."""
     names = sorted(source.files)
-    scans = _scan_files(source, options)
     complete = [sc.count for sc in scans if not sc.problem]
     for name, sc in zip(names, scans):
         if sc.problem:
@@ -361,9 +409,9 @@ def _prepare_output(output_dir: str, config: dict, overwrite: bool) -> dict | No
         log.info("resuming the unfinished conversion in %s", staging)
     else:
         _remove(staging)
-    for sub in [_PROGRESS, _TASKS]:  # counts and tasks of an earlier attempt
+    for sub in [_PROGRESS, _COUNT_PROGRESS, _TASKS]:  # progress and tasks of an earlier attempt
         _remove(os.path.join(staging, sub))
-    for sub in [_RESULTS, _PROGRESS, _TASKS] + [L.split_dirname(s) for s in L.SPLITS]:
+    for sub in [_RESULTS, _PROGRESS, _COUNTS, _COUNT_PROGRESS, _TASKS] + [L.split_dirname(s) for s in L.SPLITS]:
         tf.io.gfile.makedirs(os.path.join(staging, sub))
     _write_json(config_path, config)
     return None
@@ -379,12 +427,14 @@ class _Plan:
     bad: list[list]
 
 
-def _plan(dataset: Dataset, options: ConvertOptions) -> _Plan:
+def _plan(dataset: Dataset, options: ConvertOptions, staging: str,
+          pipeline_factory: Callable[[], beam.Pipeline]) -> _Plan:
     bad: list = []
     tasks, inputs = [], {}
+    scans = _count_records(dataset, staging, options, pipeline_factory)
     for split, source in dataset.splits.items():
         split_tasks = (_plan_images(split, source, options) if source.kind == "images"
-                       else _plan_records(split, source, options, bad))
+                       else _plan_records(split, source, scans[split], options, bad))
         inputs[split] = sum(t["size"] for t in split_tasks) + sum(_weight(b) for b in bad if b[0] == split)
         tasks += split_tasks
     return _Plan(tasks, inputs, bad)
@@ -578,13 +628,13 @@ def convert(dataset: Dataset, output_dir: str, options: ConvertOptions = Convert
         return ConvertResult(output_dir, existing, reused=True)
     staging = os.path.join(output_dir, L.STAGING_DIRNAME)
 
-    plan = _plan(dataset, options)
+    factory = pipeline_factory or (lambda: beam.Pipeline(options=pipeline_options(beam_args)))
+    plan = _plan(dataset, options, staging, factory)
     pending = _pending(plan.tasks, staging, options)
     if len(pending) < len(plan.tasks):
         log.info("%d of %d shards were finished by an earlier run and are kept",
                  len(plan.tasks) - len(pending), len(plan.tasks))
     if pending:
-        factory = pipeline_factory or (lambda: beam.Pipeline(options=pipeline_options(beam_args)))
         _run_beam(pending, staging, dataset, options, factory)
 
     splits, classes = _collect(plan, output_dir, dataset, options)
