@@ -151,27 +151,30 @@ def _example(label: int) -> bytes:
 
 def test_tfrecord_length_headers_claiming_huge_records_are_bounded(tmp_path):
     """A GZIP shard (whose decompressed size nobody knows in advance) and a plain one, each with a record
-    claiming 1 TiB: counted up to it, the rest estimated lost, nothing allocated for the claim."""
+    claiming 1 TiB: counted up to it, the rest estimated lost, nothing allocated for the claim. And a FIFO
+    named like a shard: not opened for reading (it would block), counted as lost."""
     src = tmp_path / "in"
     src.mkdir()
     records = [_example(1 + i % 2) for i in range(10)]
     (src / "train-00000-of-00003").write_bytes(_tfrecord(records))
     (src / "train-00001-of-00003.gz").write_bytes(gzip.compress(_tfrecord(records, huge_at=4)))
     (src / "train-00002-of-00003").write_bytes(_tfrecord(records, huge_at=6))
+    os.mkfifo(src / "train-fifo-of-00003")
     (src / "validation-00000-of-00001").write_bytes(_tfrecord(records[:4]))
     out = tmp_path / "out"
     code = ("import sys; from hrnet_tfx.cli import main; "
             f"sys.argv = ['hrnet-tfx', 'data', 'convert', {str(src)!r}, {str(out)!r}, '--train-shards', '2', "
-            "'--eval-shards', '1', '--max-bad-fraction', '0.5', '--', '--runner=FnApiRunner']; main()")
+            "'--eval-shards', '1', '--max-bad-fraction', '0.6', '--', '--runner=FnApiRunner']; main()")
     proc = run_limited(code, CONVERT_LIMIT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = L.load_manifest(str(out))
     assert manifest["splits"]["train"]["num_examples"] == 10 + 4 + 6
-    assert manifest["splits"]["train"]["num_bad"] == 6 + 4  # from the undamaged file's count of 10
+    assert manifest["splits"]["train"]["num_bad"] == 6 + 4 + 10  # from the undamaged file's count of 10
     rows = {r[1]: r for r in _report(out)}
     assert rows["train-00001-of-00003.gz"][2] == "lost_records"
     assert "record 4 claims 1099511627776 bytes, above the limit" in rows["train-00001-of-00003.gz"][3]
     assert "record 6 claims 1099511627776 bytes" in rows["train-00002-of-00003"][3]
+    assert "not read: not_a_file: a FIFO" in rows["train-fifo-of-00003"][3]
 
 
 def test_masked_crc32c_matches_tensorflow(tmp_path):

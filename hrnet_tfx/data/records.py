@@ -143,10 +143,10 @@ class _RecordFile:
 
     def __init__(self, path: str, max_record_bytes: int):
         self.path, self._max = path, max_record_bytes
-        self._raw = storage.open_file(path, "rb")
+        self._raw, size = storage.open_input(path)  # refuses FIFOs, devices, symlink loops
         self.gzip = path.endswith(".gz")
         self._f = gzip.GzipFile(fileobj=self._raw, mode="rb") if self.gzip else self._raw
-        self.size = None if self.gzip else storage.stat(path)[0]
+        self.size = None if self.gzip else size
         self.offset = 0
 
     def __enter__(self) -> "_RecordFile":
@@ -220,6 +220,8 @@ def scan_records(path: str, max_record_bytes: int) -> RecordScan:
             except _Stop as e:
                 return RecordScan(count, str(e), f.offset, f.size)
             return RecordScan(count, "", f.offset, f.size)
+    except storage.InputFileError as e:
+        return RecordScan(count, f"not read: {e.reason}: {e.detail}", 0, None)
     except (OSError, _tf_error()) as e:
         return RecordScan(count, f"unreadable: {type(e).__name__}: {getattr(e, 'message', e)}", 0, None)
 
@@ -265,6 +267,8 @@ def read_records(path: str, start: int, stop: int, max_record_bytes: int
                 return
             except _Stop as e:
                 error = f"TFRecord file {e}"
+    except storage.InputFileError as e:
+        error = f"TFRecord file not read: {e.reason}: {e.detail}"
     except (OSError, _tf_error()) as e:
         error = f"unreadable TFRecord file: {type(e).__name__}: {getattr(e, 'message', e)}"
     for i in range(max(index, start), stop):

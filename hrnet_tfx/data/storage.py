@@ -109,13 +109,6 @@ def is_dir(path: str) -> bool:
     return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
 
 
-def is_file(path: str) -> bool:
-    """True if ``path`` exists and is not a directory."""
-    if is_local(path):
-        return os.path.isfile(path)
-    return _gfile().exists(path) and not _gfile().isdir(path)
-
-
 def stat(path: str) -> tuple[int, int]:
     """(size in bytes, modification time in ns) of a file; ``OSError`` or TF's ``OpError`` if missing."""
     if is_local(path):
@@ -123,13 +116,6 @@ def stat(path: str) -> tuple[int, int]:
         return st.st_size, st.st_mtime_ns
     st = _gfile().stat(path)
     return st.length, st.mtime_nsec
-
-
-def open_file(path: str, mode: str = "rb") -> IO:
-    """Opens a file for reading (``rb`` or ``r``: UTF-8 text)."""
-    if is_local(path):
-        return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
-    return _gfile().GFile(path, mode)
 
 
 def read_bounded(path: str, max_bytes: int, what: str = "file") -> bytes:
@@ -144,54 +130,45 @@ def read_bounded(path: str, max_bytes: int, what: str = "file") -> bytes:
 def read_input(path: str, max_bytes: int) -> bytes:
     """The bytes of one input file, refusing what must not be read whole.
 
-    Local: the file is opened without blocking and checked on the open descriptor (no race between check
-    and read): FIFOs, devices, sockets and directories are refused (``not_a_file``), symlink loops too
-    (``symlink_loop``). Everywhere: a file larger than ``max_bytes`` is refused before it is read
+    The file is opened by :func:`open_input` (FIFOs, devices, sockets, directories and symlink loops are
+    refused without blocking). A file larger than ``max_bytes`` is refused before it is read
     (``too_large``), and at most ``max_bytes + 1`` bytes are ever read, so a file that grows while it is
     read cannot exhaust memory either.
 
     Raises:
       InputFileError: with the reason code and the details.
     """
-    if is_local(path):
-        return _read_local(path, max_bytes)
-    try:
-        st = _gfile().stat(path)
-        if st.is_directory:
-            raise InputFileError("not_a_file", "a directory")
-        _check_size(st.length, max_bytes)
-        with _gfile().GFile(path, "rb") as f:
-            data = _read_at_most(f, st.length, max_bytes)
-    except _tf_error() as e:
-        raise InputFileError("unreadable", f"{type(e).__name__}: {_message(e)}") from None
+    f, size = open_input(path)
+    with f:
+        _check_size(size, max_bytes)
+        try:
+            data = f.read(size + 1)
+            if len(data) > size:  # it grew since it was measured
+                data += f.read(max_bytes + 1 - len(data))
+        except (OSError, _tf_error()) as e:
+            raise InputFileError("unreadable", f"{type(e).__name__}: {_message(e)}") from None
     _check_size(len(data), max_bytes)
     return data
 
 
-def _check_size(size: int, max_bytes: int) -> None:
-    if size > max_bytes:
-        raise InputFileError("too_large", f"{size} bytes or more, above the limit of {max_bytes} bytes")
+def open_input(path: str) -> tuple[IO, int]:
+    """Opens an input file for reading in binary mode; returns (file, size in bytes).
 
+    Local: the file is opened without blocking and checked on the open descriptor (no race between check
+    and read): FIFOs, devices, sockets and directories are refused (``not_a_file``), symlink loops too
+    (``symlink_loop``). Remote: directories are refused.
 
-def _read_at_most(f: IO, size: int, max_bytes: int) -> bytes:
-    """Reads a file of ``size`` bytes, allocating for its size (not for the limit) and never reading more
-    than ``max_bytes + 1`` bytes even if it grew since it was measured."""
-    data = f.read(size + 1)
-    if len(data) > size:
-        data += f.read(max_bytes + 1 - len(data))
-    return data
-
-
-def _kind(mode: int) -> str:
-    for test, name in [(stat_lib.S_ISFIFO, "a FIFO (named pipe)"), (stat_lib.S_ISCHR, "a character device"),
-                       (stat_lib.S_ISBLK, "a block device"), (stat_lib.S_ISSOCK, "a socket"),
-                       (stat_lib.S_ISDIR, "a directory")]:
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _read_local(path: str, max_bytes: int) -> bytes:
+    Raises:
+      InputFileError: with the reason code and the details.
+    """
+    if not is_local(path):
+        try:
+            st = _gfile().stat(path)
+            if st.is_directory:
+                raise InputFileError("not_a_file", "a directory")
+            return _gfile().GFile(path, "rb"), st.length
+        except _tf_error() as e:
+            raise InputFileError("unreadable", f"{type(e).__name__}: {_message(e)}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -202,12 +179,21 @@ def _read_local(path: str, max_bytes: int) -> bytes:
         st = os.fstat(fd)
         if not stat_lib.S_ISREG(st.st_mode):
             raise InputFileError("not_a_file", _kind(st.st_mode))
-        _check_size(st.st_size, max_bytes)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = _read_at_most(f, st.st_size, max_bytes)
-    except OSError as e:
-        raise InputFileError("unreadable", f"{type(e).__name__}: {e.strerror}") from None
-    finally:
+    except BaseException:
         os.close(fd)
-    _check_size(len(data), max_bytes)
-    return data
+        raise
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise InputFileError("too_large", f"{size} bytes or more, above the limit of {max_bytes} bytes")
+
+
+def _kind(mode: int) -> str:
+    for test, name in [(stat_lib.S_ISFIFO, "a FIFO (named pipe)"), (stat_lib.S_ISCHR, "a character device"),
+                       (stat_lib.S_ISBLK, "a block device"), (stat_lib.S_ISSOCK, "a socket"),
+                       (stat_lib.S_ISDIR, "a directory")]:
+        if test(mode):
+            return name
+    return "not a regular file"
