@@ -526,3 +526,36 @@ def test_report_cells_escape_tabs_newlines_and_undecodable_bytes():
     assert L.tsv_cell("back\\slash") == "back\\\\slash"
     assert L.tsv_cell(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
     assert L.tsv_cell("plain café 1.jpg") == "plain café 1.jpg"
+
+
+def test_imported_record_images_are_checked_like_image_files(inception_dir, tmp_path):
+    """A record whose JPEG header claims 60000x60000 pixels is refused before any decoding (training would
+    decode it), a CMYK JPEG is re-encoded as RGB, a valid RGB JPEG keeps its bytes."""
+    import struct
+
+    _, jpeg = inception_dir
+    bomb = bytearray(jpeg)
+    sof = bomb.find(b"\xff\xc0")
+    bomb[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
+    cmyk = io.BytesIO()
+    Image.new("RGB", (12, 10), (200, 40, 40)).convert("CMYK").save(cmyk, format="JPEG")
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_records(src / "train-00000-of-00001", [_inception_example(1, *SYNSETS[0], jpeg, "ok.JPEG"),
+                                                  _inception_example(1, *SYNSETS[0], bytes(bomb), "bomb.JPEG"),
+                                                  _inception_example(2, *SYNSETS[1], cmyk.getvalue(), "cmyk.JPEG")])
+    _write_records(src / "validation-00000-of-00001", [_inception_example(1, *SYNSETS[0], jpeg, "v.JPEG")])
+    out = str(tmp_path / "out")
+    result = convert(discover(str(src)), out, ConvertOptions(train_shards=1, eval_shards=1, max_bad_fraction=0.5),
+                     beam_args=BEAM)
+    assert result.manifest["splits"]["train"]["num_fixed"] == 1
+    with open(os.path.join(out, "bad_files.tsv")) as f:
+        (bad,) = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    assert bad[1:3] == ["train-00000-of-00001#1", "too_large"] and "3600000000 pixels" in bad[3]
+    with open(os.path.join(out, "fixed_files.tsv")) as f:
+        assert f.readlines()[1].rstrip("\n").split("\t") == ["train", "train-00000-of-00001#2", "JPEG CMYK"]
+    by_name = {feat(e, F.FILENAME)[0]: e for exs in read_split(out, "train").values() for e in exs}
+    assert feat(by_name[b"ok.JPEG"], F.IMAGE_ENCODED) == [jpeg]
+    fixed = by_name[b"cmyk.JPEG"]
+    assert Image.open(io.BytesIO(feat(fixed, F.IMAGE_ENCODED)[0])).mode == "RGB"
+    assert (feat(fixed, F.HEIGHT), feat(fixed, F.WIDTH), feat(fixed, F.COLORSPACE)) == ([10], [12], [b"RGB"])

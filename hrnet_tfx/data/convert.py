@@ -300,10 +300,16 @@ class WriteShard(beam.DoFn):
                     self._bad_input(result, where, "bad_record", error)
                     continue
                 try:
-                    record, label, synset, text = relabel_record(record, self._options.label_offset)
+                    record, label, synset, text, fixed = relabel_record(record, self._options.label_offset,
+                                                                        self._options.verify)
                 except BadRecordError as e:
                     self._bad_input(result, where, e.reason, e.detail)
                     continue
+                if fixed:
+                    self._fixed.inc()
+                    result["fixed"].append([split, where, fixed])
+                else:
+                    self._kept.inc()
                 seen.setdefault(label, [synset, text])
                 keyed.append((sort_key(seed, split, where), record))
         result["classes"] = [[label, *v] for label, v in sorted(seen.items())]

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from hrnet_tfx.data import features as F
 from hrnet_tfx.data import storage
-from hrnet_tfx.data.images import PreparedImage
+from hrnet_tfx.data.images import BadImageError, PreparedImage, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo
 
 INCEPTION_LABEL_OFFSET = 1
@@ -68,12 +68,17 @@ def make_example(image: PreparedImage, cls: ClassInfo, filename: str, boxes: Seq
     return example.SerializeToString(deterministic=True)
 
 
-def relabel_record(record: bytes, label_offset: int) -> tuple[bytes, int, str, str]:
-    """Shifts an imported record's class and box labels by ``-label_offset`` (images untouched).
+def relabel_record(record: bytes, label_offset: int, verify: str = "markers"
+                   ) -> tuple[bytes, int, str, str, str]:
+    """Shifts an imported record's class and box labels by ``-label_offset`` and checks its image as an
+    image file is checked (:func:`hrnet_tfx.data.images.prepare_image` with ``verify``: header, declared
+    pixels, end marker). A valid RGB JPEG is kept byte for byte; an odd image (CMYK, grayscale, PNG) is
+    re-encoded, with its size features updated.
 
-    Returns (serialized record, new label, synset, class text). Raises :class:`BadRecordError` for a
-    record that does not parse, does not hold exactly one image and one label, or whose label falls below
-    0 after the shift. (Its size is bounded before it is read: ``max_image_bytes``.)
+    Returns (serialized record, new label, synset, class text, why the image was re-encoded or '').
+    Raises :class:`BadRecordError` for a record that does not parse, does not hold exactly one image and
+    one label, whose image is unusable (the image's reason code), or whose label falls below 0 after the
+    shift. (Its size is bounded before it is read: ``max_image_bytes``.)
     """
     example = _example_pb2().Example()
     try:
@@ -92,6 +97,16 @@ def relabel_record(record: bytes, label_offset: int) -> tuple[bytes, int, str, s
     if label < 0:
         raise BadRecordError("bad_label", f"label {values[0]} minus label offset {label_offset} is negative "
                                           "(wrong --label-offset?)")
+    try:
+        image = prepare_image(images[0], verify)
+    except BadImageError as e:
+        raise BadRecordError(e.reason, f"{F.IMAGE_ENCODED}: {e.detail}") from None
+    if image.fixed:
+        images[0] = image.encoded
+        for key, value in [(F.HEIGHT, image.height), (F.WIDTH, image.width), (F.CHANNELS, 3)]:
+            feats[key].int64_list.value[:] = [value]
+        for key, value in [(F.IMAGE_FORMAT, b"JPEG"), (F.COLORSPACE, b"RGB")]:
+            feats[key].bytes_list.value[:] = [value]
     feats[F.LABEL].int64_list.value[0] = label
     if F.BBOX_LABEL in feats:
         box_labels = feats[F.BBOX_LABEL].int64_list.value
@@ -102,7 +117,8 @@ def relabel_record(record: bytes, label_offset: int) -> tuple[bytes, int, str, s
         v = feats[key].bytes_list.value if key in feats else []
         return v[0].decode("utf-8", "replace") if v else ""
 
-    return example.SerializeToString(deterministic=True), label, text(F.SYNSET), text(F.CLASS_TEXT)
+    return (example.SerializeToString(deterministic=True), label, text(F.SYNSET), text(F.CLASS_TEXT),
+            image.fixed)
 
 
 HEADER_BYTES = 12  # uint64 length + masked CRC-32C of the length

@@ -5,8 +5,9 @@ Layouts understood (``layout='auto'`` picks one; the first match wins):
 
 ``tfrecords``
     Existing inception/TF-slim shards directly in INPUT: ``train-*-of-*`` and ``validation-*-of-*``.
-    Records are imported as they are (images not re-encoded); their labels are 1-based (1001 classes,
-    0 = background) and are shifted to our 0-based labels by the converter (``label_offset``).
+    Records are imported as they are (their images are checked like image files; valid RGB JPEGs keep
+    their bytes); their labels are 1-based (1001 classes, 0 = background) and are shifted to our 0-based
+    labels by the converter (``label_offset``).
 ``imagenet``
     ILSVRC2012 as extracted: ``train/<wnid>/*.JPEG`` and ``val/`` (or ``validation/``) either sorted into
     ``<wnid>/`` folders, or flat with Kaggle's ``LOC_val_solution.csv`` (boxes included) or with the
