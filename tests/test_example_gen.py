@@ -48,6 +48,9 @@ def test_component_validates_options_at_definition():
         ImageExampleGen("/data", layout="coco")
     gen = ImageExampleGen("/data", train_shards=8)
     assert gen.exec_properties["train_shards"] == 8 and gen.exec_properties["compression"] == "none"
+    assert gen.exec_properties["max_image_bytes"] == 64 * 2**20
+    with pytest.raises(ValueError, match="max_image_bytes"):
+        ImageExampleGen("/data", max_image_bytes=0)
     assert set(gen.outputs) == {"examples"}
 
 

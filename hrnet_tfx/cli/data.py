@@ -54,8 +54,8 @@ def convert_cmd(input_dir: str, output_dir: str, beam_args: tuple[str, ...], lay
                    LOC_val_solution.csv or the devkit's ground truth + meta.mat (Kaggle's
                    ILSVRC/Data/CLS-LOC/ nesting is found too)
       imagefolder  INPUT/train/<class>/... and INPUT/val/<class>/... (or validation/, eval/)
-      tfrecords    INPUT/train-*-of-* and INPUT/validation-*-of-* (inception/TF-slim); records are kept,
-                   labels shifted by --label-offset
+      tfrecords    INPUT/train-*-of-* and INPUT/validation-*-of-* (inception/TF-slim); records are kept
+                   (their images checked), labels shifted by --label-offset
 
     Beam pipeline options follow a `--`, for example
     `hrnet-tfx data convert IN OUT -- --direct_num_workers=2 --direct_running_mode=multi_processing`.
