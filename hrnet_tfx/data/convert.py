@@ -33,6 +33,7 @@ rest, and publishes. An output that is already complete is left as it is.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -181,12 +182,11 @@ def _count_records(dataset: Dataset, staging: str, options: ConvertOptions,
     """{split: scan of each of its files in sorted name order}. The files not counted by an earlier
     attempt are counted by a Beam pipeline, one file per element: reading the length headers of every
     file is a full read on an object store, which the workers share instead of the launching process."""
-    import tensorflow as tf
-
     files = {split: [storage.join(s.root, name) for name in sorted(s.files)]
              for split, s in dataset.splits.items() if s.kind == "tfrecords"}
+    counted = _names(os.path.join(staging, _COUNTS))
     todo = [json.dumps([split, i, path]) for split, paths in files.items() for i, path in enumerate(paths)
-            if not tf.io.gfile.exists(_count_path(staging, split, i))]
+            if os.path.basename(_count_path(staging, split, i)) not in counted]
     if todo:
         log.info("counting the records of %d TFRecord files with Beam", len(todo))
         pipeline = pipeline_factory()
@@ -447,11 +447,34 @@ def _plan(dataset: Dataset, options: ConvertOptions, staging: str,
 
 
 def _pending(tasks: list[dict], staging: str, options: ConvertOptions) -> list[dict]:
+    """The tasks whose shard or result file is missing (one listing per directory, not a stat per file)."""
+    results = _names(os.path.join(staging, _RESULTS))
+    shards = {split: _names(os.path.join(staging, L.split_dirname(split))) for split in L.SPLITS}
+
+    def done(t: dict) -> bool:
+        split, shard = t["split"], t["shard"]
+        return (os.path.basename(_result_path(staging, split, shard)) in results
+                and os.path.basename(_staged_shard(staging, split, shard, options)) in shards[split])
+
+    return [t for t in tasks if not done(t)]
+
+
+def _names(directory: str) -> set[str]:
+    """The names in a directory of the staging area or output (empty if it does not exist)."""
     import tensorflow as tf
 
-    return [t for t in tasks
-            if not (tf.io.gfile.exists(_result_path(staging, t["split"], t["shard"]))
-                    and tf.io.gfile.exists(_staged_shard(staging, t["split"], t["shard"], options)))]
+    return {n.rstrip("/") for n in tf.io.gfile.listdir(directory)} if tf.io.gfile.isdir(directory) else set()
+
+
+_IO_THREADS = 16  # small files on an object store: one request each, so many at once
+
+
+def _parallel(fn: Callable, items: Sequence) -> list:
+    """``[fn(x) for x in items]`` in threads (I/O bound: TensorFlow's file system calls release the GIL)."""
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    with concurrent.futures.ThreadPoolExecutor(min(_IO_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _log_metrics(result) -> None:
@@ -471,10 +494,8 @@ def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: Conv
     """Writes each pending task to its own file and runs the pipeline over their paths (task contents
     stay out of the pipeline graph: a Dataflow job's graph has a size limit, and the plan of ImageNet is
     ~100 MB)."""
-    task_paths = []
-    for t in pending:
-        task_paths.append(_task_path(staging, t["split"], t["shard"]))
-        _write_json(task_paths[-1], t)
+    task_paths = [_task_path(staging, t["split"], t["shard"]) for t in pending]
+    _parallel(lambda pt: _write_json(*pt), list(zip(task_paths, pending)))
     roots = {name: s.root for name, s in dataset.splits.items()}
     total = sum(t["size"] for t in pending)
     unit = "img" if dataset.layout != "tfrecords" else "rec"
@@ -533,16 +554,14 @@ def pipeline_options(beam_args: Sequence[str] | None) -> beam.options.pipeline_o
 def _collect(plan: _Plan, output_dir: str, dataset: Dataset, options: ConvertOptions) -> tuple[dict, list]:
     """Reads the shards' results, writes the reports into the staging area and checks the bad fraction.
     Returns (per-split manifest entries, class table)."""
-    import tensorflow as tf
-
     staging = os.path.join(output_dir, L.STAGING_DIRNAME)
-    results = []
-    for t in plan.tasks:
-        path = _result_path(staging, t["split"], t["shard"])
-        if not tf.io.gfile.exists(path):
-            raise RuntimeError(f"the Beam pipeline finished but shard {t['split']}/{t['shard']} has no result "
-                               f"({path}); run the conversion again to redo it")
-        results.append(_read_json(path))
+    missing = _pending(plan.tasks, staging, options)
+    if missing:
+        t = missing[0]
+        raise RuntimeError(f"the Beam pipeline finished but shard {t['split']}/{t['shard']} has no result "
+                           f"({_result_path(staging, t['split'], t['shard'])}); run the conversion again to "
+                           "redo it")
+    results = _parallel(_read_json, [_result_path(staging, t["split"], t["shard"]) for t in plan.tasks])
     bad = plan.bad + [b for r in results for b in r["bad"]]
     fixed = [f for r in results for f in r["fixed"]]
     bad_path = os.path.join(staging, L.BAD_FILES_FILENAME)
@@ -581,9 +600,9 @@ def _publish(output_dir: str, staging: str, options: ConvertOptions, manifest: d
         src, dst = os.path.join(staging, L.split_dirname(split)), L.split_dir(output_dir, split)
         _remove(dst)
         tf.io.gfile.makedirs(dst)
-        for s in range(options.num_shards(split)):
-            name = L.shard_filename(split, s, options.num_shards(split), options.compression)
-            tf.io.gfile.rename(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
+        names = [L.shard_filename(split, s, options.num_shards(split), options.compression)
+                 for s in range(options.num_shards(split))]
+        _parallel(lambda n: tf.io.gfile.rename(os.path.join(src, n), os.path.join(dst, n), overwrite=True), names)
     for name in (L.BAD_FILES_FILENAME, L.FIXED_FILES_FILENAME, LABEL_MAP_FILENAME):
         tf.io.gfile.rename(os.path.join(staging, name), os.path.join(output_dir, name), overwrite=True)
     _write_json(os.path.join(output_dir, L.MANIFEST_FILENAME), manifest)
