@@ -35,7 +35,8 @@ def data() -> None:
               help="tfrecords layout: subtracted from imported labels (inception's are 1-based).")
 @click.option("--seed", default="hrnet-tfx", show_default=True, help="Shuffle key.")
 @click.option("--fingerprint", type=click.Choice(FINGERPRINTS), default="dirs", show_default=True,
-              help="What decides that an unfinished run may be resumed: directory stats, or every file.")
+              help="What decides that an unfinished run may be resumed: the names in every directory, "
+                   "or also a stat of every file.")
 @click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Skip (and report) input files larger than this; also bounds imported TFRecord records. "
                    "[default: 64]")
