@@ -36,13 +36,12 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from hrnet_tfx.data import features  # noqa: E402
 from hrnet_tfx.serving import rest_json, warmup  # noqa: E402
-from hrnet_tfx.serving.batching import BatchingOptions  # noqa: E402
 from hrnet_tfx.serving.client import Client  # noqa: E402
 from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions  # noqa: E402
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError  # noqa: E402
 from hrnet_tfx.serving.model_base import (ModelWatcher, VersionState, complete_versions, latest_version,  # noqa: E402
                                           resolve_model)
-from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
+from hrnet_tfx.serving.server import BatchingOptions, model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
@@ -629,37 +628,35 @@ def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images
         assert err.value.code == Code.NOT_FOUND
 
 
-def test_batching_merges_concurrent_requests_and_stop_finishes_requests_in_flight(exported, images, reference):
-    batching = BatchingOptions(max_batch_size=8, batch_timeout_micros=1_500_000, num_batch_threads=1)
-    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, batching=batching, warmup=False)
+def test_stop_finishes_requests_in_flight(exported, images, reference):
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, warmup=False)
     server = DevServer(str(exported["base"]), "hrnet", options).start()
     client = Client(server.grpc_address, timeout=TIMEOUT)
+    started, release = threading.Event(), threading.Event()
+    with server.core.lease("hrnet") as servable:
+        run = servable._run
+
+        def held_run(feeds, fetches):  # the real session run, held until the test lets it go
+            started.set()
+            release.wait(TIMEOUT)
+            return run(feeds, fetches)
+
+        servable._run = held_run
     try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 x 2 rows fill one batch of 8 at once
-            start = time.monotonic()
-            results = list(pool.map(lambda i: client.predict({"images": images[i:i + 2]}, "predict_images"),
-                                    range(4)))
-            merged_in = time.monotonic() - start
-        for i, out in enumerate(results):
-            np.testing.assert_allclose(out["probabilities"], reference["probabilities"][i:i + 2],
-                                       rtol=1e-5, atol=1e-6)
-        with server.core.lease("hrnet") as servable:
-            counts = servable.batching_stats()
-        assert counts["requests"] == 4 and counts["batches"] < 4, counts  # merged, yet each got its own rows
-        assert merged_in < TIMEOUT
-        # A lone request waits the batch timeout (1.5 s) in the batcher: stop the server meanwhile.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
             pending = pool.submit(client.predict, {"images": images[:1]}, "predict_images")
+            assert started.wait(TIMEOUT)
+            stopping = pool.submit(server.stop, 60)
             time.sleep(0.5)
-            stopped_at = time.monotonic()
-            server.stop(grace=60)
-            stop_took = time.monotonic() - stopped_at
+            assert not stopping.done()  # stop() waits for the request
+            release.set()
             np.testing.assert_allclose(pending.result(timeout=TIMEOUT)["probabilities"],
                                        reference["probabilities"][:1], rtol=1e-5, atol=1e-6)
-        assert stop_took < 60
+            stopping.result(timeout=TIMEOUT)
         with pytest.raises(ServerUnavailableError):
             Client(server.grpc_address, timeout=10).predict_images(images[:1])
     finally:
+        release.set()
         client.close()
         server.stop()
 
