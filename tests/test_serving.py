@@ -208,6 +208,15 @@ def test_model_base_discovery_counts_only_complete_versions(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no model under"):
         resolve_model(str(tmp_path / "empty"))
+    remote = "ram://serving-discovery/base/hrnet"  # a bucket-like file system, through tf.io.gfile
+    for name, complete in (("3", True), ("12", True), ("13", False), (".tmp-14", True)):
+        tf.io.gfile.makedirs(f"{remote}/{name}")
+        if complete:
+            with tf.io.gfile.GFile(f"{remote}/{name}/saved_model.pb", "wb") as f:
+                f.write(b"")
+    assert complete_versions(remote) == [3, 12] and latest_version(remote) == 12
+    assert resolve_model("ram://serving-discovery/base") == ("hrnet", remote)
+    assert complete_versions("ram://serving-discovery/missing") == []
 
 
 class _Toy:

@@ -41,7 +41,8 @@ from hrnet_tfx.serving.image_guard import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_
                    "(0: no limit).")
 @click.option("--max-items-per-request", default=DEFAULT_MAX_ITEMS, show_default=True, type=click.IntRange(min=1),
               help="Development server: most images or examples in one request.")
-@click.option("--max-request-bytes", default=DEFAULT_MAX_REQUEST_BYTES, show_default=True, type=click.IntRange(min=1024),
+@click.option("--max-request-bytes", default=DEFAULT_MAX_REQUEST_BYTES, show_default=True,
+              type=click.IntRange(min=1024),
               help="Development server: largest gRPC message or REST body.")
 @click.option("--max-concurrent-requests", default=DEFAULT_MAX_CONCURRENT_REQUESTS, show_default=True,
               type=click.IntRange(min=1),

@@ -101,11 +101,6 @@ def invalid(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)
 
 
-def not_found(message: str) -> ServingError:
-    """A ``NOT_FOUND`` error (HTTP 404)."""
-    return ServingError(Code.NOT_FOUND, message)
-
-
 INTERNAL_MESSAGE = "internal error in the model server; the details are in its log"
 """What a client is told about a failure that is not its request's fault (details never leave the server)."""
 _CLIENT_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE, Code.NOT_FOUND})

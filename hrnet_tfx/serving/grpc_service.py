@@ -1,7 +1,8 @@
 """TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.core.ServingCore`.
 
 ``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata (Regress and
-MultiInference answer UNIMPLEMENTED); ``tensorflow.serving.ModelService``: GetModelStatus. The request
+MultiInference answer UNIMPLEMENTED, grpc's default); ``tensorflow.serving.ModelService``: GetModelStatus
+(HandleReloadConfigRequest: UNIMPLEMENTED). The request
 and response messages are tensorflow-serving-api's, so any TF Serving client works unchanged.
 """
 
@@ -135,15 +136,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(servable))
                 return response
 
-    def Regress(self, request, context):
-        """UNIMPLEMENTED."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by the development server "
-                      "(the HRNet signatures are classifiers)")
-
-    def MultiInference(self, request, context):
-        """UNIMPLEMENTED."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the development server")
-
 
 def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:
     """A GetModelStatusResponse for :class:`~hrnet_tfx.serving.model_base.VersionStatus` es."""
@@ -171,11 +163,6 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 raise invalid("Missing ModelSpec")
             name, version, _ = _spec(request.model_spec)
             return model_status_response(self._core.status(name, version))
-
-    def HandleReloadConfigRequest(self, request, context):
-        """UNIMPLEMENTED: the development server serves the model base it was started on."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the development server serves one model base; restart it "
-                      "to serve another")
 
 
 def add_services(server: grpc.Server, core: ServingCore) -> None:

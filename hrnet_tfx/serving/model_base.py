@@ -37,40 +37,15 @@ log = logging.getLogger(__name__)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+def _gfile():
+    """``tf.io.gfile`` (local paths, ``gs://``, ``s3://``, ``ram://``...), imported when first needed."""
+    import tensorflow as tf
+
+    return tf.io.gfile
 
 
 def _listdir(path: str) -> list[str]:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-    return os.listdir(path)
-
-
-def _isdir(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _mtime(path: str) -> float:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.stat(path).mtime_nsec / 1e9
-    return os.stat(path).st_mtime
+    return [name.rstrip("/") for name in _gfile().listdir(path)]
 
 
 def parse_version(name: str) -> int | None:
@@ -88,9 +63,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     """All version directories of a model (complete or not): ``{version: path}``. Empty if no directory."""
     try:
         names = _listdir(model_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except Exception as e:  # remote file systems raise their own NotFound errors
+    except Exception as e:  # tf.errors.NotFoundError (imported lazily, hence matched by name)
         if type(e).__name__ == "NotFoundError":
             return {}
         raise
@@ -98,7 +71,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     for name in names:
         version = parse_version(name)
         path = os.path.join(model_dir, name)
-        if version is not None and _isdir(path):
+        if version is not None and _gfile().isdir(path):
             found[version] = path
     return found
 
@@ -107,7 +80,7 @@ def saved_model_file(version_dir: str) -> str | None:
     """Path of the version's ``saved_model.pb`` (or ``.pbtxt``), or None while the version is incomplete."""
     for name in SAVED_MODEL_FILES:
         path = os.path.join(version_dir, name)
-        if _exists(path):
+        if _gfile().exists(path):
             return path
     return None
 
@@ -139,22 +112,21 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
     Raises:
       ValueError: no name was given and none can be inferred; the message lists what was found.
     """
-    base = model_base if _is_remote(model_base) else os.path.abspath(model_base)
+    base = model_base if "://" in model_base else os.path.abspath(model_base)
     base = base.rstrip("/") or "/"
     base_is_model = bool(version_dirs(base))
     if model_name:
         if "/" in model_name or model_name in (".", ".."):
             raise ValueError(f"invalid model name {model_name!r}")
         candidate = os.path.join(base, model_name)
-        if base_is_model and not _isdir(candidate):
+        if base_is_model and not _gfile().isdir(candidate):
             return model_name, base
         return model_name, candidate
     if base_is_model:
         return os.path.basename(base), base
-    if not _isdir(base):
+    if not _gfile().isdir(base):
         raise ValueError(f"model base {model_base!r} does not exist; pass --model-name to wait for a first push")
-    models = sorted(n for n in _listdir(base)
-                    if not n.startswith(".") and _isdir(os.path.join(base, n)) and version_dirs(os.path.join(base, n)))
+    models = sorted(n for n in _listdir(base) if not n.startswith(".") and version_dirs(os.path.join(base, n)))
     if len(models) == 1:
         return models[0], os.path.join(base, models[0])
     if not models:
@@ -198,7 +170,7 @@ class _Loaded:
 class _Failure:
     """A version that failed to load: when to try again (or sooner, if ``saved_model.pb`` changes)."""
 
-    mtime: float
+    mtime: int
     attempts: int
     retry_at: float
 
@@ -318,8 +290,8 @@ class ModelWatcher:
                     return
                 pb = saved_model_file(complete[version])
                 try:
-                    mtime = _mtime(pb)
-                except OSError:  # removed between the scan and now
+                    mtime = _gfile().stat(pb).mtime_nsec
+                except Exception:  # removed between the scan and now
                     continue
                 failure = self._failed.get(version)
                 if failure and failure.mtime == mtime and time.monotonic() < failure.retry_at:
@@ -327,7 +299,7 @@ class ModelWatcher:
                 if self._load_version(version, complete[version], mtime):
                     return
 
-    def _load_version(self, version: int, path: str, mtime: float) -> bool:
+    def _load_version(self, version: int, path: str, mtime: int) -> bool:
         log.info("%s: loading version %d from %s", self.name, version, path)
         self._set_state(version, VersionState.START)
         self._set_state(version, VersionState.LOADING)
