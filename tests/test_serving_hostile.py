@@ -40,11 +40,12 @@ LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 MIB = 2**20
 AS_HEADROOM = 1536 * MIB
 """Address space the server may add to its idle size before allocations fail."""
-RSS_BOUND = 256 * MIB
+RSS_BOUND = 128 * MIB
 """The most an attack may raise the server's peak resident memory (its idle size is ~0.5-1 GiB)."""
 MAX_REQUEST_BYTES = 4 * MIB
 MAX_ITEMS = 16
 MAX_CONNECTIONS = 12
+MAX_CONCURRENT = 4
 REQUEST_TIMEOUT = 3.0
 TIMEOUT = 120.0
 CLI = ("from hrnet_tfx.cli import main; from hrnet_tfx.cli.serving import serve; "
@@ -181,6 +182,7 @@ def server(tmp_path_factory):
     args = [sys.executable, "-c", CLI, "serve", str(root / "base"), "--server", "dev", "--host", "127.0.0.1",
             "--grpc-port", str(grpc_port), "--rest-port", str(rest_port), "--max-request-bytes", str(MAX_REQUEST_BYTES),
             "--max-items-per-request", str(MAX_ITEMS), "--max-connections", str(MAX_CONNECTIONS),
+            "--max-concurrent-requests", str(MAX_CONCURRENT),
             "--request-timeout", str(REQUEST_TIMEOUT)]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
@@ -223,6 +225,8 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    assert process.returncode == 0 and "stopped after" in log_path.read_text(), log_path.read_text()[-3000:]
+    assert "still running" not in log_path.read_text(), log_path.read_text()[-3000:]  # nothing left in flight
 
 
 def warm_up(s):
@@ -239,7 +243,7 @@ def warm_up(s):
         request.input.example_list.examples.add().ParseFromString(example)
         s.stub.Classify(request, timeout=TIMEOUT)
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(MAX_CONCURRENT) as pool:
         for f in [pool.submit(fn) for fn in (s.good_grpc, s.good_rest, classify) * 4]:
             f.result()
 
@@ -311,6 +315,19 @@ def test_grpc_tensors_are_checked_against_the_signature_and_their_values_first(s
     code, details = grpc_error(lambda: server.stub.Predict(predict_request(make()), timeout=TIMEOUT))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, (code, details)
     server.check_after(before)
+
+
+def test_messages_quoting_what_a_client_sent_are_cut(server):
+    request = predict_request(string_tensor([1], [jpeg()]), model="m" * MIB)
+    code, details = grpc_error(lambda: server.stub.Predict(request, timeout=TIMEOUT))
+    assert code == grpc.StatusCode.NOT_FOUND and details.startswith("Servable not found for request: Latest(mmm")
+    assert len(details) == 2003 and details.endswith("...")
+    request = predict_request(string_tensor([1], [jpeg()]))
+    for i in range(50_000):
+        request.inputs[f"junk_{i}"].dtype = types_pb2.DT_STRING
+    code, details = grpc_error(lambda: server.stub.Predict(request, timeout=TIMEOUT))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "sent extra {junk_0,junk_1" in details and len(details) == 2003
+    server.check_after(server.reset_peak())
 
 
 def test_classify_context_is_not_copied_before_the_model_and_the_counts_are_checked(server):
@@ -416,6 +433,22 @@ def test_rest_connections_beyond_the_cap_are_refused(server):
         assert status_of(answer) == 503 and b"too many open connections (12)" in answer, answer[:300]
     finally:
         for sock in idle:
+            sock.close()
+    time.sleep(0.3)
+    server.check_after(server.reset_peak())
+
+
+def test_rest_bodies_being_received_count_as_requests_in_flight(server):
+    host, port = server.rest_address.rsplit(":", 1)
+    uploads = [socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_CONCURRENT)]
+    try:
+        for sock in uploads:  # each announces 3 MiB and sends 1 MiB of it
+            sock.sendall(POST + b"Content-Length: 3145728\r\n\r\n" + b" " * MIB)
+        time.sleep(0.5)
+        answer = raw_http(server, POST + b"Content-Length: 2\r\n\r\n{}", wait=5)
+        assert status_of(answer) == 429 and b"4 requests in flight" in answer, answer[:300]
+    finally:
+        for sock in uploads:
             sock.close()
     time.sleep(0.3)
     server.check_after(server.reset_peak())

@@ -26,8 +26,9 @@ DEFAULT_MAX_ITEMS = 128
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 """Default cap on a request's size (gRPC message or REST body). Parsing costs up to ~20x the bytes in
 memory (a protobuf of a million empty strings, a JSON list of empty objects), so this bounds that too."""
-DEFAULT_MAX_CONCURRENT_REQUESTS = 64
-"""Default cap on requests in flight (being processed or waiting for a thread) per protocol."""
+DEFAULT_MAX_CONCURRENT_REQUESTS = 32
+"""Default cap on requests in flight (being received, processed or waiting for a thread) per protocol: with
+:data:`DEFAULT_MAX_REQUEST_BYTES`, at most 512 MiB of request bodies held at once per protocol."""
 DEFAULT_MAX_CONNECTIONS = 128
 """Default cap on open REST connections."""
 DEFAULT_REQUEST_TIMEOUT = 30.0

@@ -79,7 +79,12 @@ class ServingError(Exception):
     ``http_status`` is the REST status the code maps to (or the one the server actually sent).
     """
 
+    MAX_MESSAGE = 2000
+    """Longer messages are cut (they may quote what a client sent: names, lists of inputs)."""
+
     def __init__(self, code: Code, message: str, http_status: int | None = None):
+        if len(message) > self.MAX_MESSAGE:
+            message = message[: self.MAX_MESSAGE] + "..."
         super().__init__(message)
         self.code = Code(code)
         self.message = message

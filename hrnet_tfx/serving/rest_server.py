@@ -21,8 +21,9 @@ disconnected; aiohttp's server has no header or body timeout. What is bounded:
 * body: ``max_request_bytes`` (a larger ``Content-Length`` gets 413 before the body is read; a chunked
   body that grows past it gets tornado's 400 and the connection is closed), received within
   ``request_timeout`` seconds;
-* requests being handled or waiting for a worker: ``max_concurrent_requests`` (more get 429,
-  RESOURCE_EXHAUSTED); open connections: ``max_connections`` (more get 503 and are closed).
+* requests being received, handled or waiting for a worker: ``max_concurrent_requests`` (more get 429,
+  RESOURCE_EXHAUSTED), so bodies held at once are at most that many times ``max_request_bytes``; open
+  connections: ``max_connections`` (more get 503 and are closed).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import urllib.parse
 from concurrent import futures
 
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.web
 
@@ -179,6 +181,7 @@ class _Handler(tornado.web.RequestHandler):
 
     async def prepare(self) -> None:
         limits = self.limits
+        self._counted = self._working = False
         if limits.stopping:
             await self._reply(503, rest_json.error_body("the server is shutting down"))
             return
@@ -188,25 +191,45 @@ class _Handler(tornado.web.RequestHandler):
             await self._reply(413, rest_json.error_body(
                 f"request body of {int(length):,} bytes is larger than this server's limit of "
                 f"{limits.max_request_bytes:,} bytes (--max-request-bytes)"))
+            return
+        if limits.active >= limits.max_concurrent:  # counted from here: bodies being received hold memory too
+            await self._reply(429, rest_json.error_body(
+                f"the server is busy: {limits.active} requests in flight (--max-concurrent-requests); retry later"))
+            return
+        limits.active += 1
+        self._counted = True
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.limits.active -= 1
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if not self._working:  # a request being processed is released when it ends, not when its client leaves
+            self._release()
+
+    def on_finish(self) -> None:
+        self._release()
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
     async def _handle(self, *args) -> None:
         limits = self.limits
-        if limits.active >= limits.max_concurrent:
-            await self._reply(429, rest_json.error_body(
-                f"the server is busy: {limits.active} requests in flight (--max-concurrent-requests); retry later"))
-            return
-        limits.active += 1
+        self._working = True
         try:
             body, self._chunks = b"".join(self._chunks), []
             loop = asyncio.get_running_loop()
             status, answer = await loop.run_in_executor(limits.executor, limits.api.respond, self.request.method,
                                                         self.request.path, body)
         finally:
-            limits.active -= 1
-        await self._reply(status, answer)
+            self._working = False
+            self._release()
+        try:
+            await self._reply(status, answer)
+        except tornado.iostream.StreamClosedError:  # the client left before its answer
+            pass
 
     get = post = put = delete = patch = _handle
 
