@@ -257,7 +257,7 @@ def grpc_error(call):
 # -- images whose header hides the cost --------------------------------------------------------------------
 IMAGES = {
     # 44 KB: frame 1 is 1x1, frame 2 8000x8000; TF decodes 2 x 8000 x 8000 x 3 bytes, then resizes floats.
-    "gif_hidden_frame": (lambda: gif_bomb(8000, 8000), "animated GIF (2 frames) refused"),
+    "gif_hidden_frame": (lambda: gif_bomb(8000, 8000), "animated GIF refused (more than one frame)"),
     "png_1000000x1": (lambda: encode(Image.new("L", (1_000_000, 1)), "PNG"), "an aspect ratio of 1,000,000.0"),
     "png_1x1000000": (lambda: encode(Image.new("L", (1, 1_000_000)), "PNG"), "an aspect ratio of 1,000,000.0"),
     "webp": (lambda: encode(Image.new("RGB", (32, 32)), "WEBP"), "not a decodable image"),

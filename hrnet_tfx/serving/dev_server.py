@@ -63,8 +63,8 @@ class DevServerOptions:
       max_items_per_request: most images/examples in one request (None: no limit).
       max_request_bytes: largest request accepted (gRPC message or REST body). Parsing may cost ~20x this
         in memory, per worker thread.
-      max_concurrent_requests: requests being processed or waiting for a thread, per protocol; more get
-        RESOURCE_EXHAUSTED (HTTP 429).
+      max_concurrent_requests: requests being received (REST), processed or waiting for a thread, per
+        protocol; more get RESOURCE_EXHAUSTED (HTTP 429).
       max_connections: open REST connections; more are answered 503 and closed.
       request_timeout: seconds a REST client has to send a request's headers, and again its body (also how
         long an idle keep-alive connection stays open).

@@ -82,12 +82,12 @@ class ImageGuard:
         if expected is None:
             raise invalid(f"{where}: not a decodable image: {len(data)} bytes starting {data[:8]!r} are not "
                           f"{SUPPORTED} (the formats TensorFlow decodes)")
-        fmt, width, height, frames = _read_header(data, where)
+        fmt, width, height, animated = _read_header(data, where)
         allowed = next(pil for _, name, pil in _TF_FORMATS if name == expected)
         if fmt not in allowed:
             raise invalid(f"{where}: not a decodable image: it starts like {expected} but reads as {fmt}")
-        if expected == "GIF" and frames > 1:
-            raise invalid(f"{where}: animated GIF ({frames} frames) refused: TensorFlow decodes every frame at "
+        if expected == "GIF" and animated:
+            raise invalid(f"{where}: animated GIF refused (more than one frame): TensorFlow decodes every frame at "
                           "the size of the largest; send a single frame")
         if width < 1 or height < 1:
             raise invalid(f"{where}: image is {width}x{height}: no pixels")
@@ -128,17 +128,17 @@ class ImageGuard:
                 self.check_examples(flat, name)
 
 
-def _read_header(data: bytes, where: str) -> tuple[str, int, int, int]:
-    """``(Pillow format, width, height, frames)`` from the header; frames are counted for GIFs only (Pillow
-    skips over each frame's pixel data without decoding it)."""
+def _read_header(data: bytes, where: str) -> tuple[str, int, int, bool]:
+    """``(Pillow format, width, height, animated)`` from the header; ``animated`` is looked up for GIFs only
+    (Pillow skips the first frame's pixel data to find a second one, without decoding it)."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                frames = image.n_frames if image.format == "GIF" else 1
-                return image.format, image.size[0], image.size[1], frames
+                animated = image.format == "GIF" and image.is_animated
+                return image.format, image.size[0], image.size[1], animated
     except Image.DecompressionBombError as e:
         raise invalid(f"{where}: image too large to decode ({e})") from None
     except Exception as e:  # unidentified, truncated or corrupt headers
