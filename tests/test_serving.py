@@ -41,7 +41,8 @@ from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions  # noqa: E4
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError  # noqa: E402
 from hrnet_tfx.serving.model_base import (ModelWatcher, VersionState, complete_versions, latest_version,  # noqa: E402
                                           resolve_model)
-from hrnet_tfx.serving.server import BatchingOptions, model_server_command, serve  # noqa: E402
+from hrnet_tfx.serving.batching import BatchingOptions  # noqa: E402
+from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]

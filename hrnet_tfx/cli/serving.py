@@ -66,7 +66,7 @@ def serve(model_base, model_name, grpc_port, rest_port, host, poll_seconds, enab
     the same protocols (for development and tests). Stops cleanly on Ctrl-C or SIGTERM.
     """
     from hrnet_tfx.serving.dev_server import DevServerOptions
-    from hrnet_tfx.serving.server import BatchingOptions
+    from hrnet_tfx.serving.batching import BatchingOptions
     from hrnet_tfx.serving.server import serve as run
 
     batching = None
