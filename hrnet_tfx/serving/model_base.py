@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from hrnet_tfx.serving.errors import Code, ServingError
+from hrnet_tfx.serving.names import check_model_name
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,7 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
     base = base.rstrip("/") or "/"
     base_is_model = bool(version_dirs(base))
     if model_name:
-        if "/" in model_name or model_name in (".", ".."):
-            raise ValueError(f"invalid model name {model_name!r}")
+        check_model_name(model_name)
         candidate = os.path.join(base, model_name)
         if base_is_model and not _gfile().isdir(candidate):
             return model_name, base
