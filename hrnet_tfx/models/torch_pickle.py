@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hrnet_tfx.models.weights import MAX_METADATA_BYTES, MAX_TENSOR_BYTES, WeightsFileError
+from hrnet_tfx.models.weights import MAX_METADATA_BYTES, MAX_TENSOR_BYTES, WeightsFileError, read_weights_file
 
 MAX_PICKLE_OPS = 1 << 20  # ~32 per tensor: hrnet_w64's state_dict takes ~70k, with optimizer state ~2x
 MAX_DEPTH = 32  # a checkpoint nests ~5 deep (checkpoint -> optimizer -> state -> id -> tensor)
@@ -913,6 +913,4 @@ def load_torch_file(path: str) -> Any:
     """Loads a ``torch.save`` file holding tensors (a state_dict, or a dict around one) as NumPy arrays.
 
     ``path`` may be local or any ``tf.io.gfile`` URI; failures raise ``WeightsFileError`` naming it."""
-    from hrnet_tfx.models.weights import read_weights_file
-
     return read_weights_file(path, read_torch)
