@@ -587,20 +587,23 @@ for name, path in json.loads(sys.argv[1]):
 def raw_zip(members) -> bytes:
     """A zip archive written field by field so that sizes and CRCs can lie. ``members``: (name, data,
     method, crc, compressed size, uncompressed size); sizes >= 4 GiB get zip64 extra fields."""
-    body, central = b"", b""
+    body, central, offset = [], [], 0
     for name, data, method, crc, csize, usize in members:
         raw_name = name.encode()
         zip64 = max(csize, usize) >= 0xFFFFFFFF
         extra = struct.pack("<HHQQ", 1, 16, usize, csize) if zip64 else b""
         sizes = (0xFFFFFFFF, 0xFFFFFFFF) if zip64 else (csize, usize)
         version = 45 if zip64 else 20
-        offset = len(body)
-        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, version, 0, method, 0, 0x21, crc, *sizes,
+        local = struct.pack("<IHHHHHIIIHH", 0x04034B50, version, 0, method, 0, 0x21, crc, *sizes,
                             len(raw_name), len(extra)) + raw_name + extra + data
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, version, version, 0, method, 0, 0x21, crc, *sizes,
-                               len(raw_name), len(extra), 0, 0, 0, 0, offset) + raw_name + extra
-    return body + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members),
-                                        len(central), len(body), 0)
+        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, version, version, 0, method, 0, 0x21, crc,
+                                   *sizes, len(raw_name), len(extra), 0, 0, 0, 0, offset) + raw_name + extra)
+        body.append(local)
+        offset += len(local)
+    directory = b"".join(central)
+    count = min(len(members), 0xFFFF)
+    return b"".join(body) + directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory),
+                                                    offset, 0)
 
 
 def deflated_zeros(mib: int) -> bytes:
@@ -686,6 +689,11 @@ def memory_attacks(tmp_path) -> dict[str, tuple[pathlib.Path, str]]:
     path = tmp_path / "dicts.pth"  # 2M empty dicts in 4 MB of pickle
     path.write_bytes(legacy_bytes(b"\x80\x02" + b"}" * (2 << 20) + b".", []))
     add("2M objects", path, "WeightsFileError: .*more than 1048576 opcodes")
+    entries = [("archive/data.pkl", small, 0, zlib.crc32(small), len(small), len(small))]
+    entries += [(f"{k}", b"", 0, 0, 0, 0) for k in range(100_000)]  # 100k empty members: 5 MB of directory
+    path = tmp_path / "members.pth"
+    path.write_bytes(raw_zip(entries))
+    add("100k zip members", path, "WeightsFileError: .*zip directory of 5\\d{6} bytes is over the 4 MiB limit")
     for name, length in [("safetensors header of 2**60", 2**60), ("safetensors header of 99 MB", 99 << 20),
                          ("safetensors header over the limit", 17 << 20)]:
         path = tmp_path / f"{name}.safetensors"

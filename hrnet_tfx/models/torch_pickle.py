@@ -10,7 +10,7 @@ the tensor rebuild functions, storage types), calls only those, mutates only the
 it built itself, and never recurses, so a file can neither run code, patch objects nor exhaust the
 stack. Sizes are checked before anything is allocated:
 
-- a pickle is at most ``MAX_METADATA_BYTES`` long and runs at most ``MAX_PICKLE_OPS`` opcodes; the
+- a zip archive's directory is at most 4 MiB (~50k members); a pickle is at most ``MAX_METADATA_BYTES`` long and runs at most ``MAX_PICKLE_OPS`` opcodes; the
   objects it builds nest at most ``MAX_DEPTH`` deep, without cycles;
 - a tensor's view lies inside its storage by torch's own ``set_`` rule (``offset + sum((size_i - 1) *
   stride_i) + 1 <= storage numel`` unless the tensor is empty), with every size, stride and offset
@@ -57,6 +57,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_KEY_CHARS = 256
 _MAX_NUMBER_LINE = 1024  # text-protocol numbers
 _MAX_INT_BYTES = 256  # LONG4 operands; a weights file needs int64 plus torch's 10-byte magic number
+_MAX_ZIP_DIRECTORY = 4 << 20  # ~50k members; hrnet_w64's training checkpoint has ~2k
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
@@ -795,7 +796,31 @@ def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes
     return data
 
 
+def _check_zip_directory(f) -> None:
+    """Refuses a central directory over ``_MAX_ZIP_DIRECTORY`` bytes before :mod:`zipfile` parses it
+    (each 46-byte entry becomes a ~500-byte object). Finds the end record as zipfile does; a damaged
+    one is left for zipfile to report."""
+    tail_bytes = min(f.size, 22 + 0xFFFF)
+    f.seek(f.size - tail_bytes)
+    tail = f.read(tail_bytes)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return
+    (directory_bytes,) = struct.unpack("<I", tail[at + 12 : at + 16])
+    if directory_bytes == 0xFFFFFFFF and tail[at - 20 : at - 16] == b"PK\x06\x07":  # zip64
+        f.seek(struct.unpack("<Q", tail[at - 12 : at - 4])[0])
+        record = f.read(56)
+        if record[:4] == b"PK\x06\x06":
+            (directory_bytes,) = struct.unpack("<Q", record[40:48])
+    if directory_bytes > _MAX_ZIP_DIRECTORY:
+        raise WeightsFileError(
+            f"zip directory of {directory_bytes} bytes is over the {_MAX_ZIP_DIRECTORY >> 20} MiB limit"
+        )
+
+
 def _read_zip(f) -> Any:
+    _check_zip_directory(f)
+    f.seek(0)
     with zipfile.ZipFile(f) as zf:
         infos = zf.infolist()
         names = collections.Counter(info.filename for info in infos)

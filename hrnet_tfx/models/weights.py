@@ -13,6 +13,7 @@ naming the file and the reason (see :mod:`hrnet_tfx.models.torch_pickle` for ``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -149,6 +150,8 @@ def _read_safetensors(f: _BoundedFile) -> dict[str, np.ndarray]:
     data = f.read()
     try:
         header = json.loads(data[8 : 8 + header_bytes], object_pairs_hook=_unique_keys)
+    except WeightsFileError:
+        raise
     except (ValueError, RecursionError) as e:
         raise WeightsFileError(f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
@@ -181,10 +184,11 @@ def _read_safetensors(f: _BoundedFile) -> dict[str, np.ndarray]:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise WeightsFileError(f"duplicate key(s) in the header: {sorted({k for k in keys if keys.count(k) > 1})}")
-    return dict(pairs)
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        repeated = [k for k, n in collections.Counter(k for k, _ in pairs).items() if n > 1]
+        raise WeightsFileError(f"duplicate key(s) in the header: {repeated[:5]}")
+    return out
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -271,8 +275,9 @@ def load_pytorch_weights(
       The number of tensors loaded.
 
     Raises:
+      WeightsFileError: the file cannot be read safely (see :func:`read_state_dict`).
       WeightImportError: naming every key that is missing from the source, not used by the model, or
-        of the wrong shape. Nothing is assigned in that case.
+        of the wrong shape. Nothing is assigned in either case.
     """
     state = read_state_dict(source)
     excluded = tuple(exclude)
