@@ -10,8 +10,9 @@ the tensor rebuild functions, storage types), calls only those, mutates only the
 it built itself, and never recurses, so a file can neither run code, patch objects nor exhaust the
 stack. Sizes are checked before anything is allocated:
 
-- a zip archive's directory is at most 4 MiB (~50k members); a pickle is at most ``MAX_METADATA_BYTES`` long and runs at most ``MAX_PICKLE_OPS`` opcodes; the
-  objects it builds nest at most ``MAX_DEPTH`` deep, without cycles;
+- a zip archive's directory is at most 4 MiB (~50k members); a pickle is at most
+  ``MAX_METADATA_BYTES`` long and runs at most ``MAX_PICKLE_OPS`` opcodes; the objects it builds nest
+  at most ``MAX_DEPTH`` deep, without cycles;
 - a tensor's view lies inside its storage by torch's own ``set_`` rule (``offset + sum((size_i - 1) *
   stride_i) + 1 <= storage numel`` unless the tensor is empty), with every size, stride and offset
   an integer in [0, 2**63);
@@ -40,9 +41,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hrnet_tfx.models.weights import MAX_METADATA_BYTES, MAX_TENSOR_BYTES, WeightsFileError, read_weights_file
+from hrnet_tfx.models.weights import (
+    MAX_METADATA_BYTES,
+    MAX_TENSOR_BYTES,
+    WeightsFileError,
+    bfloat16_as_float32,
+    read_weights_file,
+)
 
-MAX_PICKLE_OPS = 1 << 20  # ~32 per tensor: hrnet_w64's state_dict takes ~70k, with optimizer state ~2x
+MAX_PICKLE_OPS = 1 << 20  # ~32 per tensor: hrnet_w64's state_dict (1956 tensors) takes ~63k
 MAX_DEPTH = 32  # a checkpoint nests ~5 deep (checkpoint -> optimizer -> state -> id -> tensor)
 MAX_NDIM = 32  # NumPy's limit
 # Distinct tensor views may overlap (a weight and its transpose saved together, small expanded
@@ -55,9 +62,9 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_KEY_CHARS = 256
-_MAX_NUMBER_LINE = 1024  # text-protocol numbers
+_MAX_LINE = 1024  # text-protocol numbers, global names and persistent ids
 _MAX_INT_BYTES = 256  # LONG4 operands; a weights file needs int64 plus torch's 10-byte magic number
-_MAX_ZIP_DIRECTORY = 4 << 20  # ~50k members; hrnet_w64's training checkpoint has ~2k
+_MAX_ZIP_DIRECTORY = 4 << 20  # ~50k members; hrnet_w64 with optimizer state has ~3.3k
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
@@ -97,6 +104,7 @@ class _StorageType:
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
         self.itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
+        self.array_itemsize = 4 if self.dtype == "bfloat16" else self.itemsize  # bfloat16 becomes float32
 
     def __repr__(self):
         return f"torch.{self.name}"
@@ -104,7 +112,7 @@ class _StorageType:
     def array(self, raw: bytes) -> np.ndarray:
         """The flat storage from its little-endian bytes (bfloat16 widened to float32)."""
         if self.dtype == "bfloat16":
-            return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            return bfloat16_as_float32(raw)
         if self.dtype is np.bool_:
             return np.frombuffer(raw, dtype=np.uint8) != 0  # any non-zero byte is True, as in torch
         return np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
@@ -203,11 +211,10 @@ class _LazyTensor:
             )
         self.size = tuple(_index(n, "size") for n in self.size)
         self.stride = tuple(_index(s, "stride") for s in self.stride)
-        itemsize = storage.stype.itemsize
-        if math.prod(n for n in self.size if n) * itemsize >= _INT64_END:
+        if math.prod(n for n in self.size if n) * storage.stype.array_itemsize >= _INT64_END:  # NumPy's limit
             raise WeightsFileError(f"size {self.size} is too large")
         self.numel = math.prod(self.size)
-        self.nbytes = self.numel * itemsize
+        self.nbytes = self.numel * storage.stype.itemsize
         if self.numel:
             end = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
             if end > storage.numel:
@@ -422,7 +429,7 @@ class _Unpickler:
         return struct.unpack(fmt, self._in.read(struct.calcsize(fmt)))[0]
 
     def _number_line(self) -> str:
-        return self._in.readline(_MAX_NUMBER_LINE).decode("ascii")
+        return self._in.readline(_MAX_LINE).decode("ascii")
 
     # opcodes
     def op_proto(self):
@@ -635,8 +642,8 @@ class _Unpickler:
         self._memo_get(self._int("<I"))
 
     def op_global(self):
-        module = self._in.readline(_MAX_NUMBER_LINE).decode("utf-8")
-        name = self._in.readline(_MAX_NUMBER_LINE).decode("utf-8")
+        module = self._in.readline(_MAX_LINE).decode("utf-8")
+        name = self._in.readline(_MAX_LINE).decode("utf-8")
         self._push(_find_class(module, name))
 
     def op_stack_global(self):
@@ -669,7 +676,7 @@ class _Unpickler:
         self._push(self._persistent_load(self._pop()))
 
     def op_persid(self):
-        self._push(self._persistent_load(self._in.readline(_MAX_NUMBER_LINE).decode("ascii")))
+        self._push(self._persistent_load(self._in.readline(_MAX_LINE).decode("ascii")))
 
 
 _DISPATCH: dict[int, Callable[[_Unpickler], Any]] = {}
@@ -861,7 +868,9 @@ def _read_legacy(f) -> Any:
     try:
         magic = _Unpickler(stream, _no_persistent_ids).load()
     except WeightsFileError as e:
-        raise WeightsFileError(f"not a PyTorch checkpoint (neither a zip archive nor torch's legacy format: {e})") from None
+        raise WeightsFileError(
+            f"not a PyTorch checkpoint (neither a zip archive nor torch's legacy format: {e})"
+        ) from None
     if type(magic) is not int or magic != _LEGACY_MAGIC:
         raise WeightsFileError("not a PyTorch checkpoint (bad magic number)")
     protocol = _Unpickler(stream, _no_persistent_ids).load()

@@ -176,11 +176,16 @@ def _read_safetensors(f: _BoundedFile) -> dict[str, np.ndarray]:
     for name, info in tensors:
         dtype, raw = _SAFETENSORS_DTYPES[info["dtype"]], info.pop("data")
         if dtype == "bfloat16":
-            flat = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            flat = bfloat16_as_float32(raw)
         else:
             flat = np.frombuffer(raw, np.dtype(dtype).newbyteorder("<"))
         out[name] = flat.reshape(info["shape"])
     return out
+
+
+def bfloat16_as_float32(raw: bytes) -> np.ndarray:
+    """Little-endian bfloat16 values, widened exactly to float32 (NumPy has no bfloat16)."""
+    return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
