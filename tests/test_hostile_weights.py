@@ -468,9 +468,13 @@ def test_keys_and_values_must_make_a_state_dict(tmp_path):
     a = tensor(zip_pid(), (4,))
     cases = [
         (dct((i(1), a)), "keys must be strings"),
-        (dct((s("a"), a), (t(i(1), i(2)), a)), "keys must be strings"),
+        (dct((s("a"), a), (i(-5), a)), "keys must be strings"),
         (dct((lst(), a)), "dict key .* of type list"),
-        (dct((t(t(i(1))), a)), "dict key .* of type tuple"),
+        (dct((t(i(1)), a)), "dict key .* of type tuple"),
+        (dct((b"G" + struct.pack(">d", 0.5), a)), "dict key .* of type float"),
+        (dct((i(2**61 - 1), a)), "dict key .* of type int"),  # hash-collision keys
+        (dct((s("a\nb"), s("x"))), r"not arrays: \['a\\nb'\]"),
+        (dct((s("a"), s("os\nsystem") + s("x") + b"\x93")), r"refusing to load 'os\\nsystem'\.x"),
         (lst(a), "holds a list, not a state_dict"),
         (a, "holds a ndarray, not a state_dict"),
         (dct((s("a"), zip_pid())), r"a is storage '0'.*not a tensor"),
@@ -884,6 +888,9 @@ def test_error_type_is_exported_and_a_value_error(tmp_path):
     err = raises_file_error(tmp_path / "junk.pth", "not a PyTorch checkpoint")
     assert err.reason.startswith("not a PyTorch checkpoint")
     raises_file_error(tmp_path, "is a directory")
+    named = "name from the file: a\nb\udcff"
+    crafted = WeightsFileError(named + "x" * 5000, "w.pth")  # one printable line of at most 2000 characters
+    assert str(crafted) == "w.pth: name from the file: a\\nb\\udcff" + "x" * (2000 - len(named))
 
 
 def test_import_weights_command_prints_one_line(tmp_path, sentinel):

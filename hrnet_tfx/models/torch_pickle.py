@@ -89,6 +89,11 @@ def _show(obj: Any) -> str:
     return _short.repr(obj)
 
 
+def _name(value: Any) -> str:
+    """A key or global name for a message: as it is if short and printable, else a bounded repr."""
+    return value if type(value) is str and len(value) <= 80 and value.isprintable() else _show(value)
+
+
 def _index(value: Any, what: str) -> int:
     if type(value) is not int or not 0 <= value < _INT64_END:
         raise WeightsFileError(f"{what} {_show(value)} is not an integer in [0, 2**63)")
@@ -296,18 +301,20 @@ def _find_class(module: Any, name: Any) -> Any:
     if (module, name) in _GLOBALS:
         return _GLOBALS[(module, name)]
     raise WeightsFileError(
-        f"refusing to load {module[:80]}.{name[:80]}: only tensor state_dicts are read, and no code runs"
+        f"refusing to load {_name(module)}.{_name(name)}: only tensor state_dicts are read, and no code runs"
     )
 
 
-_KEY_TYPES = (str, int, float, bool, type(None), bytes)
+_KEY_TYPES = (str, bytes, int, bool, type(None))
+_HASH_MODULUS = (1 << 61) - 1  # CPython hashes ints modulo this: smaller ints never collide
 
 
 def _check_key(key: Any) -> Any:
-    """Dict keys and set items: scalars, or flat tuples of them (hashing never recurses or runs code)."""
-    if type(key) in _KEY_TYPES or (type(key) is tuple and all(type(k) in _KEY_TYPES for k in key)):
+    """Dict keys and set items: strings (their hashes are salted), and ints, bools and None whose hashes
+    are distinct, so hashing never recurses, runs code, or degrades a dict with crafted collisions."""
+    if type(key) in _KEY_TYPES and (type(key) is not int or -_HASH_MODULUS < key < _HASH_MODULUS):
         return key
-    raise WeightsFileError(f"a dict key or set item of type {type(key).__name__} is not allowed")
+    raise WeightsFileError(f"a dict key or set item {_show(key)} of type {type(key).__name__} is not allowed")
 
 
 def _set_item(target: dict, key: Any, value: Any) -> None:
@@ -363,7 +370,7 @@ class _Stream:
             have = len(self._buf) - self._i
             if have > limit:
                 raise WeightsFileError(f"a pickle text line at offset {self.pos} is longer than {limit} bytes")
-            self._ensure(min(have + self._CHUNK, self.cap - self.pos) if have < self.cap - self.pos else have + 1)
+            self._ensure(min(2 * have + self._CHUNK, self.cap - self.pos) if have < self.cap - self.pos else have + 1)
 
 
 _OPNAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
@@ -613,6 +620,8 @@ class _Unpickler:
         self._set_items(self._top(), items)
 
     def _memo_put(self, index: int):
+        if not 0 <= index < 1 << 32:  # as LONG_BINPUT can say; keeps the memo's hashes distinct
+            raise WeightsFileError(f"malformed pickle: memo index {_show(index)}")
         self._memo[index] = self._top()
 
     def op_put(self):
@@ -692,12 +701,12 @@ del _op, _handler
 
 
 _CONTAINERS = (dict, list, tuple)
-_PLAIN = _KEY_TYPES + (set, frozenset)
+_PLAIN = (str, bytes, int, float, bool, type(None), set, frozenset)  # values that are not containers
 
 
 def _child_path(path: str, key: Any) -> str:
-    label = key if type(key) is str and len(key) <= 80 else _show(key)
-    return f"{path}/{label}" if path else str(label)
+    label = _name(key)
+    return f"{path}/{label}" if path else label
 
 
 def _walk(root: Any, leaf: Callable[[Any, str], Any]) -> Any:

@@ -34,6 +34,7 @@ MAX_METADATA_BYTES = 16 << 20
 """Most bytes of a weights file's non-tensor part: one pickle of a ``.pth``, or a ``.safetensors``
 JSON header. hrnet_w64's state_dict pickle is ~0.3 MB, its safetensors header ~0.2 MB."""
 
+_MAX_REASON_CHARS = 2000
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "I64": np.int64,
     "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -53,6 +54,8 @@ class WeightsFileError(WeightImportError):
     """
 
     def __init__(self, reason: str, path: str | None = None):
+        # One printable line of bounded length, whatever names the file puts into the reason.
+        reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason[:_MAX_REASON_CHARS])
         super().__init__(reason)
         self.reason, self.path = reason, path
 
