@@ -43,3 +43,17 @@ def test_make_sample_refuses_non_empty_output(tmp_path):
     (tmp_path / "x").write_text("x")
     r = CliRunner().invoke(data, ["make-sample", str(tmp_path)])
     assert r.exit_code == 1 and "not empty" in r.output
+
+
+def test_convert_max_image_mb_skips_larger_files_before_reading(tmp_path):
+    runner = CliRunner()
+    sample, out = str(tmp_path / "sample"), str(tmp_path / "out")
+    assert runner.invoke(data, ["make-sample", sample, "--classes", "2", "--train-per-class", "2",
+                                "--val-per-class", "1", "--image-size", "16", "--no-odd"]).exit_code == 0
+    r = runner.invoke(data, ["convert", sample, out, "--train-shards", "1", "--eval-shards", "1",
+                             "--max-image-mb", "0.0001", "--", "--runner=FnApiRunner"])  # 104 bytes
+    assert r.exit_code == 1 and "train: 4 of 4 inputs (100.00%) are unusable" in r.output
+    with open(os.path.join(out, L.STAGING_DIRNAME, L.BAD_FILES_FILENAME)) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    assert {r[2] for r in rows} == {"too_large"} and len(rows) == 6
+    assert all(r[3].endswith("above the limit of 104 bytes") for r in rows)

@@ -1,6 +1,7 @@
 """The Beam conversion (real Beam, in-process FnApiRunner): records, labels, shards, determinism, reports,
 bad-input tolerance, restart after a crash, inception TFRecord import."""
 
+import dataclasses
 import filecmp
 import io
 import json
@@ -208,7 +209,8 @@ def test_bad_fraction_failure_publishes_nothing_then_rerun_with_higher_limit(sam
     assert not os.path.exists(L.split_dir(out, "train"))
     with pytest.raises(L.IncompleteOutputError):
         L.load_manifest(out)
-    with open(os.path.join(out, "bad_files.tsv")) as f:
+    assert not os.path.exists(os.path.join(out, "bad_files.tsv"))  # the report stays in staging
+    with open(os.path.join(out, L.STAGING_DIRNAME, "bad_files.tsv")) as f:
         assert len(f.readlines()) == 4
     result = convert(discover(sample[0]), out, SMALL, beam_args=BEAM)  # finished shards are reused
     assert result.manifest["splits"]["train"]["num_examples"] == 60
@@ -377,11 +379,11 @@ def test_inception_import_bad_records_and_cut_short_file(inception_dir, tmp_path
     out = str(tmp_path / "out")
     with pytest.raises(BadFractionError, match="unusable"):
         convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1), beam_args=BEAM)
-    with open(os.path.join(out, "bad_files.tsv")) as f:
+    with open(os.path.join(out, L.STAGING_DIRNAME, "bad_files.tsv")) as f:
         bad = sorted((s, p, r) for s, p, r, _ in (line.rstrip("\n").split("\t") for line in f.readlines()[1:]))
     assert bad == [("eval", "validation-00001-of-00002#0", "bad_label"),
                    ("eval", "validation-00001-of-00002#1", "bad_record"),
-                   ("train", "train-00001-of-00002", "bad_record")]
+                   ("train", "train-00001-of-00002", "lost_records")]
     result = convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1,
                                                              max_bad_fraction=0.5), beam_args=BEAM)
     assert result.manifest["splits"]["train"]["num_examples"] == 13
@@ -410,3 +412,150 @@ def test_imagefolder_conversion_with_unreadable_and_oddly_named_files(tmp_path):
              for exs in read_split(out, "train").values() for e in exs}
     assert names[b"cats/caf\xe9.jpg"] == 0 and names[b"dogs/2.jpg"] == 1 and len(names) == 7
     assert odd_name.encode("utf-8", "surrogateescape") == b"caf\xe9.jpg"
+
+
+# --- damaged TFRecords: lost records count, corrupt records are skipped one by one ----------------------
+
+def _write_records(path, examples):
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for e in examples:
+            w.write(e)
+
+
+def _inception_shards(root, jpeg, files=2, per_file=100):
+    examples = [_inception_example(1 + i % 3, *SYNSETS[i % 3], jpeg, f"{i}.JPEG") for i in range(per_file)]
+    for f in range(files):
+        _write_records(root / f"train-{f:05d}-of-{files:05d}", examples)
+    _write_records(root / "validation-00000-of-00001", examples[:10])
+    return examples
+
+
+def test_truncated_tfrecord_counts_its_lost_records_against_the_limit(inception_dir, tmp_path):
+    """Half of a shard cut off: 50 records lost of 200 fails a 1% limit (it used to count as 1 bad input)."""
+    _, jpeg = inception_dir
+    src = tmp_path / "src"
+    src.mkdir()
+    _inception_shards(src, jpeg)
+    path = src / "train-00001-of-00002"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    out = str(tmp_path / "out")
+    with pytest.raises(BadFractionError, match=r"train: 50 of 200 inputs \(25.00%\) are unusable"):
+        convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1, max_bad_fraction=0.01),
+                beam_args=BEAM)
+    with open(os.path.join(out, L.STAGING_DIRNAME, "bad_files.tsv")) as f:
+        (row,) = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    assert row[:3] == ["train", "train-00001-of-00002", "lost_records"]
+    assert "50 records read, about 50 lost after them (estimated from the undamaged files' median count 100" \
+        in row[3]
+    result = convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1, max_bad_fraction=0.3),
+                     beam_args=BEAM)
+    assert result.manifest["splits"]["train"]["num_examples"] == 150
+    assert result.manifest["splits"]["train"]["num_bad"] == 50
+
+
+def test_corrupt_record_in_the_middle_is_skipped_alone(inception_dir, tmp_path):
+    """A record whose data fails its CRC while the length headers after it are intact: only that record is
+    lost (TF's own reader stops at the first corrupt record and would lose the other 96)."""
+    _, jpeg = inception_dir
+    src = tmp_path / "src"
+    src.mkdir()
+    _inception_shards(src, jpeg)
+    path = src / "train-00000-of-00002"
+    data = bytearray(path.read_bytes())
+    record_bytes = len(data) // 100  # equal-sized records
+    data[3 * record_bytes + 12 + 40] ^= 0xFF  # inside the data of record 3
+    path.write_bytes(bytes(data))
+    out = str(tmp_path / "out")
+    result = convert(discover(str(src)), out, ConvertOptions(train_shards=2, eval_shards=1, max_bad_fraction=0.01),
+                     beam_args=BEAM)
+    assert result.manifest["splits"]["train"]["num_examples"] == 199
+    with open(os.path.join(out, "bad_files.tsv")) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    assert rows == [["train", "train-00000-of-00002#3", "bad_record", "corrupt record data (CRC mismatch)"]]
+
+
+def test_record_with_two_images_is_refused(inception_dir, tmp_path):
+    _, jpeg = inception_dir
+    src = tmp_path / "src"
+    src.mkdir()
+    two = tf.train.Example.FromString(_inception_example(1, *SYNSETS[0], jpeg, "two.JPEG"))
+    two.features.feature[F.IMAGE_ENCODED].bytes_list.value.append(jpeg)
+    _write_records(src / "train-00000-of-00001", [_inception_example(1, *SYNSETS[0], jpeg, "a.JPEG"),
+                                                  two.SerializeToString()])
+    _write_records(src / "validation-00000-of-00001", [_inception_example(1, *SYNSETS[0], jpeg, "v.JPEG")])
+    out = str(tmp_path / "out")
+    result = convert(discover(str(src)), out, ConvertOptions(train_shards=1, eval_shards=1, max_bad_fraction=0.5),
+                     beam_args=BEAM)
+    assert result.manifest["splits"]["train"]["num_examples"] == 1
+    with open(os.path.join(out, "bad_files.tsv")) as f:
+        assert f.readlines()[1].split("\t")[1:3] == ["train-00000-of-00001#1", "bad_record"]
+
+
+# --- overwrite keeps the old conversion until the new one is complete --------------------------------
+
+def test_overwrite_keeps_the_old_conversion_until_the_new_one_is_complete(sample, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    old = convert(discover(sample[0]), out, SMALL, beam_args=BEAM).manifest
+    old_shards = read_split(out, "train")
+    other = ConvertOptions(train_shards=2, eval_shards=1, max_bad_fraction=0.1)
+
+    with pytest.raises(BadFractionError):  # a new conversion that fails leaves the old one as it was
+        convert(discover(sample[0]), out, dataclasses.replace(other, seed="x", max_bad_fraction=0.0),
+                beam_args=BEAM, overwrite=True)
+    assert L.load_manifest(out) == old and read_split(out, "train") == old_shards
+
+    seen = []
+    real = convert_lib.make_example
+
+    def watching(*args, **kwargs):  # while the new shards are written, the old conversion is intact
+        seen.append(L.load_manifest(out)["config_hash"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert_lib, "make_example", watching)
+    new = convert(discover(sample[0]), out, other, beam_args=BEAM, overwrite=True).manifest
+    assert set(seen) == {old["config_hash"]} and len(seen) == 76
+    assert L.load_manifest(out) == new != old
+    assert sorted(os.listdir(L.split_dir(out, "train"))) == ["train-00000-of-00002", "train-00001-of-00002"]
+    assert sorted(os.listdir(out)) == sorted(["Split-train", "Split-eval", "labels.tsv", "bad_files.tsv",
+                                              "fixed_files.tsv", "manifest.json"])
+
+
+def test_report_cells_escape_tabs_newlines_and_undecodable_bytes():
+    assert L.tsv_cell("cats/a\tb\nc.jpg") == "cats/a\\tb\\nc.jpg"
+    assert L.tsv_cell("back\\slash") == "back\\\\slash"
+    assert L.tsv_cell(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert L.tsv_cell("plain café 1.jpg") == "plain café 1.jpg"
+
+
+def test_imported_record_images_are_checked_like_image_files(inception_dir, tmp_path):
+    """A record whose JPEG header claims 60000x60000 pixels is refused before any decoding (training would
+    decode it), a CMYK JPEG is re-encoded as RGB, a valid RGB JPEG keeps its bytes."""
+    import struct
+
+    _, jpeg = inception_dir
+    bomb = bytearray(jpeg)
+    sof = bomb.find(b"\xff\xc0")
+    bomb[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
+    cmyk = io.BytesIO()
+    Image.new("RGB", (12, 10), (200, 40, 40)).convert("CMYK").save(cmyk, format="JPEG")
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_records(src / "train-00000-of-00001", [_inception_example(1, *SYNSETS[0], jpeg, "ok.JPEG"),
+                                                  _inception_example(1, *SYNSETS[0], bytes(bomb), "bomb.JPEG"),
+                                                  _inception_example(2, *SYNSETS[1], cmyk.getvalue(), "cmyk.JPEG")])
+    _write_records(src / "validation-00000-of-00001", [_inception_example(1, *SYNSETS[0], jpeg, "v.JPEG")])
+    out = str(tmp_path / "out")
+    result = convert(discover(str(src)), out, ConvertOptions(train_shards=1, eval_shards=1, max_bad_fraction=0.5),
+                     beam_args=BEAM)
+    assert result.manifest["splits"]["train"]["num_fixed"] == 1
+    with open(os.path.join(out, "bad_files.tsv")) as f:
+        (bad,) = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    assert bad[1:3] == ["train-00000-of-00001#1", "too_large"] and "3600000000 pixels" in bad[3]
+    with open(os.path.join(out, "fixed_files.tsv")) as f:
+        assert f.readlines()[1].rstrip("\n").split("\t") == ["train", "train-00000-of-00001#2", "JPEG CMYK"]
+    by_name = {feat(e, F.FILENAME)[0]: e for exs in read_split(out, "train").values() for e in exs}
+    assert feat(by_name[b"ok.JPEG"], F.IMAGE_ENCODED) == [jpeg]
+    fixed = by_name[b"cmyk.JPEG"]
+    assert Image.open(io.BytesIO(feat(fixed, F.IMAGE_ENCODED)[0])).mode == "RGB"
+    assert (feat(fixed, F.HEIGHT), feat(fixed, F.WIDTH), feat(fixed, F.COLORSPACE)) == ([10], [12], [b"RGB"])

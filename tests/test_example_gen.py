@@ -15,6 +15,7 @@ from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 
 from hrnet_tfx.components.image_example_gen import Driver, Executor, ImageExampleGen  # noqa: E402
 from hrnet_tfx.data import features as F  # noqa: E402
+from hrnet_tfx.data.convert import ConvertOptions  # noqa: E402
 from hrnet_tfx.data.labels import DataError  # noqa: E402
 from hrnet_tfx.data.sample import make_sample  # noqa: E402
 from hrnet_tfx.data.sources import discover  # noqa: E402
@@ -35,7 +36,7 @@ def sample(tmp_path_factory):
 def _exec_properties(input_base, **overrides):
     props = dict(input_base=input_base, layout="auto", fingerprint="dirs", train_shards=2, eval_shards=2,
                  compression="none", max_bad_fraction=0.001, verify="markers", label_offset=1,
-                 seed="hrnet-tfx")
+                 seed="hrnet-tfx", max_image_bytes=ConvertOptions.max_image_bytes)
     props.update(overrides)
     return props
 
@@ -47,6 +48,9 @@ def test_component_validates_options_at_definition():
         ImageExampleGen("/data", layout="coco")
     gen = ImageExampleGen("/data", train_shards=8)
     assert gen.exec_properties["train_shards"] == 8 and gen.exec_properties["compression"] == "none"
+    assert gen.exec_properties["max_image_bytes"] == 64 * 2**20
+    with pytest.raises(ValueError, match="max_image_bytes"):
+        ImageExampleGen("/data", max_image_bytes=0)
     assert set(gen.outputs) == {"examples"}
 
 

@@ -36,12 +36,12 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from hrnet_tfx.data import features  # noqa: E402
 from hrnet_tfx.serving import rest_json, warmup  # noqa: E402
-from hrnet_tfx.serving.batching import BatchingOptions  # noqa: E402
 from hrnet_tfx.serving.client import Client  # noqa: E402
 from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions  # noqa: E402
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError  # noqa: E402
 from hrnet_tfx.serving.model_base import (ModelWatcher, VersionState, complete_versions, latest_version,  # noqa: E402
                                           resolve_model)
+from hrnet_tfx.serving.batching import BatchingOptions  # noqa: E402
 from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
@@ -209,6 +209,15 @@ def test_model_base_discovery_counts_only_complete_versions(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no model under"):
         resolve_model(str(tmp_path / "empty"))
+    remote = "ram://serving-discovery/base/hrnet"  # a bucket-like file system, through tf.io.gfile
+    for name, complete in (("3", True), ("12", True), ("13", False), (".tmp-14", True)):
+        tf.io.gfile.makedirs(f"{remote}/{name}")
+        if complete:
+            with tf.io.gfile.GFile(f"{remote}/{name}/saved_model.pb", "wb") as f:
+                f.write(b"")
+    assert complete_versions(remote) == [3, 12] and latest_version(remote) == 12
+    assert resolve_model("ram://serving-discovery/base") == ("hrnet", remote)
+    assert complete_versions("ram://serving-discovery/missing") == []
 
 
 class _Toy:
@@ -281,6 +290,52 @@ def test_watcher_falls_back_to_the_newest_version_that_loads(tmp_path):
         assert states == [(2, VersionState.END), (1, VersionState.AVAILABLE)]
         failed = watcher.statuses(2)[0]
         assert failed.error_code == Code.UNKNOWN and "not a SavedModel" in failed.error_message
+    finally:
+        watcher.stop()
+
+
+def test_watcher_retries_a_version_that_failed_to_load_with_a_growing_bounded_back_off(tmp_path):
+    model = tmp_path / "hrnet"
+    _version(model / "1")
+    attempts = []
+
+    def load(version, path):
+        attempts.append((version, time.monotonic()))
+        if version == 2 and len(attempts) < 5:  # rsync wrote saved_model.pb before the variables
+            raise OSError("variables/variables.index not found")
+        return _Toy(version)
+
+    watcher = ModelWatcher("hrnet", str(model), load, poll_seconds=0.05, max_retry_seconds=0.2).start()
+    try:
+        _version(model / "2")  # its saved_model.pb is never touched again: the retries are time-driven
+        assert watcher.wait_for_version(2, timeout=30)
+        tries = [t for v, t in attempts if v == 2]
+        assert len(tries) == 4  # 3 failures, then it loads
+        gaps = np.diff(tries)
+        assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2 and gaps.max() < 5, gaps  # 0.05, 0.1, 0.2 (cap)
+        assert watcher.statuses(2)[0].state == VersionState.AVAILABLE
+    finally:
+        watcher.stop()
+
+
+def test_a_version_switch_waits_for_the_requests_still_running_on_the_old_version(tmp_path):
+    model = tmp_path / "hrnet"
+    _version(model / "1")
+    watcher = ModelWatcher("hrnet", str(model), lambda version, path: _Toy(version), poll_seconds=0.05,
+                           unload_grace=0.1).start()
+    try:
+        with watcher.lease() as old:
+            _version(model / "2")
+            assert watcher.wait_for_version(2, timeout=10)
+            with watcher.lease() as new:
+                assert new.version == 2  # new requests go to the new version meanwhile
+            time.sleep(1.0)  # ten times unload_grace
+            assert not old.closed and watcher.statuses(1)[0].state == VersionState.UNLOADING
+        deadline = time.monotonic() + 10
+        while not old.closed:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert watcher.statuses(1)[0].state == VersionState.END
     finally:
         watcher.stop()
 
@@ -629,39 +684,72 @@ def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images
         assert err.value.code == Code.NOT_FOUND
 
 
-def test_batching_merges_concurrent_requests_and_stop_finishes_requests_in_flight(exported, images, reference):
-    batching = BatchingOptions(max_batch_size=8, batch_timeout_micros=1_500_000, num_batch_threads=1)
-    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, batching=batching, warmup=False)
+def hold_runs(server):
+    """Makes the served version's session runs wait for ``release`` (they then run for real); ``started``
+    counts the runs waiting."""
+    started, release = threading.Semaphore(0), threading.Event()
+    with server.core.lease("hrnet") as servable:
+        run = servable._run
+
+        def held_run(feeds, fetches):
+            started.release()
+            release.wait(TIMEOUT)
+            return run(feeds, fetches)
+
+        servable._run = held_run
+    return started, release
+
+
+def test_requests_in_flight_are_capped_and_finished_at_stop(exported, images, reference):
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, warmup=False, max_concurrent_requests=1)
     server = DevServer(str(exported["base"]), "hrnet", options).start()
-    client = Client(server.grpc_address, timeout=TIMEOUT)
+    client, rest = Client(server.grpc_address, timeout=TIMEOUT), Client(server.rest_address, rest=True, timeout=TIMEOUT)
+    started, release = hold_runs(server)
     try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 x 2 rows fill one batch of 8 at once
-            start = time.monotonic()
-            results = list(pool.map(lambda i: client.predict({"images": images[i:i + 2]}, "predict_images"),
-                                    range(4)))
-            merged_in = time.monotonic() - start
-        for i, out in enumerate(results):
-            np.testing.assert_allclose(out["probabilities"], reference["probabilities"][i:i + 2],
-                                       rtol=1e-5, atol=1e-6)
-        with server.core.lease("hrnet") as servable:
-            counts = servable.batching_stats()
-        assert counts["requests"] == 4 and counts["batches"] < 4, counts  # merged, yet each got its own rows
-        assert merged_in < TIMEOUT
-        # A lone request waits the batch timeout (1.5 s) in the batcher: stop the server meanwhile.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(client.predict, {"images": images[:1]}, "predict_images")
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(c.predict, {"images": images[:1]}, "predict_images") for c in (client, rest)]
+            assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+            for busy in (client, rest):  # one request in flight per protocol: the next is refused at once
+                with pytest.raises(ServingError) as err:
+                    busy.predict({"images": images[:1]}, "predict_images")
+                assert err.value.code == Code.RESOURCE_EXHAUSTED, err.value
+            assert err.value.http_status == 429 and "1 requests in flight" in err.value.message
+            stopping = pool.submit(server.stop, 60)
             time.sleep(0.5)
-            stopped_at = time.monotonic()
-            server.stop(grace=60)
-            stop_took = time.monotonic() - stopped_at
-            np.testing.assert_allclose(pending.result(timeout=TIMEOUT)["probabilities"],
-                                       reference["probabilities"][:1], rtol=1e-5, atol=1e-6)
-        assert stop_took < 60
+            assert not stopping.done()  # stop() waits for the requests in flight
+            release.set()
+            for future in pending:
+                np.testing.assert_allclose(np.asarray(future.result(timeout=TIMEOUT)["probabilities"], np.float32),
+                                           reference["probabilities"][:1], rtol=1e-5, atol=1e-6)
+            stopping.result(timeout=TIMEOUT)
         with pytest.raises(ServerUnavailableError):
             Client(server.grpc_address, timeout=10).predict_images(images[:1])
     finally:
+        release.set()
         client.close()
+        rest.close()
         server.stop()
+
+
+def test_internal_errors_reach_the_client_as_a_generic_message_and_are_logged(server, images, caplog):
+    from hrnet_tfx.serving.errors import INTERNAL_MESSAGE
+
+    with server.core.lease("hrnet") as servable:
+        run = servable._run
+
+        def broken(feeds, fetches):
+            raise RuntimeError("secret detail at /srv/models/hrnet")
+
+        servable._run = broken
+    try:
+        for address, rest in ((server.grpc_address, False), (server.rest_address, True)):
+            with pytest.raises(ServingError) as err, Client(address, rest=rest, timeout=TIMEOUT) as client:
+                client.predict_images(images[:1])
+            assert err.value.code == Code.INTERNAL and err.value.message == INTERNAL_MESSAGE
+            assert err.value.http_status == 500
+    finally:
+        servable._run = run
+    assert caplog.text.count("RuntimeError: secret detail at /srv/models/hrnet") == 2  # details stay in the log
 
 
 # -- launcher and CLI ------------------------------------------------------------------------------------
@@ -709,6 +797,45 @@ def test_predict_command_prints_labels(server, images, reference, tmp_path):
         assert float(lines[1].split()[1]) == pytest.approx(float(reference["top_k_scores"][0][0]), abs=1e-4)
     bad = CliRunner().invoke(predict, ["--server", f"127.0.0.1:{free_port()}", str(paths[0])])
     assert bad.exit_code != 0 and "connection refused" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_predict_command_names_a_bad_file_and_still_answers_the_others(server, images, reference, tmp_path, rest):
+    from hrnet_tfx.cli.serving import predict
+
+    paths = {name: tmp_path / f"{name}.jpg" for name in ("a", "b", "bad", "c")}
+    for i, name in enumerate(("a", "b", "c")):
+        paths[name].write_bytes(images[i])
+    paths["bad"].write_bytes(b"<html>not an image</html>")
+    address = server.rest_address if rest else server.grpc_address
+    for batch_size in ("1", "2", "4"):  # bad.jpg is request 3 / item 1 of request 2 / item 2 of request 1
+        args = ["--server", address, "--batch-size", batch_size] + (["--rest"] if rest else [])
+        result = CliRunner().invoke(predict, args + [str(p) for p in paths.values()])
+        assert result.exit_code == 1, result.output
+        assert f"error: {paths['bad']}: not a decodable image" in result.stderr, result.stderr
+        assert "images[" not in result.output and "Traceback" not in result.output
+        assert "1 of 4 images could not be classified" in result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0::6] == [str(paths[n]) for n in ("a", "b", "c")], result.stdout  # the others are answered
+        for block, row in zip((lines[1], lines[7], lines[13]), (0, 1, 2)):
+            assert block.split()[-1] == reference["top_k_labels"][row][0].decode()
+    as_json = CliRunner().invoke(predict, args + ["--json", str(paths["bad"]), str(paths["a"])])
+    answers = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert as_json.exit_code == 1 and answers[0]["image"] == str(paths["bad"])
+    assert answers[0]["error"].startswith("not a decodable image") and answers[1]["image"] == str(paths["a"])
+
+
+def test_predict_command_says_which_port_it_probably_reached(server, images, tmp_path):
+    from hrnet_tfx.cli.serving import predict
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(images[0])
+    grpc_at_rest = CliRunner().invoke(predict, ["--server", server.rest_address, str(image)])
+    assert grpc_at_rest.exit_code == 1 and "is this the REST port? use --rest" in grpc_at_rest.output, \
+        grpc_at_rest.output
+    rest_at_grpc = CliRunner().invoke(predict, ["--server", server.grpc_address, "--rest", str(image)])
+    assert rest_at_grpc.exit_code == 1 and "is this the gRPC port? drop --rest" in rest_at_grpc.output, \
+        rest_at_grpc.output
 
 
 CLI = ("from hrnet_tfx.cli import main; from hrnet_tfx.cli.serving import serve, predict; "

@@ -35,13 +35,19 @@ def data() -> None:
               help="tfrecords layout: subtracted from imported labels (inception's are 1-based).")
 @click.option("--seed", default="hrnet-tfx", show_default=True, help="Shuffle key.")
 @click.option("--fingerprint", type=click.Choice(FINGERPRINTS), default="dirs", show_default=True,
-              help="What decides that an unfinished run may be resumed: directory stats, or every file.")
-@click.option("--overwrite", is_flag=True, help="Replace a complete conversion of other input or options.")
+              help="What decides that an unfinished run may be resumed: the names in every directory, "
+                   "or also a stat of every file.")
+@click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Skip (and report) input files larger than this; also bounds imported TFRecord records. "
+                   "[default: 64]")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a complete conversion of other input or options (kept until the new one is complete).")
 def convert_cmd(input_dir: str, output_dir: str, beam_args: tuple[str, ...], layout: str, train_shards: int,
                 eval_shards: int, compression: str, max_bad_fraction: float, verify: str, label_offset: int,
-                seed: str, fingerprint: str, overwrite: bool) -> None:
+                seed: str, fingerprint: str, max_image_mb: float | None, overwrite: bool) -> None:
     """Convert INPUT into sharded tf.Example TFRecords in OUTPUT (OUTPUT/Split-train, OUTPUT/Split-eval,
-    labels.tsv, bad_files.tsv, manifest.json).
+    labels.tsv, bad_files.tsv, manifest.json). INPUT and OUTPUT may be local paths or bucket URLs
+    (gs://bucket/ILSVRC2012).
 
     \b
     Layouts:
@@ -49,8 +55,8 @@ def convert_cmd(input_dir: str, output_dir: str, beam_args: tuple[str, ...], lay
                    LOC_val_solution.csv or the devkit's ground truth + meta.mat (Kaggle's
                    ILSVRC/Data/CLS-LOC/ nesting is found too)
       imagefolder  INPUT/train/<class>/... and INPUT/val/<class>/... (or validation/, eval/)
-      tfrecords    INPUT/train-*-of-* and INPUT/validation-*-of-* (inception/TF-slim); records are kept,
-                   labels shifted by --label-offset
+      tfrecords    INPUT/train-*-of-* and INPUT/validation-*-of-* (inception/TF-slim); records are kept
+                   (their images checked), labels shifted by --label-offset
 
     Beam pipeline options follow a `--`, for example
     `hrnet-tfx data convert IN OUT -- --direct_num_workers=2 --direct_running_mode=multi_processing`.
@@ -62,9 +68,10 @@ def convert_cmd(input_dir: str, output_dir: str, beam_args: tuple[str, ...], lay
     from hrnet_tfx.data.sources import discover
 
     try:
+        limit = {} if max_image_mb is None else {"max_image_bytes": int(max_image_mb * 2**20)}
         options = ConvertOptions(train_shards=train_shards, eval_shards=eval_shards, compression=compression,
                                  max_bad_fraction=max_bad_fraction, verify=verify,
-                                 label_offset=label_offset, seed=seed)
+                                 label_offset=label_offset, seed=seed, **limit)
         dataset = discover(input_dir, layout=layout, fingerprint=fingerprint)
         click.echo(f"{dataset.layout} layout: {len(dataset.classes) or 'classes from the records,'} classes, "
                    + ", ".join(f"{name} {len(s.items) or len(s.files)} {'images' if s.items else 'files'}"

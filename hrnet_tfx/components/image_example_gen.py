@@ -18,12 +18,13 @@ the executor's Beam pipeline and publishes a standard ``Examples`` artifact:
   ``label_map``, ``split_stats``).
 
 Fingerprint: the stock FileBasedDriver globs and stats every input file on every run (1.33M stats for
-ImageNet) to compute the input fingerprint that keys TFX's cache. This driver instead runs the input
-discovery (which lists directories anyway and fails early on unusable input, before the executor starts)
-and fingerprints every directory's mtime and entry count plus the size and mtime of label files and
-TFRecord inputs: adding, removing or renaming any image changes it, at one stat per directory. An image
-overwritten in place under the same name does not change its directory; pass ``fingerprint='files'`` to
-stat every file as the stock driver does (see :func:`hrnet_tfx.data.sources.discover`).
+ImageNet, each a request on an object store) to compute the input fingerprint that keys TFX's cache. This
+driver instead runs the input discovery (which lists every directory once anyway and fails early on
+unusable input, before the executor starts) and fingerprints the names in every directory plus the size
+and mtime of label files and TFRecord inputs: adding, removing or renaming any image changes it, at no
+cost beyond the listings. An image overwritten under the same name does not change it; pass
+``fingerprint='files'`` to stat every file as the stock driver does (see
+:func:`hrnet_tfx.data.sources.discover`). ``input_base`` and the artifact may be bucket URLs.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ TFX_FILE_FORMAT = "tfrecords_gzip"
 """What the artifact records as ``file_format``: the only TFRecord value TFX 1.16 readers accept."""
 
 _OPTION_KEYS = ("train_shards", "eval_shards", "compression", "max_bad_fraction", "verify", "label_offset",
-                "seed")
+                "seed", "max_image_bytes")
 
 
 class ImageExampleGenSpec(ComponentSpec):
@@ -67,6 +68,7 @@ class ImageExampleGenSpec(ComponentSpec):
         "verify": ExecutionParameter(type=str),
         "label_offset": ExecutionParameter(type=int),
         "seed": ExecutionParameter(type=str),
+        "max_image_bytes": ExecutionParameter(type=int),
     }
     INPUTS = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -146,23 +148,25 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, input_base: str, layout: str = "auto", *, train_shards: int = 1024,
                  eval_shards: int = 128, compression: str = "none", max_bad_fraction: float = 0.001,
                  verify: str = "markers", label_offset: int = 1, seed: str = "hrnet-tfx",
-                 fingerprint: str = "dirs"):
+                 fingerprint: str = "dirs", max_image_bytes: int = ConvertOptions.max_image_bytes):
         """Args:
-          input_base: the dataset directory (layouts in :mod:`hrnet_tfx.data.sources`).
+          input_base: the dataset directory (layouts in :mod:`hrnet_tfx.data.sources`): a local path or a
+            URL of any TensorFlow file system (``gs://bucket/ILSVRC2012``).
           layout: ``auto``, ``imagenet``, ``imagefolder`` or ``tfrecords``.
-          train_shards, eval_shards, compression, max_bad_fraction, verify, label_offset, seed: see
-            :class:`hrnet_tfx.data.convert.ConvertOptions`.
-          fingerprint: ``dirs`` (default, one stat per directory) or ``files`` (one per file).
+          train_shards, eval_shards, compression, max_bad_fraction, verify, label_offset, seed,
+            max_image_bytes: see :class:`hrnet_tfx.data.convert.ConvertOptions`.
+          fingerprint: ``dirs`` (default: the names in every directory) or ``files`` (also a stat per
+            file).
         """
         ConvertOptions(train_shards=train_shards, eval_shards=eval_shards, compression=compression,
                        max_bad_fraction=max_bad_fraction, verify=verify, label_offset=label_offset,
-                       seed=seed)  # fail at pipeline definition, not at run time
+                       seed=seed, max_image_bytes=max_image_bytes)  # fail at definition, not at run time
         if layout not in LAYOUTS or fingerprint not in FINGERPRINTS:
             raise ValueError(f"layout must be one of {LAYOUTS} and fingerprint one of {FINGERPRINTS}, got "
                              f"{layout!r} and {fingerprint!r}")
         spec = ImageExampleGenSpec(
             input_base=input_base, layout=layout, fingerprint=fingerprint, train_shards=train_shards,
             eval_shards=eval_shards, compression=compression, max_bad_fraction=float(max_bad_fraction),
-            verify=verify, label_offset=label_offset, seed=seed,
+            verify=verify, label_offset=label_offset, seed=seed, max_image_bytes=max_image_bytes,
             examples=types.Channel(type=standard_artifacts.Examples))
         super().__init__(spec=spec)

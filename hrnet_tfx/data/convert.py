@@ -1,19 +1,29 @@
 """The Beam conversion of a discovered dataset into sharded tf.Example TFRecords (no TFX needed).
 
-How it works:
+Input and output may be local paths or URLs of any TensorFlow file system (``gs://``, ``ram://``, ...):
+inputs are read through :mod:`hrnet_tfx.data.storage`, everything written goes through ``tf.io.gfile``,
+in the launching process and in the Beam workers alike.
+
+Four stages:
 
 1. **Plan** (launching process, cheap): every input gets a sort key, a keyed hash of ``seed``, split and
    relative path; inputs sorted by it are cut into ``num_shards`` equal contiguous blocks, so shard
    sizes differ by at most one and the same input always gives the same shards. Imported TFRecords
-   (already shuffled by the tool that wrote them) are cut into contiguous blocks of their records in file
-   order and shuffled by key within each shard, so each block is a sequential read instead of a random
-   access per record. The plan is one JSON line per shard task, written to the staging area.
-2. **Beam**: ``ReadFromText(plan) | Reshuffle | ParDo(WriteShard)``. Each task reads its inputs, checks and
-   fixes them (:mod:`hrnet_tfx.data.images`), writes its shard itself in key order and renames it into
-   place, then writes a small result file (counts, skipped and fixed inputs). Only file names cross the
-   shuffle, never image bytes, so the DirectRunner's memory stays flat even for ImageNet.
-3. **Finish** (launching process): the skipped-input report is written, the bad fraction checked, and the
-   splits published (moved out of staging), ``labels.tsv`` written, and ``manifest.json`` written last.
+   (already shuffled by the tool that wrote them) are first counted from their length headers (a Beam
+   pipeline with one file per element), then cut into contiguous blocks of their records in file order
+   and shuffled by key within each shard, so each block is a sequential read instead of a random access
+   per record. A file
+   that is cut short or corrupt is counted up to the damage and the records lost after it are estimated
+   (:func:`hrnet_tfx.data.records.lost_records_estimate`) and count as bad inputs. Each pending shard
+   task is written to its own small JSON file in the staging area.
+2. **Run** (Beam): ``Create(task files) | Reshuffle | ParDo(WriteShard)``. Each task reads its inputs,
+   checks and fixes them (:mod:`hrnet_tfx.data.images`), writes its shard itself in key order and renames
+   it into place, then writes a small result file (counts, skipped and fixed inputs). Only file names
+   cross the shuffle, never image bytes, so the DirectRunner's memory stays flat even for ImageNet.
+3. **Collect** (launching process): the reports (``bad_files.tsv``, ``fixed_files.tsv``) are written to the
+   staging area and the bad fraction is checked.
+4. **Publish** (launching process): only now is anything outside the staging area touched; see
+   :func:`convert` for the order and for what a reader may see meanwhile.
 
 Restartable: everything is written under ``OUTPUT/.incomplete/`` first. A crashed or killed run leaves no
 manifest, so readers (:func:`hrnet_tfx.data.layout.load_manifest`) refuse the output; running the same
@@ -23,6 +33,7 @@ rest, and publishes. An output that is already complete is left as it is.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -36,20 +47,23 @@ import apache_beam as beam
 
 from hrnet_tfx.data import layout as L
 from hrnet_tfx.data import progress as progress_lib
+from hrnet_tfx.data import storage
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.data.images import VERIFY_MODES, BadImageError, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError, write_label_map
-from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, count_records, make_example,
-                                    read_records, relabel_record)
+from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, RecordScan, lost_records_estimate,
+                                    make_example, read_records, relabel_record, scan_records)
 from hrnet_tfx.data.sources import Dataset
 
 log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "hrnet_tfx.convert"
-_PLAN = "plan.jsonl"
+_TASKS = "tasks"
 _CONFIG = "config.json"
 _RESULTS = "results"
 _PROGRESS = "progress"
+_COUNTS = "counts"
+_COUNT_PROGRESS = "counting"  # no name here may be a prefix of another: ram:// matches by prefix
 _OWN_NAMES = {L.MANIFEST_FILENAME, L.BAD_FILES_FILENAME, L.FIXED_FILES_FILENAME, LABEL_MAP_FILENAME,
               L.STAGING_DIRNAME} | {L.split_dirname(s) for s in L.SPLITS}
 
@@ -74,6 +88,9 @@ class ConvertOptions:
       label_offset: subtracted from imported TFRecords' labels (1 for inception/TF-slim's 1-based
         labels); unused for image inputs.
       seed: the shuffle key; the same seed and input give byte-identical shards.
+      max_image_bytes: the largest input file read (64 MiB by default; ImageNet's largest JPEG is a few
+        MB), and the largest imported TFRecord record. Larger files are skipped and reported as
+        ``too_large`` before they are read, so a huge or endless file cannot exhaust a worker's memory.
     """
 
     train_shards: int = 1024
@@ -83,6 +100,7 @@ class ConvertOptions:
     verify: str = "markers"
     label_offset: int = INCEPTION_LABEL_OFFSET
     seed: str = "hrnet-tfx"
+    max_image_bytes: int = 64 * 2**20
 
     def __post_init__(self):
         if self.train_shards < 1 or self.eval_shards < 1:
@@ -93,6 +111,8 @@ class ConvertOptions:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {self.verify!r}")
+        if self.max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be >= 1, got {self.max_image_bytes}")
 
     def num_shards(self, split: str) -> int:
         """The shard count of ``split``."""
@@ -135,13 +155,72 @@ def _plan_images(split: str, source, options: ConvertOptions) -> list[dict]:
             for s, (a, b) in enumerate(_blocks(len(items), n))]
 
 
-def _plan_records(split: str, source, options: ConvertOptions, bad: list) -> list[dict]:
-    counts = []
-    for name in sorted(source.files):
-        count, problem = count_records(os.path.join(source.root, name))
-        if problem:
-            bad.append([split, name, "bad_record", f"TFRecord file {problem}; the rest is lost"])
-        counts.append((name, count))
+class CountRecords(beam.DoFn):
+    """Counts the records of one TFRecord input file (:func:`hrnet_tfx.data.records.scan_records`) and writes
+    the result to the staging area, so a rerun counts only the files not counted yet."""
+
+    def __init__(self, staging: str, max_record_bytes: int):
+        self._staging, self._max = staging, max_record_bytes
+
+    def setup(self):
+        self._progress = progress_lib.ProgressWriter(os.path.join(self._staging, _COUNT_PROGRESS))
+
+    def process(self, item: str):
+        split, index, path = json.loads(item)
+        scan = scan_records(path, self._max)
+        _write_json(_count_path(self._staging, split, index), dict(dataclasses.asdict(scan), path=path))
+        self._progress.add(force=True)
+        yield split, index, scan.count
+
+
+def _count_path(staging: str, split: str, index: int) -> str:
+    return os.path.join(staging, _COUNTS, f"{split}-{index:05d}.json")
+
+
+def _count_records(dataset: Dataset, staging: str, options: ConvertOptions,
+                   pipeline_factory: Callable[[], beam.Pipeline]) -> dict[str, list[RecordScan]]:
+    """{split: scan of each of its files in sorted name order}. The files not counted by an earlier
+    attempt are counted by a Beam pipeline, one file per element: reading the length headers of every
+    file is a full read on an object store, which the workers share instead of the launching process."""
+    files = {split: [storage.join(s.root, name) for name in sorted(s.files)]
+             for split, s in dataset.splits.items() if s.kind == "tfrecords"}
+    counted = _names(os.path.join(staging, _COUNTS))
+    todo = [json.dumps([split, i, path]) for split, paths in files.items() for i, path in enumerate(paths)
+            if os.path.basename(_count_path(staging, split, i)) not in counted]
+    if todo:
+        log.info("counting the records of %d TFRecord files with Beam", len(todo))
+        pipeline = pipeline_factory()
+        _ = (pipeline
+             | "Files" >> beam.Create(todo)
+             | "Distribute" >> beam.Reshuffle()
+             | "CountRecords" >> beam.ParDo(CountRecords(staging, options.max_image_bytes)))
+        with progress_lib.ProgressMonitor(os.path.join(staging, _COUNT_PROGRESS), len(todo), desc="counting",
+                                          unit="file"):
+            pipeline.run().wait_until_finish()
+    scans = {}
+    for split, paths in files.items():
+        scans[split] = []
+        for i, path in enumerate(paths):
+            found = _read_json(_count_path(staging, split, i))
+            if found.pop("path") != path:
+                raise RuntimeError(f"{_count_path(staging, split, i)} counts another file than {path}; remove "
+                                   f"{staging} and run again")
+            scans[split].append(RecordScan(**found))
+    return scans
+
+
+def _plan_records(split: str, source, scans: list[RecordScan], options: ConvertOptions,
+                  bad: list) -> list[dict]:
+    """Tasks over the records of ``source``'s files; damaged files go to ``bad`` with the estimated number
+    of records they lost as the row's weight (its 5th element)."""
+    names = sorted(source.files)
+    complete = [sc.count for sc in scans if not sc.problem]
+    for name, sc in zip(names, scans):
+        if sc.problem:
+            lost, why = lost_records_estimate(sc, complete)
+            bad.append([split, name, "lost_records", f"TFRecord file {sc.problem}; {sc.count} records read, about "
+                        f"{lost} lost after them (estimated from {why})", lost])
+    counts = [(name, sc.count) for name, sc in zip(names, scans)]
     total = sum(c for _, c in counts)
     tasks = []
     for s, (a, b) in enumerate(_blocks(total, options.num_shards(split))):
@@ -155,8 +234,13 @@ def _plan_records(split: str, source, options: ConvertOptions, bad: list) -> lis
     return tasks
 
 
+def _weight(row: Sequence) -> int:
+    """How many inputs a bad-input row stands for: 1, or the estimated records lost in a damaged file."""
+    return row[4] if len(row) > 4 else 1
+
+
 class WriteShard(beam.DoFn):
-    """Writes one planned shard (a JSON line of the plan): reads, checks and fixes its inputs, writes the
+    """Writes one planned shard (the path of its task file): reads, checks and fixes its inputs, writes the
     records in key order to a temporary name, renames it into place, then writes the shard's result
     file."""
 
@@ -187,10 +271,9 @@ class WriteShard(beam.DoFn):
         for relpath, label, boxes in task["items"]:
             self._progress.add()
             try:
-                with open(os.path.join(root, relpath), "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                self._bad_input(result, relpath, "unreadable", f"{type(e).__name__}: {e}")
+                data = storage.read_input(storage.join(root, relpath), self._options.max_image_bytes)
+            except storage.InputFileError as e:
+                self._bad_input(result, relpath, e.reason, e.detail)
                 continue
             try:
                 image = prepare_image(data, verify)
@@ -209,32 +292,37 @@ class WriteShard(beam.DoFn):
         root, split, seed = self._roots[task["split"]], task["split"], self._options.seed
         keyed, seen = [], {}
         for name, start, stop in task["segments"]:
-            for index, record, error in read_records(os.path.join(root, name), start, stop):
+            path = storage.join(root, name)
+            for index, record, error in read_records(path, start, stop, self._options.max_image_bytes):
                 self._progress.add()
                 where = f"{name}#{index}"
                 if record is None:
                     self._bad_input(result, where, "bad_record", error)
                     continue
                 try:
-                    record, label, synset, text = relabel_record(record, self._options.label_offset)
+                    record, label, synset, text, fixed = relabel_record(record, self._options.label_offset,
+                                                                        self._options.verify)
                 except BadRecordError as e:
                     self._bad_input(result, where, e.reason, e.detail)
                     continue
+                if fixed:
+                    self._fixed.inc()
+                    result["fixed"].append([split, where, fixed])
+                else:
+                    self._kept.inc()
                 seen.setdefault(label, [synset, text])
                 keyed.append((sort_key(seed, split, where), record))
         result["classes"] = [[label, *v] for label, v in sorted(seen.items())]
         keyed.sort()
         return (record for _, record in keyed)
 
-    def process(self, line: str):
+    def process(self, task_path: str):
         import tensorflow as tf
 
-        task = json.loads(line)
+        task = _read_json(task_path)
         split, shard = task["split"], task["shard"]
         result = {"split": split, "shard": shard, "bad": [], "fixed": [], "examples": 0, "bytes": 0}
-        out_dir = os.path.join(self._staging, L.split_dirname(split))
-        name = L.shard_filename(split, shard, self._options.num_shards(split), self._options.compression)
-        path = os.path.join(out_dir, name)
+        path = _staged_shard(self._staging, split, shard, self._options)
         tmp = f"{path}.inprogress-{uuid.uuid4().hex}"
         compression = "GZIP" if self._options.compression == "gzip" else ""
         examples = self._images(task, result) if task["kind"] == "images" else self._records(task, result)
@@ -252,8 +340,17 @@ class WriteShard(beam.DoFn):
         yield split, shard, result["examples"]
 
 
+def _staged_shard(staging: str, split: str, shard: int, options: ConvertOptions) -> str:
+    return os.path.join(staging, L.split_dirname(split),
+                        L.shard_filename(split, shard, options.num_shards(split), options.compression))
+
+
 def _result_path(staging: str, split: str, shard: int) -> str:
     return os.path.join(staging, _RESULTS, f"{split}-{shard:05d}.json")
+
+
+def _task_path(staging: str, split: str, shard: int) -> str:
+    return os.path.join(staging, _TASKS, f"{split}-{shard:05d}.json")
 
 
 def _write_json(path: str, obj) -> None:
@@ -290,7 +387,8 @@ def _config(dataset: Dataset, options: ConvertOptions) -> dict:
 
 
 def _prepare_output(output_dir: str, config: dict, overwrite: bool) -> dict | None:
-    """Makes ``output_dir`` ready; returns the manifest if it already holds this very conversion."""
+    """Makes ``output_dir`` ready; returns the manifest if it already holds this very conversion. A
+    complete conversion of other input or options is left in place (publishing replaces it)."""
     import tensorflow as tf
 
     tf.io.gfile.makedirs(output_dir)
@@ -299,40 +397,84 @@ def _prepare_output(output_dir: str, config: dict, overwrite: bool) -> dict | No
     if foreign:
         raise DataError(f"output directory {output_dir} holds files that are not from a conversion, e.g. "
                         f"{foreign[:3]}; choose an empty or new directory")
-    manifest_path = os.path.join(output_dir, L.MANIFEST_FILENAME)
+    complete = False
     if L.MANIFEST_FILENAME in names:
-        manifest = _read_json(manifest_path)
-        if manifest.get("complete") and manifest.get("config_hash") == config["config_hash"]:
+        manifest = _read_json(os.path.join(output_dir, L.MANIFEST_FILENAME))
+        complete = bool(manifest.get("complete"))
+        if complete and manifest.get("config_hash") == config["config_hash"]:
             return manifest
-        if manifest.get("complete") and not overwrite:
+        if complete and not overwrite:
             raise DataError(f"{output_dir} already holds a complete conversion of other input or options "
                             "(see its manifest.json); pass overwrite (--overwrite) or use another directory")
-    for name in sorted(names - {L.STAGING_DIRNAME}):  # unpublished leftovers: never trusted
-        _remove(os.path.join(output_dir, name))
+    if not complete:
+        for name in sorted(names - {L.STAGING_DIRNAME}):  # unpublished leftovers: never trusted
+            _remove(os.path.join(output_dir, name))
     staging = os.path.join(output_dir, L.STAGING_DIRNAME)
     config_path = os.path.join(staging, _CONFIG)
     if tf.io.gfile.exists(config_path) and _read_json(config_path).get("config_hash") == config["config_hash"]:
         log.info("resuming the unfinished conversion in %s", staging)
     else:
         _remove(staging)
-    _remove(os.path.join(staging, _PROGRESS))  # counts of an earlier attempt
-    for sub in [_RESULTS, _PROGRESS] + [L.split_dirname(s) for s in L.SPLITS]:
+    for sub in [_PROGRESS, _COUNT_PROGRESS, _TASKS]:  # progress and tasks of an earlier attempt
+        _remove(os.path.join(staging, sub))
+    for sub in [_RESULTS, _PROGRESS, _COUNTS, _COUNT_PROGRESS, _TASKS] + [L.split_dirname(s) for s in L.SPLITS]:
         tf.io.gfile.makedirs(os.path.join(staging, sub))
     _write_json(config_path, config)
     return None
 
 
+@dataclasses.dataclass
+class _Plan:
+    """The shard tasks of every split, how many inputs each split has (bad ones included, lost records
+    estimated), and the inputs found bad while planning (rows of ``bad_files.tsv`` + weight)."""
+
+    tasks: list[dict]
+    inputs: dict[str, int]
+    bad: list[list]
+
+
+def _plan(dataset: Dataset, options: ConvertOptions, staging: str,
+          pipeline_factory: Callable[[], beam.Pipeline]) -> _Plan:
+    bad: list = []
+    tasks, inputs = [], {}
+    scans = _count_records(dataset, staging, options, pipeline_factory)
+    for split, source in dataset.splits.items():
+        split_tasks = (_plan_images(split, source, options) if source.kind == "images"
+                       else _plan_records(split, source, scans[split], options, bad))
+        inputs[split] = sum(t["size"] for t in split_tasks) + sum(_weight(b) for b in bad if b[0] == split)
+        tasks += split_tasks
+    return _Plan(tasks, inputs, bad)
+
+
 def _pending(tasks: list[dict], staging: str, options: ConvertOptions) -> list[dict]:
+    """The tasks whose shard or result file is missing (one listing per directory, not a stat per file)."""
+    results = _names(os.path.join(staging, _RESULTS))
+    shards = {split: _names(os.path.join(staging, L.split_dirname(split))) for split in L.SPLITS}
+
+    def done(t: dict) -> bool:
+        split, shard = t["split"], t["shard"]
+        return (os.path.basename(_result_path(staging, split, shard)) in results
+                and os.path.basename(_staged_shard(staging, split, shard, options)) in shards[split])
+
+    return [t for t in tasks if not done(t)]
+
+
+def _names(directory: str) -> set[str]:
+    """The names in a directory of the staging area or output (empty if it does not exist)."""
     import tensorflow as tf
 
-    pending = []
-    for t in tasks:
-        shard_path = os.path.join(staging, L.split_dirname(t["split"]), L.shard_filename(
-            t["split"], t["shard"], options.num_shards(t["split"]), options.compression))
-        if not (tf.io.gfile.exists(_result_path(staging, t["split"], t["shard"]))
-                and tf.io.gfile.exists(shard_path)):
-            pending.append(t)
-    return pending
+    return {n.rstrip("/") for n in tf.io.gfile.listdir(directory)} if tf.io.gfile.isdir(directory) else set()
+
+
+_IO_THREADS = 16  # small files on an object store: one request each, so many at once
+
+
+def _parallel(fn: Callable, items: Sequence) -> list:
+    """``[fn(x) for x in items]`` in threads (I/O bound: TensorFlow's file system calls release the GIL)."""
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    with concurrent.futures.ThreadPoolExecutor(min(_IO_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _log_metrics(result) -> None:
@@ -349,20 +491,19 @@ def _log_metrics(result) -> None:
 
 def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: ConvertOptions,
               pipeline_factory: Callable[[], beam.Pipeline]) -> None:
-    import tensorflow as tf
-
-    plan_path = os.path.join(staging, _PLAN)
-    with tf.io.gfile.GFile(plan_path, "w") as f:
-        for t in pending:
-            f.write(json.dumps(t, separators=(",", ":")) + "\n")
+    """Writes each pending task to its own file and runs the pipeline over their paths (task contents
+    stay out of the pipeline graph: a Dataflow job's graph has a size limit, and the plan of ImageNet is
+    ~100 MB)."""
+    task_paths = [_task_path(staging, t["split"], t["shard"]) for t in pending]
+    _parallel(lambda pt: _write_json(*pt), list(zip(task_paths, pending)))
     roots = {name: s.root for name, s in dataset.splits.items()}
     total = sum(t["size"] for t in pending)
     unit = "img" if dataset.layout != "tfrecords" else "rec"
     log.info("converting %d inputs into %d shards with Beam", total, len(pending))
     pipeline = pipeline_factory()
     _ = (pipeline
-         | "ReadPlan" >> beam.io.ReadFromText(plan_path)
-         | "Distribute" >> beam.Reshuffle()  # tasks stay JSON text: Beam's coders reject undecodable names
+         | "Tasks" >> beam.Create(task_paths)
+         | "Distribute" >> beam.Reshuffle()
          | "WriteShard" >> beam.ParDo(WriteShard(staging, roots, dataset.classes, options)))
     start = time.monotonic()
     with progress_lib.ProgressMonitor(os.path.join(staging, _PROGRESS), total, unit=unit):
@@ -390,15 +531,14 @@ def _classes_from_records(results: list[dict]) -> list[ClassInfo]:
 
 
 def _write_tsv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """One row per line; cells escaped by :func:`hrnet_tfx.data.layout.tsv_cell` (file names may hold tabs,
+    newlines or bytes that are not UTF-8)."""
     import tensorflow as tf
-
-    def cell(v) -> str:  # one line, and file names that are not valid UTF-8 shown escaped
-        return " ".join(str(v).split()).encode("utf-8", "backslashreplace").decode("utf-8")
 
     with tf.io.gfile.GFile(path, "w") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
-            f.write("\t".join(cell(v) for v in row) + "\n")
+            f.write("\t".join(L.tsv_cell(v) for v in row[:len(header)]) + "\n")
 
 
 def pipeline_options(beam_args: Sequence[str] | None) -> beam.options.pipeline_options.PipelineOptions:
@@ -411,30 +551,100 @@ def pipeline_options(beam_args: Sequence[str] | None) -> beam.options.pipeline_o
     return beam.options.pipeline_options.PipelineOptions(args)
 
 
+def _collect(plan: _Plan, output_dir: str, dataset: Dataset, options: ConvertOptions) -> tuple[dict, list]:
+    """Reads the shards' results, writes the reports into the staging area and checks the bad fraction.
+    Returns (per-split manifest entries, class table)."""
+    staging = os.path.join(output_dir, L.STAGING_DIRNAME)
+    missing = _pending(plan.tasks, staging, options)
+    if missing:
+        t = missing[0]
+        raise RuntimeError(f"the Beam pipeline finished but shard {t['split']}/{t['shard']} has no result "
+                           f"({_result_path(staging, t['split'], t['shard'])}); run the conversion again to "
+                           "redo it")
+    results = _parallel(_read_json, [_result_path(staging, t["split"], t["shard"]) for t in plan.tasks])
+    bad = plan.bad + [b for r in results for b in r["bad"]]
+    fixed = [f for r in results for f in r["fixed"]]
+    bad_path = os.path.join(staging, L.BAD_FILES_FILENAME)
+    _write_tsv(bad_path, ["split", "path", "reason", "detail"], bad)
+    _write_tsv(os.path.join(staging, L.FIXED_FILES_FILENAME), ["split", "path", "was"], fixed)
+    splits = {}
+    for split in dataset.splits:
+        n_bad = sum(_weight(b) for b in bad if b[0] == split)
+        total = max(plan.inputs[split], 1)
+        if n_bad / total > options.max_bad_fraction:
+            raise BadFractionError(
+                f"{split}: {n_bad} of {plan.inputs[split]} inputs ({100.0 * n_bad / total:.2f}%) are unusable, "
+                f"more than max_bad_fraction={options.max_bad_fraction} allows; they are listed in {bad_path}. "
+                "Fix or remove them, or raise the limit (--max-bad-fraction), and run again: finished "
+                "shards are kept")
+        split_results = [r for r in results if r["split"] == split]
+        splits[split] = {
+            "num_shards": options.num_shards(split),
+            "num_examples": sum(r["examples"] for r in split_results),
+            "num_bytes": sum(r["bytes"] for r in split_results),
+            "num_inputs": plan.inputs[split],
+            "num_bad": n_bad,
+            "num_fixed": sum(1 for f in fixed if f[0] == split),
+            "file_pattern": os.path.relpath(L.split_file_pattern(output_dir, split), output_dir),
+            "compression": options.compression,
+        }
+    return splits, dataset.classes or _classes_from_records(results)
+
+
+def _publish(output_dir: str, staging: str, options: ConvertOptions, manifest: dict) -> None:
+    """Moves the staged conversion into place; the order is what :func:`convert` documents."""
+    import tensorflow as tf
+
+    _remove(os.path.join(output_dir, L.MANIFEST_FILENAME))  # from here on readers refuse the output
+    for split in manifest["splits"]:
+        src, dst = os.path.join(staging, L.split_dirname(split)), L.split_dir(output_dir, split)
+        _remove(dst)
+        tf.io.gfile.makedirs(dst)
+        names = [L.shard_filename(split, s, options.num_shards(split), options.compression)
+                 for s in range(options.num_shards(split))]
+        _parallel(lambda n: tf.io.gfile.rename(os.path.join(src, n), os.path.join(dst, n), overwrite=True), names)
+    for name in (L.BAD_FILES_FILENAME, L.FIXED_FILES_FILENAME, LABEL_MAP_FILENAME):
+        tf.io.gfile.rename(os.path.join(staging, name), os.path.join(output_dir, name), overwrite=True)
+    _write_json(os.path.join(output_dir, L.MANIFEST_FILENAME), manifest)
+    _remove(staging)
+
+
 def convert(dataset: Dataset, output_dir: str, options: ConvertOptions = ConvertOptions(), *,
             beam_args: Sequence[str] | None = None,
             pipeline_factory: Callable[[], beam.Pipeline] | None = None,
             overwrite: bool = False) -> ConvertResult:
     """Converts ``dataset`` (from :func:`hrnet_tfx.data.sources.discover`) into ``output_dir``.
 
+    Publishing, the last step, touches the final names in this order: the old ``manifest.json`` (if any)
+    is deleted, each split directory is replaced by the new shards (moved one file at a time out of the
+    staging area), the reports and ``labels.tsv`` are moved, and the new ``manifest.json`` is written last.
+    So with ``overwrite`` the old conversion stays complete and readable until the new one is complete
+    (also when the new one fails, e.g. on too many bad inputs). A reader that checks the manifest
+    (:func:`hrnet_tfx.data.layout.load_manifest`, ``hrnet-tfx train``) sees the old conversion, then
+    "incomplete", then the new one, never a mix. On a local disk each move is an atomic rename; object
+    stores have no rename (TensorFlow copies and deletes each object), so there a reader that lists the
+    shards without checking the manifest may see a split half replaced while publishing runs. A run killed
+    while publishing leaves no manifest; running it again finishes it.
+
     Args:
       dataset: the discovered input.
       output_dir: where the splits, label map, reports and manifest go (see :mod:`hrnet_tfx.data.layout`);
-        created if missing; must be empty or hold an earlier conversion.
+        a local path or a URL (``gs://...``); created if missing; must be empty or hold an earlier
+        conversion.
       options: shard counts, compression, bad-input tolerance, ...
       beam_args: Beam pipeline options (``--runner``, ``--direct_num_workers``, ...).
       pipeline_factory: makes the Beam pipeline instead (the TFX executor passes its own).
-      overwrite: replace a complete conversion of other input or options.
+      overwrite: replace a complete conversion of other input or options (kept until the new one is
+        complete).
 
     Returns:
       The result; ``reused`` is True if ``output_dir`` already held exactly this conversion.
 
     Raises:
       DataError: unusable output directory or inconsistent imported labels.
-      BadFractionError: too many unusable inputs (nothing is published; the report names them).
+      BadFractionError: too many unusable inputs (nothing is published; the report in the staging area
+        names them).
     """
-    import tensorflow as tf
-
     output_dir = os.fspath(output_dir)
     config = _config(dataset, options)
     existing = _prepare_output(output_dir, config, overwrite)
@@ -443,71 +653,20 @@ def convert(dataset: Dataset, output_dir: str, options: ConvertOptions = Convert
         return ConvertResult(output_dir, existing, reused=True)
     staging = os.path.join(output_dir, L.STAGING_DIRNAME)
 
-    plan_bad: list = []
-    tasks, inputs = [], {}
-    for split, source in dataset.splits.items():
-        split_tasks = (_plan_images(split, source, options) if source.kind == "images"
-                       else _plan_records(split, source, options, plan_bad))
-        inputs[split] = sum(t["size"] for t in split_tasks) + sum(1 for b in plan_bad if b[0] == split)
-        tasks += split_tasks
-    pending = _pending(tasks, staging, options)
-    if len(pending) < len(tasks):
-        log.info("%d of %d shards were finished by an earlier run and are kept", len(tasks) - len(pending),
-                 len(tasks))
+    factory = pipeline_factory or (lambda: beam.Pipeline(options=pipeline_options(beam_args)))
+    plan = _plan(dataset, options, staging, factory)
+    pending = _pending(plan.tasks, staging, options)
+    if len(pending) < len(plan.tasks):
+        log.info("%d of %d shards were finished by an earlier run and are kept",
+                 len(plan.tasks) - len(pending), len(plan.tasks))
     if pending:
-        factory = pipeline_factory or (lambda: beam.Pipeline(options=pipeline_options(beam_args)))
         _run_beam(pending, staging, dataset, options, factory)
 
-    results = []
-    for t in tasks:
-        path = _result_path(staging, t["split"], t["shard"])
-        if not tf.io.gfile.exists(path):
-            raise RuntimeError(f"the Beam pipeline finished but shard {t['split']}/{t['shard']} has no result "
-                               f"({path}); run the conversion again to redo it")
-        results.append(_read_json(path))
-    bad = plan_bad + [b for r in results for b in r["bad"]]
-    fixed = [f for r in results for f in r["fixed"]]
-    bad_path = os.path.join(output_dir, L.BAD_FILES_FILENAME)
-    _write_tsv(bad_path, ["split", "path", "reason", "detail"], bad)
-    _write_tsv(os.path.join(output_dir, L.FIXED_FILES_FILENAME), ["split", "path", "was"], fixed)
-
-    splits = {}
-    for split in dataset.splits:
-        n_bad = sum(1 for b in bad if b[0] == split)
-        total = max(inputs[split], 1)
-        if n_bad / total > options.max_bad_fraction:
-            raise BadFractionError(
-                f"{split}: {n_bad} of {inputs[split]} inputs ({100.0 * n_bad / total:.2f}%) are unusable, more "
-                f"than max_bad_fraction={options.max_bad_fraction} allows; they are listed in {bad_path}. "
-                "Fix or remove them, or raise the limit (--max-bad-fraction), and run again: finished "
-                "shards are kept")
-        split_results = [r for r in results if r["split"] == split]
-        splits[split] = {
-            "num_shards": options.num_shards(split),
-            "num_examples": sum(r["examples"] for r in split_results),
-            "num_bytes": sum(r["bytes"] for r in split_results),
-            "num_inputs": inputs[split],
-            "num_bad": n_bad,
-            "num_fixed": sum(1 for f in fixed if f[0] == split),
-            "file_pattern": os.path.relpath(L.split_file_pattern(output_dir, split), output_dir),
-            "compression": options.compression,
-        }
-    classes = dataset.classes or _classes_from_records(results)
-
-    for split in dataset.splits:  # publish: the only step that touches the final names
-        src, dst = os.path.join(staging, L.split_dirname(split)), L.split_dir(output_dir, split)
-        expected = {L.shard_filename(split, s, options.num_shards(split), options.compression)
-                    for s in range(options.num_shards(split))}
-        for name in tf.io.gfile.listdir(src):
-            if name not in expected:  # a temporary file of a killed attempt
-                tf.io.gfile.remove(os.path.join(src, name))
-        _remove(dst)
-        tf.io.gfile.rename(src, dst)
-    write_label_map(os.path.join(output_dir, LABEL_MAP_FILENAME), classes)
+    splits, classes = _collect(plan, output_dir, dataset, options)
+    write_label_map(os.path.join(staging, LABEL_MAP_FILENAME), classes)
     manifest = dict(config, complete=True, num_classes=len(classes), label_map=LABEL_MAP_FILENAME,
                     bad_files=L.BAD_FILES_FILENAME, fixed_files=L.FIXED_FILES_FILENAME, splits=splits)
-    _write_json(os.path.join(output_dir, L.MANIFEST_FILENAME), manifest)
-    _remove(staging)
+    _publish(output_dir, staging, options, manifest)
     for split, info in splits.items():
         log.info("%s: %d examples in %d shards (%d re-encoded, %d skipped)", split, info["num_examples"],
                  info["num_shards"], info["num_fixed"], info["num_bad"])

@@ -65,6 +65,17 @@ def _truncated(data: bytes) -> bool:
     return scan < 0 or data.rfind(_EOI) < scan
 
 
+def _check_pixels(img: Image.Image) -> None:
+    """Bounds the pixels a file declares before anything is decoded (here or by training's decoder):
+    PIL's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS`` (89.5 M by default, ~268 MB as RGB). PIL
+    checks it in ``Image.open`` too, but only as a warning below twice the limit, and warning filters are
+    process-wide state that threads running other conversions change; so it is checked here explicitly."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise BadImageError("too_large", f"{img.width}x{img.height} = {img.width * img.height} pixels "
+                                         f"exceeds the limit of {limit} pixels")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
@@ -101,6 +112,9 @@ def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
         decodes every image fully with PIL (about 20-40x slower; also catches damaged entropy data, which
         libjpeg and TensorFlow only warn about).
 
+    Every image's declared size is bounded before it is decoded (:func:`_check_pixels`): a small file
+    whose header claims 60000x60000 pixels is ``too_large``, not a 10 GB allocation.
+
     Raises:
       BadImageError: the file is unusable.
     """
@@ -112,6 +126,7 @@ def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            _check_pixels(img)
             if img.format in JPEG_FORMATS and img.mode == "RGB":
                 if verify == "decode":
                     img.load()

@@ -1,16 +1,25 @@
 """Class tables and the ImageNet label files: Kaggle's LOC_*.csv / LOC_synset_mapping.txt, the ILSVRC2012
 devkit's meta.mat and validation ground truth, and our own label map (``labels.tsv``).
 
-Every reader raises :class:`DataError` naming the file and the line when a file is malformed.
+Every reader raises :class:`DataError` naming the file and the line when a file is malformed. Label files
+are read through :mod:`hrnet_tfx.data.storage` (local paths or any TensorFlow file system such as
+``gs://``) and are refused above :data:`MAX_LABEL_FILE_BYTES` before they are read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import os
 from typing import Iterable
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
+
+
+MAX_LABEL_FILE_BYTES = 256 * 2**20
+"""Largest label file read (ImageNet's largest, LOC_train_solution.csv, is ~30 MB): a bigger one is refused
+before it is read, which also bounds the memory an absurdly long line can take."""
 
 
 class DataError(ValueError):
@@ -83,15 +92,14 @@ def read_label_map(path: str) -> list[ClassInfo]:
 def read_synset_mapping(path: str) -> dict[str, str]:
     """Kaggle's ``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca`` per line -> {wnid: name}."""
     names = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            wnid, _, name = line.partition(" ")
-            if not name:
-                raise DataError(f"{path}:{lineno}: expected '<wnid> <name>', got {line!r}")
-            names[wnid] = name.strip()
+    for lineno, line in enumerate(_read_lines(path), 1):
+        line = line.strip()
+        if not line:
+            continue
+        wnid, _, name = line.partition(" ")
+        if not name:
+            raise DataError(f"{path}:{lineno}: expected '<wnid> <name>', got {_shorten(line)}")
+        names[wnid] = name.strip()
     return names
 
 
@@ -102,11 +110,12 @@ def read_loc_solution(path: str) -> dict[str, list[Box]]:
     import csv
 
     result: dict[str, list[Box]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise DataError(f"{path}: expected the header 'ImageId,PredictionString', got {header!r}")
+            raise DataError(f"{path}: expected the header 'ImageId,PredictionString', got "
+                            f"{_shorten(','.join(header or []))}")
         for lineno, row in enumerate(reader, 2):
             if not row:
                 continue
@@ -115,17 +124,21 @@ def read_loc_solution(path: str) -> dict[str, list[Box]]:
             fields = row[1].split()
             if not fields or len(fields) % 5:
                 raise DataError(f"{path}:{lineno}: PredictionString must be groups of "
-                                f"'wnid xmin ymin xmax ymax', got {row[1]!r}")
+                                f"'wnid xmin ymin xmax ymax', got {_shorten(row[1])}")
             boxes = []
             for i in range(0, len(fields), 5):
                 try:
                     coords = [float(v) for v in fields[i + 1:i + 5]]
                 except ValueError:
                     raise DataError(f"{path}:{lineno}: non-numeric box {fields[i:i + 5]}") from None
+                if not all(math.isfinite(c) for c in coords):
+                    raise DataError(f"{path}:{lineno}: box coordinates must be finite, got {fields[i:i + 5]}")
                 boxes.append(Box(fields[i], *coords))
             if row[0] in result:
-                raise DataError(f"{path}:{lineno}: image {row[0]!r} is listed twice")
+                raise DataError(f"{path}:{lineno}: image {_shorten(row[0])} is listed twice")
             result[row[0]] = boxes
+    except csv.Error as e:  # e.g. a field longer than csv's limit (128 KiB), a NUL byte
+        raise DataError(f"{path}:{reader.line_num}: not a valid CSV line: {e}") from None
     return result
 
 
@@ -135,8 +148,11 @@ def read_devkit_meta(path: str) -> dict[int, tuple[str, str]]:
     import numpy as np
     import scipy.io
 
+    from hrnet_tfx.data import storage
+
+    data = storage.read_bounded(path, MAX_LABEL_FILE_BYTES, "devkit meta file")
     try:
-        mat = scipy.io.loadmat(path, squeeze_me=True)
+        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)
     except Exception as e:  # scipy raises several types for malformed files
         raise DataError(f"cannot read devkit meta file {path}: {e}") from None
     if "synsets" not in mat:
@@ -159,12 +175,31 @@ def read_devkit_ground_truth(path: str) -> list[int]:
     """``ILSVRC2012_validation_ground_truth.txt``: line i holds the ILSVRC2012_ID of
     ``ILSVRC2012_val_{i:08d}.JPEG`` (1-based)."""
     ids = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if not line.isdigit():
-                raise DataError(f"{path}:{lineno}: expected an ILSVRC2012_ID, got {line!r}")
-            ids.append(int(line))
+    for lineno, line in enumerate(_read_lines(path), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.isdigit() or len(line) > 9:
+            raise DataError(f"{path}:{lineno}: expected an ILSVRC2012_ID, got {_shorten(line)}")
+        ids.append(int(line))
     return ids
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)")
+
+
+def _read_text(path: str) -> str:
+    """A label file's text (UTF-8), refused if larger than :data:`MAX_LABEL_FILE_BYTES`."""
+    from hrnet_tfx.data import storage
+
+    data = storage.read_bounded(path, MAX_LABEL_FILE_BYTES, "label file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_lines(path: str) -> list[str]:
+    return _read_text(path).splitlines()

@@ -6,7 +6,8 @@
       Split-train/train-00000-of-01024[.gz] ...        (TFX's Split-<name>/ directories; inception-style
       Split-eval/validation-00000-of-00128[.gz] ...     shard names inside, so old 'validation-*' globs work)
       labels.tsv        index<TAB>class id<TAB>name (features.LABEL_MAP_FILENAME)
-      bad_files.tsv     skipped inputs and why; fixed_files.tsv: inputs re-encoded as RGB JPEG
+      bad_files.tsv     skipped inputs and why; fixed_files.tsv: inputs re-encoded as RGB JPEG (cells
+                        escaped by tsv_cell, so every row is one line whatever the file names hold)
       manifest.json     written last: its presence with "complete": true marks the output as complete
       .incomplete/      staging area of an unfinished run (removed when the run completes)
 
@@ -33,6 +34,27 @@ STAGING_DIRNAME = ".incomplete"
 MANIFEST_FORMAT = "hrnet-tfx-examples/1"
 
 COMPRESSIONS = ("none", "gzip")
+
+
+def tsv_cell(value) -> str:
+    """One cell of the reports: a backslash and every character that is not printable (tab, newline, ...)
+    is written as a Python escape (``\\\\``, ``\\t``, ``\\n``, ``\\x0b``), and each byte of a file name that is
+    not UTF-8 (a surrogate escape from ``os``) as ``\\xNN``, so every row stays one line of tab-separated
+    columns and no name is lost or confused with another."""
+    text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte of a file name
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 class IncompleteOutputError(RuntimeError):

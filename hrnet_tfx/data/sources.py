@@ -5,8 +5,9 @@ Layouts understood (``layout='auto'`` picks one; the first match wins):
 
 ``tfrecords``
     Existing inception/TF-slim shards directly in INPUT: ``train-*-of-*`` and ``validation-*-of-*``.
-    Records are imported as they are (images not re-encoded); their labels are 1-based (1001 classes,
-    0 = background) and are shifted to our 0-based labels by the converter (``label_offset``).
+    Records are imported as they are (their images are checked like image files; valid RGB JPEGs keep
+    their bytes); their labels are 1-based (1001 classes, 0 = background) and are shifted to our 0-based
+    labels by the converter (``label_offset``).
 ``imagenet``
     ILSVRC2012 as extracted: ``train/<wnid>/*.JPEG`` and ``val/`` (or ``validation/``) either sorted into
     ``<wnid>/`` folders, or flat with Kaggle's ``LOC_val_solution.csv`` (boxes included) or with the
@@ -36,6 +37,7 @@ import os
 import re
 
 from hrnet_tfx.data import labels as labels_lib
+from hrnet_tfx.data import storage
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError
 from hrnet_tfx.data.layout import EVAL, TRAIN
 
@@ -90,24 +92,26 @@ class Dataset:
 
 
 class _Fingerprint:
-    """Collects what the fingerprint covers: every directory (mtime, entry count) and every label or
-    TFRecord file (size, mtime); in ``files`` mode also every image (size, mtime)."""
+    """Collects what the fingerprint covers: the names in every directory and the size and mtime of every
+    label or TFRecord file; in ``files`` mode also the size and mtime of every image."""
 
     def __init__(self, root: str, mode: str):
         if mode not in FINGERPRINTS:
             raise ValueError(f"fingerprint must be one of {FINGERPRINTS}, got {mode!r}")
         self.root, self.mode, self._h = root, mode, hashlib.sha256()
 
-    def _add(self, kind: str, path: str, *values: int) -> None:
-        rel = os.path.relpath(path, self.root)
-        self._h.update(f"{kind}\0{rel}\0{values}\n".encode())
+    def _add(self, kind: str, path: str, *values) -> None:
+        rel = os.path.relpath(path, self.root) if storage.is_local(path) else path[len(self.root):]
+        self._h.update(f"{kind}\0{rel}\0{values}\n".encode("utf-8", "surrogateescape"))
 
-    def directory(self, path: str, num_entries: int) -> None:
-        self._add("d", path, os.stat(path).st_mtime_ns, num_entries)
+    def directory(self, path: str, names: list[str]) -> None:
+        self._add("d", path, hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest())
 
     def file(self, path: str) -> None:
-        st = os.stat(path)
-        self._add("f", path, st.st_size, st.st_mtime_ns)
+        try:
+            self._add("f", path, *storage.stat(path))
+        except Exception:  # unreadable here: the converter reports it; the fingerprint notes its absence
+            self._add("f", path, "unreadable")
 
     def image(self, path: str) -> None:
         if self.mode == "files":
@@ -118,35 +122,40 @@ class _Fingerprint:
 
 
 def _require_dir(path: str, what: str) -> None:
-    if not os.path.isdir(path):
+    if not storage.is_dir(path):
         raise DataError(f"{what} does not exist or is not a directory: {path}")
 
 
 def _scan(path: str, fp: _Fingerprint) -> tuple[list[str], list[str]]:
-    """Sorted (subdirectories, files) of ``path``, hidden names skipped; recorded in the fingerprint."""
-    dirs, files = [], []
-    with os.scandir(path) as entries:
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            (dirs if e.is_dir() else files).append(e.name)
-    fp.directory(path, len(dirs) + len(files))
-    return sorted(dirs), sorted(files)
+    """Sorted (subdirectories, files) of ``path`` from one listing, hidden names skipped; recorded in the
+    fingerprint."""
+    dirs, files = storage.list_dir(path)
+    dirs = [d for d in dirs if not d.startswith(".")]
+    files = [f for f in files if not f.startswith(".")]
+    fp.directory(path, [d + "/" for d in dirs] + files)
+    return dirs, files
 
 
 def _class_files(class_dir: str, fp: _Fingerprint) -> list[str]:
-    """All files under one class folder (recursively), relative to it, sorted. Empty -> DataError."""
+    """All files under one class folder (recursively), relative to it, sorted. Empty -> DataError; a local
+    symlink back to a folder it is in -> DataError (it would list the same images again and again)."""
     out = []
+    local = storage.is_local(class_dir)
 
-    def walk(path: str, prefix: str) -> None:
+    def walk(path: str, prefix: str, ancestors: tuple[str, ...]) -> None:
+        if local:
+            real = os.path.realpath(path)
+            if real in ancestors:
+                raise DataError(f"symbolic link loop: {path} is the folder {real} again; remove the link")
+            ancestors += (real,)
         dirs, files = _scan(path, fp)
         for name in files:
-            fp.image(os.path.join(path, name))
+            fp.image(storage.join(path, name))
             out.append(prefix + name)
         for d in dirs:
-            walk(os.path.join(path, d), prefix + d + "/")
+            walk(storage.join(path, d), prefix + d + "/", ancestors)
 
-    walk(class_dir, "")
+    walk(class_dir, "", ())
     if not out:
         raise DataError(f"empty class folder (no files): {class_dir}")
     return out
@@ -165,11 +174,19 @@ def _folder_items(split_root: str, class_index: dict[str, int], class_dirs: list
     return items
 
 
+def _listing(path: str) -> tuple[list[str], list[str]]:
+    """(directories, files) of ``path``; empty if it does not exist. Probing by listing the parent is one
+    call per directory on object stores and exact everywhere (``ram://``'s isdir matches name prefixes)."""
+    try:
+        return storage.list_dir(path)
+    except DataError:
+        return [], []
+
+
 def _find(dirs: list[str], name: str) -> str | None:
     for d in dirs:
-        path = os.path.join(d, name)
-        if os.path.isfile(path):
-            return path
+        if name in _listing(d)[1]:
+            return os.path.join(d, name)
     return None
 
 
@@ -212,7 +229,7 @@ def _flat_val_items(val_dir: str, files: list[str], class_index: dict[str, int],
                         f"expected {VAL_SOLUTION} or the devkit's {DEVKIT_GROUND_TRUTH} (with {DEVKIT_META})"
                         f" in {search[0]}")
     meta_path = os.path.join(os.path.dirname(gt_path), DEVKIT_META)
-    if not os.path.isfile(meta_path):
+    if not _find([os.path.dirname(gt_path)], DEVKIT_META):
         raise DataError(f"{gt_path} needs the devkit's {DEVKIT_META} beside it to map its ILSVRC2012_IDs "
                         f"to WordNet ids (the IDs are not in sorted wnid order): {meta_path} is missing")
     fp.file(gt_path)
@@ -270,13 +287,14 @@ def _add_train_boxes(items: list[ImageItem], search: list[str], class_index: dic
 
 def _image_root(input_dir: str) -> str:
     kaggle = os.path.join(input_dir, KAGGLE_ROOT)
-    if not os.path.isdir(os.path.join(input_dir, TRAIN)) and os.path.isdir(os.path.join(kaggle, TRAIN)):
+    if TRAIN not in _listing(input_dir)[0] and TRAIN in _listing(kaggle)[0]:
         return kaggle
     return input_dir
 
 
 def _eval_dir(root: str) -> str:
-    found = [os.path.join(root, n) for n in EVAL_DIRNAMES if os.path.isdir(os.path.join(root, n))]
+    dirs = _listing(root)[0]
+    found = [os.path.join(root, n) for n in EVAL_DIRNAMES if n in dirs]
     if not found:
         raise DataError(f"no validation folder in {root}: expected one of {', '.join(EVAL_DIRNAMES)}/")
     if len(found) > 1:
@@ -287,7 +305,8 @@ def _eval_dir(root: str) -> str:
 def _discover_folders(input_dir: str, imagenet: bool, fp: _Fingerprint) -> Dataset:
     root = _image_root(input_dir)
     train_dir = os.path.join(root, TRAIN)
-    _require_dir(train_dir, "train folder")
+    if TRAIN not in _listing(root)[0]:
+        raise DataError(f"train folder does not exist or is not a directory: {train_dir}")
     eval_dir = _eval_dir(root)
     search = list(dict.fromkeys([input_dir, root]))
     class_dirs, stray = _scan(train_dir, fp)
@@ -328,29 +347,23 @@ def _discover_tfrecords(input_dir: str, fp: _Fingerprint) -> Dataset:
             raise DataError(f"no {pattern} TFRecord files in {input_dir}")
         for f in matched:
             fp.file(os.path.join(input_dir, f))
-            if os.path.getsize(os.path.join(input_dir, f)) == 0:
-                log.warning("empty TFRecord file %s", os.path.join(input_dir, f))
         splits[split] = SplitSource(split, "tfrecords", input_dir, files=matched)
     return Dataset("tfrecords", input_dir, [], splits, fp.hexdigest())
 
 
 def _detect(input_dir: str) -> str:
-    try:
-        names = os.listdir(input_dir)
-    except OSError as e:
-        raise DataError(f"cannot list input directory {input_dir}: {e}") from None
-    if any(fnmatch.fnmatch(n, TFRECORD_PATTERNS[TRAIN] + "*") for n in names):
+    _, files = storage.list_dir(input_dir)
+    if any(fnmatch.fnmatch(n, TFRECORD_PATTERNS[TRAIN] + "*") for n in files):
         return "tfrecords"
     root = _image_root(input_dir)
-    if not os.path.isdir(os.path.join(root, TRAIN)):
+    if TRAIN not in _listing(root)[0]:
         raise DataError(f"cannot tell the layout of {input_dir}: expected train/ and val/ folders "
                         f"(ImageNet or image folders) or train-*-of-* TFRecords")
     search = [input_dir, root]
     label_files = [SYNSET_MAPPING, VAL_SOLUTION, DEVKIT_META, DEVKIT_GROUND_TRUTH]
     if any(_find([os.path.join(d, s) for d in search for s in DEVKIT_DIRS], n) for n in label_files):
         return "imagenet"
-    class_dirs = [e.name for e in os.scandir(os.path.join(root, TRAIN))
-                  if e.is_dir() and not e.name.startswith(".")]
+    class_dirs = [d for d in storage.list_dir(os.path.join(root, TRAIN))[0] if not d.startswith(".")]
     return "imagenet" if class_dirs and all(_WNID.match(d) for d in class_dirs) else "imagefolder"
 
 
@@ -360,17 +373,20 @@ def discover(input_dir: str, layout: str = "auto", fingerprint: str = "dirs") ->
     classes, and images without labels.
 
     Args:
-      input_dir: the dataset's root directory (local or a mounted file system).
+      input_dir: the dataset's root directory: a local path or a URL of any TensorFlow file system
+        (``gs://bucket/ILSVRC2012``), see :mod:`hrnet_tfx.data.storage`.
       layout: one of :data:`LAYOUTS`; ``auto`` detects it (see the module docstring).
-      fingerprint: what the returned ``Dataset.fingerprint`` covers. ``dirs`` (default): every directory's
-        mtime and entry count plus the size and mtime of label files and TFRecords, which changes whenever
-        a file is added, removed or renamed, at the cost of one stat per directory instead of per file
-        (ImageNet: ~2,000 instead of 1.33M). It misses an image overwritten in place under the same name;
-        ``files`` also stats every image and catches that too.
+      fingerprint: what the returned ``Dataset.fingerprint`` covers. ``dirs`` (default): the names in
+        every directory plus the size and mtime of label files and TFRecords, which changes whenever a file
+        is added, removed or renamed and costs nothing beyond the listings discovery makes anyway (object
+        stores keep no directory mtimes, so names are what every file system can tell). It misses an image
+        overwritten under the same name (in place, or by renaming another file over it); ``files`` also
+        stats every image (ImageNet: 1.33M stats) and catches that too.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    input_dir = os.path.abspath(os.fspath(input_dir))
+    input_dir = os.fspath(input_dir)
+    input_dir = os.path.abspath(input_dir) if storage.is_local(input_dir) else input_dir.rstrip("/")
     _require_dir(input_dir, "input directory")
     if layout == "auto":
         layout = _detect(input_dir)

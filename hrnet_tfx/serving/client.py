@@ -10,8 +10,10 @@ Works against ``tensorflow_model_server`` and the development server alike::
     Client("localhost:8501", rest=True).predict_images([jpeg_bytes])        # REST
 
 Errors: a server that cannot be reached raises :class:`~hrnet_tfx.serving.errors.ServerUnavailableError`
-naming the address; an error answer raises :class:`~hrnet_tfx.serving.errors.ServingError` with the
-server's code (``INVALID_ARGUMENT``, ``NOT_FOUND``, ...) and message.
+naming the address (and, when the port speaks the other protocol, saying which port it probably is); an
+error answer raises :class:`~hrnet_tfx.serving.errors.ServingError` with the server's code
+(``INVALID_ARGUMENT``, ``NOT_FOUND``, ...) and message. The REST JSON is written and read by
+:mod:`hrnet_tfx.serving.rest_json`, the same code the development server uses.
 """
 
 from __future__ import annotations
@@ -27,10 +29,8 @@ import numpy as np
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from hrnet_tfx.serving import rest_json
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError, code_from_http
+from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY, SIGNATURE_IMAGES
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto
-
-SIGNATURE_IMAGES = "predict_images"
-SIGNATURE_CLASSIFY = "serving_default"
 
 
 def read_images(images: Sequence[bytes | str | os.PathLike]) -> list[bytes]:
@@ -70,21 +70,6 @@ def _example(item: Any):
     raise TypeError(f"cannot make a tf.Example from {type(item).__name__}")
 
 
-def _example_json(example) -> dict:
-    out = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        if kind == "bytes_list":
-            out[name] = [{"b64": base64.b64encode(v).decode("ascii")} for v in feature.bytes_list.value]
-        elif kind == "int64_list":
-            out[name] = list(feature.int64_list.value)
-        elif kind == "float_list":
-            out[name] = list(feature.float_list.value)
-        else:
-            out[name] = []
-    return out
-
-
 def _as_array(value: Any) -> np.ndarray:
     """``value`` as an array; sequences of bytes/str become object arrays (numpy's fixed-width bytes dtype
     would drop trailing NUL bytes of binary data)."""
@@ -95,33 +80,6 @@ def _as_array(value: Any) -> np.ndarray:
     if isinstance(value, (bytes, str)):
         return np.array(value.encode("utf-8") if isinstance(value, str) else value, dtype=object)
     return np.asarray(value)
-
-
-def _json_value(array: np.ndarray):
-    array = np.asarray(array)
-    if array.dtype == object or array.dtype.kind == "S":
-        flat = np.empty(array.size, dtype=object)
-        flat[:] = [{"b64": base64.b64encode(v if isinstance(v, bytes) else str(v).encode()).decode("ascii")}
-                   for v in array.ravel()]
-        return flat.reshape(array.shape).tolist()
-    return array.tolist()
-
-
-def _from_json(value: Any) -> np.ndarray:
-    def leaf(v):
-        if isinstance(v, dict) and "b64" in v:
-            return base64.b64decode(v["b64"])
-        if isinstance(v, str):
-            return v.encode("utf-8")
-        if isinstance(v, list):
-            return [leaf(x) for x in v]
-        return v
-
-    converted = leaf(value)
-    probe = converted
-    while isinstance(probe, list) and probe:
-        probe = probe[0]
-    return np.array(converted, dtype=object if isinstance(probe, bytes) else None)
 
 
 class Client:
@@ -179,6 +137,10 @@ class Client:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
             code, details = e.code(), e.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and "HTTP/2" in details:
+                raise ServerUnavailableError(
+                    f"{self.address} does not speak gRPC (it answered in HTTP/1.x): is this the REST port? use "
+                    "--rest (Client(..., rest=True)), or the gRPC port (TF Serving's default is 8500)") from None
             if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "DNS" in details):
                 reason = "connection refused" if "refused" in details.lower() else details
                 raise ServerUnavailableError(
@@ -204,6 +166,10 @@ class Client:
                                              headers={"Content-Type": "application/json"} if data else None)
         except requests.ConnectionError as e:
             reason = getattr(e.args[0], "reason", e) if e.args else e
+            if "BadStatusLine" in str(e) and "\\x00" in str(e):  # an HTTP/2 frame where a status line should be
+                raise ServerUnavailableError(
+                    f"{self.address} does not speak HTTP/1.1 REST (it answered in HTTP/2): is this the gRPC port? "
+                    "drop --rest (rest=False), or use the REST port (TF Serving's default is 8501)") from None
             text = "connection refused" if "refused" in str(reason).lower() else str(reason)
             raise ServerUnavailableError(f"cannot reach a model server at {self.address} over REST ({url}): {text}") \
                 from None
@@ -241,11 +207,13 @@ class Client:
             request.output_filter.extend(output_filter)
             response = self._grpc(self._predict_stub.Predict, request)
             return {name: to_ndarray(tensor, name) for name, tensor in response.outputs.items()}
-        body = {"signature_name": signature_name, "inputs": {n: _json_value(_as_array(v)) for n, v in inputs.items()}}
+        body = {"signature_name": signature_name,
+                "inputs": {n: rest_json.array_to_json(_as_array(v)) for n, v in inputs.items()}}
         outputs = self._http("POST", ":predict", body)["outputs"]
         if not isinstance(outputs, dict):  # a single-output signature answers the bare tensor, without its name
-            return {output_filter[0] if output_filter else "output": _from_json(outputs)}
-        return {k: _from_json(v) for k, v in outputs.items() if not output_filter or k in output_filter}
+            return {output_filter[0] if output_filter else "output": rest_json.json_to_untyped_array(outputs)}
+        return {k: rest_json.json_to_untyped_array(v) for k, v in outputs.items()
+                if not output_filter or k in output_filter}
 
     def predict_images(self, images: Sequence[bytes | str | os.PathLike],
                        top_k: int = 5) -> list[list[tuple[str, float]]]:
@@ -297,9 +265,9 @@ class Client:
         """
         items = [_example(e) for e in examples]
         if self.rest:
-            body = {"signature_name": signature_name, "examples": [_example_json(e) for e in items]}
+            body = {"signature_name": signature_name, "examples": [rest_json.example_to_json(e) for e in items]}
             if context is not None:
-                body["context"] = _example_json(_example(context))
+                body["context"] = rest_json.example_to_json(_example(context))
             results = self._http("POST", ":classify", body)["results"]
             return [[(str(label), float(score)) for label, score in ranking] for ranking in results]
         from tensorflow_serving.apis import classification_pb2

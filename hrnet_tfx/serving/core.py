@@ -14,21 +14,35 @@ import threading
 import time
 from typing import Iterator
 
-from hrnet_tfx.serving.batching import BatchingOptions
 from hrnet_tfx.serving.errors import Code, ServingError
-from hrnet_tfx.serving.image_guard import DEFAULT_MAX_IMAGE_PIXELS, ImageGuard
+from hrnet_tfx.serving.image_guard import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS, ImageGuard
 from hrnet_tfx.serving.model_base import ModelWatcher, VersionStatus
 
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_ITEMS = 128
+"""Default cap on images/examples per request (TF Serving's batching refuses tasks over its batch size)."""
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+"""Default cap on a request's size (gRPC message or REST body). Parsing costs up to ~20x the bytes in
+memory (a protobuf of a million empty strings, a JSON list of empty objects), so this bounds that too."""
+DEFAULT_MAX_CONCURRENT_REQUESTS = 32
+"""Default cap on requests in flight (being received, processed or waiting for a thread) per protocol: with
+:data:`DEFAULT_MAX_REQUEST_BYTES`, at most 512 MiB of request bodies held at once per protocol."""
+DEFAULT_MAX_CONNECTIONS = 128
+"""Default cap on open REST connections."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Default seconds a REST client has to send a request's headers, and again its body."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadOptions:
-    """How versions are loaded: image checks, batching, TF threads and warm-up (TF Serving's
-    ``--enable_model_warmup``, on by default)."""
+    """How versions are loaded and what their requests may hold: image checks, images/examples per request,
+    TF threads and warm-up (TF Serving's ``--enable_model_warmup``, on by default)."""
 
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
-    batching: BatchingOptions | None = None
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO
+    max_items: int | None = DEFAULT_MAX_ITEMS
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     warmup: bool = True
@@ -74,13 +88,17 @@ class ServingCore:
       models: model names and their directories (see :func:`~hrnet_tfx.serving.model_base.resolve_model`).
       poll_seconds: seconds between scans for new versions.
       load_options: see :class:`LoadOptions`.
+      max_request_bytes: the request size limit, which also bounds a Classify request's examples once
+        its context is merged into each.
     """
 
-    def __init__(self, models: dict[str, str], *, poll_seconds: float = 1.0, load_options: LoadOptions = LoadOptions()):
+    def __init__(self, models: dict[str, str], *, poll_seconds: float = 1.0, load_options: LoadOptions = LoadOptions(),
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
         if not models:
             raise ValueError("ServingCore needs at least one model")
         self.load_options = load_options
-        self._guard = ImageGuard(load_options.max_image_pixels)
+        self.max_request_bytes = max_request_bytes
+        self._guard = ImageGuard(load_options.max_image_pixels, load_options.max_aspect_ratio)
         self.watchers = {name: ModelWatcher(name, path, self._loader(name), poll_seconds=poll_seconds)
                          for name, path in models.items()}
         self.stats = RequestStats()
@@ -90,7 +108,7 @@ class ServingCore:
             from hrnet_tfx.serving.servable import SavedModelServable
 
             opts = self.load_options
-            servable = SavedModelServable(name, version, path, image_guard=self._guard, batching=opts.batching,
+            servable = SavedModelServable(name, version, path, image_guard=self._guard, max_items=opts.max_items,
                                           intra_op_threads=opts.intra_op_threads,
                                           inter_op_threads=opts.inter_op_threads)
             if opts.warmup:
@@ -108,10 +126,10 @@ class ServingCore:
         for watcher in self.watchers.values():
             watcher.start()
 
-    def stop(self) -> None:
-        """Stops watching and unloads every model."""
+    def stop(self, grace: float = 30.0) -> None:
+        """Stops watching and unloads every model (requests still running get up to ``grace`` seconds)."""
         for watcher in self.watchers.values():
-            watcher.stop()
+            watcher.stop(grace=grace)
 
     def _watcher(self, name: str, version: int | None) -> ModelWatcher:
         watcher = self.watchers.get(name)

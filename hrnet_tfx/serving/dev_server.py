@@ -4,8 +4,9 @@
 It serves the latest version of one model from a TF Serving model base, picks up new versions as they are
 pushed, and answers the same requests with the same messages and status codes as the real server:
 gRPC ``PredictionService`` (Predict, Classify, GetModelMetadata) and ``ModelService`` (GetModelStatus) on
-one port, REST ``/v1/models/...`` on another. It is meant for development, tests and small deployments;
-production should run ``tensorflow_model_server`` (``hrnet-tfx serve`` does when it is on PATH).
+one port, REST ``/v1/models/...`` on another (:mod:`~hrnet_tfx.serving.rest_server`, on tornado). It is
+meant for development, tests and the demo; deployments should run ``tensorflow_model_server``
+(``hrnet-tfx serve`` does when it is on PATH).
 
 Example::
 
@@ -15,9 +16,14 @@ Example::
         print(server.grpc_address, server.rest_address)   # the ports picked
         ...
 
-What it adds over TF Serving: image headers are checked before the graph runs (undecodable bytes and
-images over ``max_image_pixels`` get INVALID_ARGUMENT), and a request body over ``max_request_bytes`` is
-refused. What it lacks: version labels, multi-model config files, Regress/MultiInference, Prometheus.
+What it adds over TF Serving, so that a hostile request costs bounded memory and time: image headers
+are checked before the graph runs (:mod:`~hrnet_tfx.serving.image_guard`: undecodable bytes, animated
+GIFs, too many pixels, extreme aspect ratios), requests are bounded in size, images/examples, declared
+tensor shapes (checked against the bytes sent and the signature before anything is allocated), requests
+in flight (RESOURCE_EXHAUSTED beyond) and, over REST, connections and the time to send a request; internal
+errors reach the client as a generic message (the details are logged). What it lacks: batching (TF
+Serving's ``--enable_batching``), version labels, multi-model config files, Regress/MultiInference,
+Prometheus.
 """
 
 from __future__ import annotations
@@ -33,11 +39,11 @@ from concurrent import futures
 import grpc
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from hrnet_tfx.serving.batching import BatchingOptions
-from hrnet_tfx.serving.core import LoadOptions, ServingCore
-from hrnet_tfx.serving.image_guard import DEFAULT_MAX_IMAGE_PIXELS
+from hrnet_tfx.serving import rest_server
+from hrnet_tfx.serving.core import (DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_ITEMS,
+                                    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_TIMEOUT, LoadOptions, ServingCore)
+from hrnet_tfx.serving.image_guard import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 from hrnet_tfx.serving.model_base import resolve_model
-from hrnet_tfx.serving.rest_server import DEFAULT_MAX_REQUEST_BYTES, RestServer
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +57,17 @@ class DevServerOptions:
       grpc_port: gRPC port (0: pick a free one).
       rest_port: REST port (0: pick a free one; None: no REST endpoint).
       poll_seconds: seconds between scans for new versions (``--file_system_poll_wait_seconds``).
-      grpc_threads: gRPC worker threads (requests handled at once).
+      threads: worker threads, shared by gRPC and REST (requests processed at once).
       max_image_pixels: largest width x height accepted per image (None/0: no limit).
-      max_request_bytes: largest request accepted (gRPC message or REST body).
-      batching: merge concurrent requests (TF Serving's ``--enable_batching``); None: off.
+      max_aspect_ratio: largest long side / short side accepted per image (None/0: no limit).
+      max_items_per_request: most images/examples in one request (None: no limit).
+      max_request_bytes: largest request accepted (gRPC message or REST body). Parsing may cost ~20x this
+        in memory, per worker thread.
+      max_concurrent_requests: requests being received (REST), processed or waiting for a thread, per
+        protocol; more get RESOURCE_EXHAUSTED (HTTP 429).
+      max_connections: open REST connections; more are answered 503 and closed.
+      request_timeout: seconds a REST client has to send a request's headers, and again its body (also how
+        long an idle keep-alive connection stays open).
       intra_op_threads, inter_op_threads: TensorFlow session thread pools (0: TensorFlow's default).
       warmup: replay ``assets.extra/tf_serving_warmup_requests`` when a version loads.
       log_every: seconds between request-rate log lines (only when there was traffic).
@@ -64,10 +77,14 @@ class DevServerOptions:
     grpc_port: int = 8500
     rest_port: int | None = 8501
     poll_seconds: float = 1.0
-    grpc_threads: int = max(8, 4 * (os.cpu_count() or 1))
+    threads: int = max(4, 2 * (os.cpu_count() or 1))
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO
+    max_items_per_request: int | None = DEFAULT_MAX_ITEMS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    batching: BatchingOptions | None = None
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     warmup: bool = True
@@ -91,13 +108,14 @@ class DevServer:
     def __init__(self, model_base: str, model_name: str | None = None, options: DevServerOptions = DevServerOptions()):
         self.model_name, self.model_dir = resolve_model(model_base, model_name)
         self.options = options
-        load = LoadOptions(max_image_pixels=options.max_image_pixels, batching=options.batching,
-                           intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads,
-                           warmup=options.warmup)
+        load = LoadOptions(max_image_pixels=options.max_image_pixels, max_aspect_ratio=options.max_aspect_ratio,
+                           max_items=options.max_items_per_request, intra_op_threads=options.intra_op_threads,
+                           inter_op_threads=options.inter_op_threads, warmup=options.warmup)
         self.core = ServingCore({self.model_name: self.model_dir}, poll_seconds=options.poll_seconds,
-                                load_options=load)
+                                load_options=load, max_request_bytes=options.max_request_bytes)
+        self._executor: futures.ThreadPoolExecutor | None = None
         self._grpc: grpc.Server | None = None
-        self._rest: RestServer | None = None
+        self._rest: rest_server.RestServer | None = None
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._stats_stop = threading.Event()
@@ -132,7 +150,7 @@ class DevServer:
         except BaseException:
             self._close_endpoints(0)
             self._grpc = self._rest = None
-            self.core.stop()
+            self.core.stop(grace=0)
             raise
         self._stats_thread = threading.Thread(target=self._log_stats, name="serving-stats", daemon=True)
         self._stats_thread.start()
@@ -145,8 +163,9 @@ class DevServer:
         opts = self.options
         from hrnet_tfx.serving.grpc_service import add_services
 
+        self._executor = futures.ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="serving")
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=opts.grpc_threads, thread_name_prefix="grpc"),
+            self._executor, maximum_concurrent_rpcs=opts.max_concurrent_requests,
             options=[("grpc.max_receive_message_length", opts.max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])  # with reuse, a second server would share a taken port silently
@@ -161,8 +180,10 @@ class DevServer:
         if opts.rest_port is not None:
             address = _host_port(opts.host, opts.rest_port)
             try:
-                self._rest = RestServer((opts.host, opts.rest_port), self.core,
-                                        max_request_bytes=opts.max_request_bytes)
+                self._rest = rest_server.RestServer(
+                    (opts.host, opts.rest_port), self.core, executor=self._executor,
+                    max_request_bytes=opts.max_request_bytes, request_timeout=opts.request_timeout,
+                    max_connections=opts.max_connections, max_concurrent_requests=opts.max_concurrent_requests)
             except OSError as e:
                 raise OSError(f"cannot bind REST to {address}: {e.strerror or e}") from None
             self.rest_port = self._rest.server_address[1]
@@ -183,6 +204,8 @@ class DevServer:
             self._rest.stop(grace)
         for event in waiters:
             event.wait(grace + 1)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops accepting requests, lets in-flight ones finish (up to ``grace`` s), unloads the model."""
@@ -191,7 +214,7 @@ class DevServer:
         log.info("development server: shutting down (finishing requests in flight, up to %.0f s)", grace)
         self._stats_stop.set()
         self._close_endpoints(grace)
-        self.core.stop()
+        self.core.stop(grace=grace)
         self._stopped.set()
         log.info("development server: stopped after %d requests (%d errors)", self.core.stats.total_requests,
                  self.core.stats.total_errors)

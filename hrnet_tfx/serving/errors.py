@@ -8,6 +8,9 @@ client sees the same code and status from the development server as from ``tenso
 from __future__ import annotations
 
 import enum
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class Code(enum.IntEnum):
@@ -54,7 +57,8 @@ _HTTP_STATUS = {
 
 _FROM_HTTP = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED,
               404: Code.NOT_FOUND, 409: Code.ABORTED, 413: Code.INVALID_ARGUMENT, 429: Code.RESOURCE_EXHAUSTED,
-              499: Code.CANCELLED, 501: Code.UNIMPLEMENTED, 503: Code.UNAVAILABLE, 504: Code.DEADLINE_EXCEEDED}
+              499: Code.CANCELLED, 500: Code.INTERNAL, 501: Code.UNIMPLEMENTED, 503: Code.UNAVAILABLE,
+              504: Code.DEADLINE_EXCEEDED}
 
 
 def http_status_for(code: Code) -> int:
@@ -75,7 +79,12 @@ class ServingError(Exception):
     ``http_status`` is the REST status the code maps to (or the one the server actually sent).
     """
 
+    MAX_MESSAGE = 2000
+    """Longer messages are cut (they may quote what a client sent: names, lists of inputs)."""
+
     def __init__(self, code: Code, message: str, http_status: int | None = None):
+        if len(message) > self.MAX_MESSAGE:
+            message = message[: self.MAX_MESSAGE] + "..."
         super().__init__(message)
         self.code = Code(code)
         self.message = message
@@ -97,16 +106,24 @@ def invalid(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)
 
 
-def not_found(message: str) -> ServingError:
-    """A ``NOT_FOUND`` error (HTTP 404)."""
-    return ServingError(Code.NOT_FOUND, message)
+INTERNAL_MESSAGE = "internal error in the model server; the details are in its log"
+"""What a client is told about a failure that is not its request's fault (details never leave the server)."""
+_CLIENT_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE, Code.NOT_FOUND})
+
+
+def internal(where: str) -> ServingError:
+    """An ``INTERNAL`` error with the generic message; logs the exception being handled, with ``where``."""
+    log.exception("%s: internal error", where)
+    return ServingError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
 def from_tf_error(error: Exception, limit: int = 2000) -> ServingError:
     """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature.
 
-    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it);
-    the message is TensorFlow's, without the Python-side "Graph execution error" traceback noise.
+    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it).
+    For errors caused by the request the message is TensorFlow's, without the Python-side "Graph execution
+    error" traceback noise; for any other code (out of memory, internal errors) the client gets a generic
+    message and the details are logged.
     """
     code = getattr(error, "error_code", Code.INTERNAL)
     try:
@@ -116,4 +133,7 @@ def from_tf_error(error: Exception, limit: int = 2000) -> ServingError:
     message = getattr(error, "message", None) or str(error)
     lines = [ln for ln in message.splitlines() if ln.strip() and not ln.startswith(("Detected at node", "<stack"))]
     text = " ".join(ln.strip() for ln in lines) or type(error).__name__
+    if code not in _CLIENT_FAULTS:
+        log.error("the model failed with %s: %s", code.name, text)
+        return ServingError(code, INTERNAL_MESSAGE)
     return ServingError(code, text[:limit])

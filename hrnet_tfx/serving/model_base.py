@@ -12,9 +12,11 @@ place, so a half-copied version is never picked up; hidden or temporary director
 
 It implements TF Serving's default version policy (serve the latest complete version only):
 :class:`ModelWatcher` polls the model directory, loads a newer version in the background while the current
-one keeps serving, switches over once it has loaded, then unloads the old one when its in-flight requests
-finish. A version that fails to load is skipped (the newest loadable version is served) until its
-``saved_model.pb`` changes.
+one keeps serving, switches over once it has loaded, then unloads the old one once its in-flight requests
+have finished (however long they take). A version that fails to load (e.g. still being copied by rsync,
+which writes ``saved_model.pb`` before the variables) is retried, like TF Serving retries failed loads, with a
+back-off that doubles from the poll interval up to ``max_retry_seconds``, and at once if its
+``saved_model.pb`` changes; meanwhile the newest version that loads is served.
 """
 
 from __future__ import annotations
@@ -29,46 +31,22 @@ import time
 from typing import Any, Callable, Iterator
 
 from hrnet_tfx.serving.errors import Code, ServingError
+from hrnet_tfx.serving.names import check_model_name
 
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+def _gfile():
+    """``tf.io.gfile`` (local paths, ``gs://``, ``s3://``, ``ram://``...), imported when first needed."""
+    import tensorflow as tf
+
+    return tf.io.gfile
 
 
 def _listdir(path: str) -> list[str]:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-    return os.listdir(path)
-
-
-def _isdir(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _mtime(path: str) -> float:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.stat(path).mtime_nsec / 1e9
-    return os.stat(path).st_mtime
+    return [name.rstrip("/") for name in _gfile().listdir(path)]
 
 
 def parse_version(name: str) -> int | None:
@@ -76,7 +54,7 @@ def parse_version(name: str) -> int | None:
 
     Like TF Serving: a non-negative int64 written in ASCII digits.
     """
-    if not name or not name.isascii() or not name.isdigit():
+    if not name or len(name) > 19 or not name.isascii() or not name.isdigit():
         return None
     version = int(name)
     return version if version < 2**63 else None
@@ -86,9 +64,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     """All version directories of a model (complete or not): ``{version: path}``. Empty if no directory."""
     try:
         names = _listdir(model_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except Exception as e:  # remote file systems raise their own NotFound errors
+    except Exception as e:  # tf.errors.NotFoundError (imported lazily, hence matched by name)
         if type(e).__name__ == "NotFoundError":
             return {}
         raise
@@ -96,7 +72,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     for name in names:
         version = parse_version(name)
         path = os.path.join(model_dir, name)
-        if version is not None and _isdir(path):
+        if version is not None and _gfile().isdir(path):
             found[version] = path
     return found
 
@@ -105,7 +81,7 @@ def saved_model_file(version_dir: str) -> str | None:
     """Path of the version's ``saved_model.pb`` (or ``.pbtxt``), or None while the version is incomplete."""
     for name in SAVED_MODEL_FILES:
         path = os.path.join(version_dir, name)
-        if _exists(path):
+        if _gfile().exists(path):
             return path
     return None
 
@@ -137,22 +113,20 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
     Raises:
       ValueError: no name was given and none can be inferred; the message lists what was found.
     """
-    base = model_base if _is_remote(model_base) else os.path.abspath(model_base)
+    base = model_base if "://" in model_base else os.path.abspath(model_base)
     base = base.rstrip("/") or "/"
     base_is_model = bool(version_dirs(base))
     if model_name:
-        if "/" in model_name or model_name in (".", ".."):
-            raise ValueError(f"invalid model name {model_name!r}")
+        check_model_name(model_name)
         candidate = os.path.join(base, model_name)
-        if base_is_model and not _isdir(candidate):
+        if base_is_model and not _gfile().isdir(candidate):
             return model_name, base
         return model_name, candidate
     if base_is_model:
         return os.path.basename(base), base
-    if not _isdir(base):
+    if not _gfile().isdir(base):
         raise ValueError(f"model base {model_base!r} does not exist; pass --model-name to wait for a first push")
-    models = sorted(n for n in _listdir(base)
-                    if not n.startswith(".") and _isdir(os.path.join(base, n)) and version_dirs(os.path.join(base, n)))
+    models = sorted(n for n in _listdir(base) if not n.startswith(".") and version_dirs(os.path.join(base, n)))
     if len(models) == 1:
         return models[0], os.path.join(base, models[0])
     if not models:
@@ -192,6 +166,15 @@ class _Loaded:
         self.inflight = 0
 
 
+@dataclasses.dataclass
+class _Failure:
+    """A version that failed to load: when to try again (or sooner, if ``saved_model.pb`` changes)."""
+
+    mtime: int
+    attempts: int
+    retry_at: float
+
+
 class ModelWatcher:
     """Keeps the latest complete version of one model loaded, polling its directory for new versions.
 
@@ -200,27 +183,31 @@ class ModelWatcher:
       model_dir: the directory holding ``<version>/`` directories (see :func:`resolve_model`).
       load: ``load(version, path)`` returns the servable for a version (any object; if it has ``close()``,
         that is called when the version is unloaded). It may raise; the version is then reported as END with
-        the error, the previous version keeps serving, and the load is retried only if the version's
-        ``saved_model.pb`` changes.
+        the error, the previous version keeps serving, and the load is retried (see the module docstring).
       poll_seconds: seconds between scans (TF Serving's ``--file_system_poll_wait_seconds``).
-      unload_grace: seconds an old version waits for its in-flight requests before it is closed anyway.
+      max_retry_seconds: the longest wait between two load attempts of a version that failed.
+      unload_grace: an old version waiting for its in-flight requests logs a warning every this many
+        seconds (it is closed only when they have finished, or when the watcher stops).
 
     Use :meth:`lease` to get a servable for a request: it is never unloaded while leased.
     """
 
     def __init__(self, name: str, model_dir: str, load: Callable[[int, str], Any], *, poll_seconds: float = 1.0,
-                 unload_grace: float = 30.0):
+                 max_retry_seconds: float = 60.0, unload_grace: float = 30.0):
         if poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be > 0, got {poll_seconds}")
         self.name = name
         self.model_dir = model_dir
         self.poll_seconds = poll_seconds
         self._load = load
+        self.max_retry_seconds = max(max_retry_seconds, poll_seconds)
         self._unload_grace = unload_grace
         self._cond = threading.Condition()
         self._current: _Loaded | None = None
         self._states: dict[int, VersionStatus] = {}
-        self._failed: dict[int, float] = {}  # version -> mtime of the saved_model.pb that failed to load
+        self._failed: dict[int, _Failure] = {}
+        self._unloading: list[threading.Thread] = []
+        self._close_by: float | None = None  # set by stop(): unload even with requests still running
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_lock = threading.Lock()
@@ -297,21 +284,22 @@ class ModelWatcher:
                     log.info("%s: no complete version under %s yet; waiting for one", self.name, self.model_dir)
                     self._waiting_logged = True
                 return
-            # The newest version that has not failed to load (a broken push must not stop an older one).
+            # The newest version that loads (a broken push must not stop an older one from serving).
             for version in sorted(complete, reverse=True):
                 if version == current:
                     return
                 pb = saved_model_file(complete[version])
                 try:
-                    mtime = _mtime(pb)
-                except OSError:  # removed between the scan and now
+                    mtime = _gfile().stat(pb).mtime_nsec
+                except Exception:  # removed between the scan and now
                     continue
-                if self._failed.get(version) == mtime:
+                failure = self._failed.get(version)
+                if failure and failure.mtime == mtime and time.monotonic() < failure.retry_at:
                     continue
                 if self._load_version(version, complete[version], mtime):
                     return
 
-    def _load_version(self, version: int, path: str, mtime: float) -> bool:
+    def _load_version(self, version: int, path: str, mtime: int) -> bool:
         log.info("%s: loading version %d from %s", self.name, version, path)
         self._set_state(version, VersionState.START)
         self._set_state(version, VersionState.LOADING)
@@ -320,9 +308,12 @@ class ModelWatcher:
             servable = self._load(version, path)
         except Exception as e:  # a bad version must not take the server down
             error = e if isinstance(e, ServingError) else ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
-            log.error("%s: version %d failed to load (the previous version, if any, keeps serving): %s",
-                      self.name, version, error.message)
-            self._failed[version] = mtime
+            previous = self._failed.get(version)
+            attempts = previous.attempts + 1 if previous and previous.mtime == mtime else 1
+            delay = min(self.max_retry_seconds, self.poll_seconds * 2 ** min(attempts - 1, 30))
+            self._failed[version] = _Failure(mtime, attempts, time.monotonic() + delay)
+            log.error("%s: version %d failed to load (attempt %d; the previous version, if any, keeps serving; "
+                      "retrying in %.0f s): %s", self.name, version, attempts, delay, error.message)
             self._set_state(version, VersionState.END, error)
             return False
         self._failed.pop(version, None)
@@ -337,17 +328,28 @@ class ModelWatcher:
                 self._states[new.version] = VersionStatus(new.version, VersionState.AVAILABLE)
             self._cond.notify_all()
         if old is not None:
-            self._unload(old)
+            self._set_state(old.version, VersionState.UNLOADING)
+            thread = threading.Thread(target=self._unload, args=(old,), name=f"unload-{self.name}-{old.version}",
+                                      daemon=True)
+            with self._cond:
+                self._unloading = [t for t in self._unloading if t.is_alive()] + [thread]
+            thread.start()
 
     def _unload(self, loaded: _Loaded) -> None:
-        self._set_state(loaded.version, VersionState.UNLOADING)
-        deadline = time.monotonic() + self._unload_grace
+        """Closes a version once its requests have finished (in its own thread: polling goes on meanwhile)."""
+        start = warned = time.monotonic()
         with self._cond:
-            while loaded.inflight > 0 and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
-            if loaded.inflight:
-                log.warning("%s: closing version %d with %d requests still running after %.0f s", self.name,
-                            loaded.version, loaded.inflight, self._unload_grace)
+            while loaded.inflight > 0:
+                now = time.monotonic()
+                if self._close_by is not None and now >= self._close_by:
+                    log.warning("%s: stopping: closing version %d with %d requests still running", self.name,
+                                loaded.version, loaded.inflight)
+                    break
+                if now - warned >= self._unload_grace:
+                    warned = now
+                    log.warning("%s: version %d still has %d requests running after %.0f s; unloading it when "
+                                "they finish", self.name, loaded.version, loaded.inflight, now - start)
+                self._cond.wait(0.5)
         close = getattr(loaded.servable, "close", None)
         if close is not None:
             try:
@@ -366,14 +368,16 @@ class ModelWatcher:
 
     def start(self) -> "ModelWatcher":
         """Scans once (loading the latest version before returning), then keeps polling in a thread."""
+        self._close_by = None
         self.poll()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"watch-{self.name}", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self, unload: bool = True) -> None:
-        """Stops polling and (by default) unloads the version being served."""
+    def stop(self, unload: bool = True, grace: float = 30.0) -> None:
+        """Stops polling and (by default) unloads every version, waiting up to ``grace`` seconds for requests
+        still running on them."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -381,3 +385,9 @@ class ModelWatcher:
         if unload:
             with self._poll_lock:
                 self._swap(None)
+            with self._cond:
+                self._close_by = time.monotonic() + grace
+                threads = list(self._unloading)
+                self._cond.notify_all()
+            for thread in threads:
+                thread.join()

@@ -20,6 +20,14 @@ integers and booleans become ``int64_list``, other numbers ``float_list``, strin
 ``{"results": [[[label, score], ...], ...]}``, one list of (label, score) pairs per example.
 
 Errors are ``{"error": "..."}``.
+
+Requests are bounded before they are expanded: at most :data:`MAX_JSON_VALUES` JSON values per body (a list
+of empty objects costs ~30x its bytes as Python objects), nesting as deep as ``json`` allows, tensors of at
+most 32 dimensions, and at most ``max_items`` instances or examples (a Classify context is merged into
+each example only if the result fits ``max_bytes``).
+
+The client (:mod:`hrnet_tfx.serving.client`) uses the same module for the other direction
+(:func:`array_to_json`, :func:`json_to_untyped_array`, :func:`example_to_json`).
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from hrnet_tfx.serving.errors import invalid
-from hrnet_tfx.serving.tensors import dtype_name, numpy_dtype
+from hrnet_tfx.serving.tensors import MAX_RANK, check_item_count, dtype_name, numpy_dtype
 
 B64 = "b64"
 BYTES_SUFFIX = "_bytes"
 _FLT_MAX = float(np.finfo(np.float32).max)
+MAX_JSON_VALUES = 2_000_000
+"""Most JSON values (counted by their separators) a request body may hold."""
 _INT_RANGES = {"DT_INT8": (-2**7, 2**7 - 1), "DT_INT16": (-2**15, 2**15 - 1), "DT_INT32": (-2**31, 2**31 - 1),
                "DT_UINT8": (0, 2**8 - 1), "DT_UINT16": (0, 2**16 - 1), "DT_UINT32": (0, 2**32 - 1),
                "DT_INT64": (-2**63, 2**63 - 1), "DT_UINT64": (0, 2**64 - 1)}
@@ -57,8 +67,14 @@ def parse_json(body: bytes) -> dict:
     """The request body as a JSON object (INVALID_ARGUMENT if it is empty, malformed or not an object)."""
     if not body:
         raise invalid("JSON Parse error: The document is empty")
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if values > MAX_JSON_VALUES:
+        raise invalid(f"JSON Parse error: about {values:,} values in the document, more than this server's limit "
+                      f"of {MAX_JSON_VALUES:,}")
     try:
         doc = json.loads(body)
+    except RecursionError:
+        raise invalid("JSON Parse error: the document is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise invalid(f"JSON Parse error: {e}") from None
     if not isinstance(doc, dict):
@@ -67,7 +83,12 @@ def parse_json(body: bytes) -> dict:
 
 
 def _short(value: Any, limit: int = 120) -> str:
-    text = json.dumps(value)
+    try:
+        if isinstance(value, (list, dict)) and len(value) > limit:
+            raise ValueError("too long to show")
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        return "[...]" if isinstance(value, list) else "{...}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -127,6 +148,8 @@ def json_to_array(value: Any, dtype: int, where: str) -> np.ndarray:
     probe = value
     while isinstance(probe, list):
         shape.append(len(probe))
+        if len(shape) > MAX_RANK:
+            raise invalid(f"{where}: lists nested more than {MAX_RANK} deep")
         if not probe:
             break
         probe = probe[0]
@@ -157,12 +180,19 @@ def json_to_array(value: Any, dtype: int, where: str) -> np.ndarray:
     return np.array(flat, dtype=np_dtype).reshape(shape)
 
 
-def parse_predict(doc: dict, input_infos: Callable[[str], Mapping[str, Any]]) -> tuple[str, dict, bool]:
+def _check_rows(value: Any, max_items: int | None, what: str) -> None:
+    if isinstance(value, list):
+        check_item_count(len(value), max_items, what)
+
+
+def parse_predict(doc: dict, input_infos: Callable[[str], Mapping[str, Any]],
+                  max_items: int | None = None) -> tuple[str, dict, bool]:
     """Reads a Predict request.
 
     Args:
       doc: the request object.
       input_infos: ``signature_name -> {input alias: TensorInfo}`` (raises for an unknown signature).
+      max_items: most instances (or rows of a columnar input) accepted, checked before conversion.
 
     Returns:
       ``(signature_name, {alias: array}, row_format)``.
@@ -179,6 +209,7 @@ def parse_predict(doc: dict, input_infos: Callable[[str], Mapping[str, Any]]) ->
             raise invalid("Expecting 'instances' to be an list/array")
         if not instances:
             raise invalid("No values in 'instances' array")
+        _check_rows(instances, max_items, "instances")
         objects = isinstance(instances[0], dict) and not is_b64(instances[0])
         if not objects:
             if len(names) > 1:
@@ -208,6 +239,8 @@ def parse_predict(doc: dict, input_infos: Callable[[str], Mapping[str, Any]]) ->
         return signature_name, inputs, True
     if has_inputs:
         value = doc["inputs"]
+        for column in (value.values() if isinstance(value, dict) and not is_b64(value) else [value]):
+            _check_rows(column, max_items, "rows in 'inputs'")
         if not isinstance(value, dict) or is_b64(value):
             if len(names) > 1:
                 raise invalid("inputs is a plain value/list, but expecting an object as multiple input tensors "
@@ -276,9 +309,45 @@ def _json_texts(name: str, array: np.ndarray) -> tuple[str, list[str] | None]:
     return "[" + ",".join(rows) + "]", rows
 
 
-def _jsonable(name: str, array: np.ndarray):
+def array_to_json(array: np.ndarray, name: str = ""):
     """A tensor as nested Python lists (floats exact and short, strings as text or ``{"b64": ...}``)."""
-    return json.loads(_json_texts(name, array)[0])
+    return json.loads(_json_texts(name, np.asarray(array))[0])
+
+
+def json_to_untyped_array(value: Any) -> np.ndarray:
+    """A JSON answer's tensor as an array when its dtype is not known (JSON carries none): strings and
+    ``{"b64": ...}`` become an object array of bytes, numbers float64/int64."""
+    def leaf(v):
+        if is_b64(v):
+            return decode_b64(v, "answer")
+        if isinstance(v, str):
+            return v.encode("utf-8")
+        if isinstance(v, list):
+            return [leaf(x) for x in v]
+        return v
+
+    converted = leaf(value)
+    probe = converted
+    while isinstance(probe, list) and probe:
+        probe = probe[0]
+    return np.array(converted, dtype=object if isinstance(probe, bytes) else None)
+
+
+def example_to_json(example) -> dict:
+    """A ``tf.train.Example`` as a Classify request's JSON object (the inverse of :func:`json_to_example`;
+    bytes always as ``{"b64": ...}``)."""
+    out = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "bytes_list":
+            out[name] = [{B64: base64.b64encode(v).decode("ascii")} for v in feature.bytes_list.value]
+        elif kind == "int64_list":
+            out[name] = list(feature.int64_list.value)
+        elif kind == "float_list":
+            out[name] = list(feature.float_list.value)
+        else:
+            out[name] = []
+    return out
 
 
 def predict_json(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
@@ -355,12 +424,12 @@ def json_to_example(obj: Any, where: str):
     return example
 
 
-def parse_classify(doc: dict) -> tuple[str, list[bytes]]:
-    """Reads a Classify request: ``(signature_name, serialized tf.Examples)`` (context merged in)."""
+def parse_classify(doc: dict, max_items: int | None = None, max_bytes: int | None = None) -> tuple[str, list[bytes]]:
+    """Reads a Classify request: ``(signature_name, serialized tf.Examples)`` (context merged in).
+
+    At most ``max_items`` examples, and at most ``max_bytes`` bytes once the context is merged into each.
+    """
     signature_name = signature_name_of(doc)
-    context = b""
-    if "context" in doc:
-        context = json_to_example(doc["context"], "context").SerializeToString()
     if "examples" not in doc:
         raise invalid("When method is classify, key 'examples' is expected and was not found")
     examples = doc["examples"]
@@ -368,16 +437,24 @@ def parse_classify(doc: dict) -> tuple[str, list[bytes]]:
         raise invalid("Expecting 'examples' value to be an list/array")
     if not examples:
         raise invalid("'examples' value is an empty array")
-    return signature_name, [context + json_to_example(e, f"examples[{i}]").SerializeToString()
-                            for i, e in enumerate(examples)]
+    check_item_count(len(examples), max_items, "examples")
+    context = b""
+    if "context" in doc:
+        context = json_to_example(doc["context"], "context").SerializeToString()
+    serialized = [json_to_example(e, f"examples[{i}]").SerializeToString() for i, e in enumerate(examples)]
+    merged = len(context) * len(serialized) + sum(map(len, serialized))
+    if max_bytes is not None and merged > max_bytes:
+        raise invalid(f"{len(serialized):,} examples with a {len(context):,}-byte context make {merged:,} bytes, "
+                      f"more than this server's limit of {max_bytes:,} bytes per request")
+    return signature_name, [context + e for e in serialized]
 
 
 def format_classify(classes: np.ndarray | None, scores: np.ndarray | None) -> dict:
     """``{"results": [[[label, score], ...], ...]}`` (label "" or score 0.0 when the signature lacks one)."""
     reference = classes if classes is not None else scores
     n, c = reference.shape
-    labels = _jsonable("classes", classes) if classes is not None else [[""] * c for _ in range(n)]
-    values = _jsonable("scores", scores) if scores is not None else [[0.0] * c for _ in range(n)]
+    labels = array_to_json(classes, "classes") if classes is not None else [[""] * c for _ in range(n)]
+    values = array_to_json(scores, "scores") if scores is not None else [[0.0] * c for _ in range(n)]
     return {"results": [[[labels[i][j], values[i][j]] for j in range(c)] for i in range(n)]}
 
 

@@ -1,4 +1,4 @@
-"""TF Serving's REST API over a :class:`~hrnet_tfx.serving.core.ServingCore` (standard library HTTP server).
+"""TF Serving's REST API over a :class:`~hrnet_tfx.serving.core.ServingCore`, served by tornado.
 
 Routes (case-insensitive, as in TF Serving; see :mod:`hrnet_tfx.serving.rest_json` for the bodies)::
 
@@ -9,25 +9,45 @@ Routes (case-insensitive, as in TF Serving; see :mod:`hrnet_tfx.serving.rest_jso
 
 Errors are ``{"error": "..."}`` with TF Serving's status mapping (400 for INVALID_ARGUMENT and
 FAILED_PRECONDITION, 404 for NOT_FOUND, ...); a request under ``/v1/`` that matches no route is a 400
-"Malformed request", as TF Serving answers it. One thread per connection; HTTP/1.1 keep-alive; idle
-connections are closed after ``idle_timeout`` seconds and at shutdown, while requests in flight finish.
+"Malformed request", as TF Serving answers it.
+
+HTTP itself is tornado's (a maintained server: strict ``Content-Length`` and chunk-size parsing, bounded
+headers and bodies, timeouts), on one event-loop thread; request bodies are handled on the shared worker
+pool. Tornado was chosen over aiohttp because it bounds the time to receive a request's headers and its
+body (``idle_connection_timeout``, ``body_timeout``), so a client dripping a byte every few seconds is
+disconnected; aiohttp's server has no header or body timeout. What is bounded:
+
+* headers: 64 KiB, received within ``request_timeout`` seconds (also the keep-alive idle limit);
+* body: ``max_request_bytes`` (a larger ``Content-Length`` gets 413 before the body is read; a chunked
+  body that grows past it gets tornado's 400 and the connection is closed), received within
+  ``request_timeout`` seconds;
+* requests being received, handled or waiting for a worker: ``max_concurrent_requests`` (more get 429,
+  RESOURCE_EXHAUSTED), so bodies held at once are at most that many times ``max_request_bytes``; open
+  connections: ``max_connections`` (more get 503 and are closed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import logging
 import re
-import socket
-import socketserver
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from concurrent import futures
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
 
 from hrnet_tfx.serving import rest_json
-from hrnet_tfx.serving.core import ServingCore
-from hrnet_tfx.serving.errors import Code, ServingError, invalid
+from hrnet_tfx.serving.core import (DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
+                                    DEFAULT_REQUEST_TIMEOUT, ServingCore)
+from hrnet_tfx.serving.errors import Code, ServingError, internal, invalid
 from hrnet_tfx.serving.grpc_service import model_status_response, signature_def_map
+from hrnet_tfx.serving.model_base import parse_version
 
 log = logging.getLogger(__name__)
 
@@ -35,124 +55,7 @@ _VERSION = r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
 PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)" + _VERSION + r":(?P<method>classify|regress|predict)",
                           re.IGNORECASE)
 STATUS_PATH = re.compile(r"/v1/models(?:/(?P<name>[^/:]+))?" + _VERSION + r"(?:/(?P<sub>metadata))?", re.IGNORECASE)
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "hrnet-tfx-dev-server"
-    server: "RestServer"
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.idle_timeout)
-        # Headers and body go out in separate writes: without this, Nagle's algorithm holds the body back
-        # until the client's delayed ACK (~40 ms per keep-alive request).
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection, busy=False)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
-
-    def parse_request(self) -> bool:
-        if not self.server.track(self.connection, busy=True):  # shutting down: refuse, then close
-            self.close_connection = True
-            if super().parse_request():
-                self._reply(503, rest_json.error_body("the server is shutting down"))
-            return False
-        return super().parse_request()
-
-    def log_message(self, fmt, *args) -> None:  # route http.server's access log to DEBUG
-        log.debug("%s %s", self.address_string(), fmt % args)
-
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection or self.server.stopping:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            return self._chunked_body()
-        length = self.headers.get("Content-Length")
-        if length is None:
-            return b""
-        try:
-            size = int(length)
-        except ValueError:
-            raise invalid(f"bad Content-Length: {length!r}") from None
-        if size > self.server.max_request_bytes:
-            self.close_connection = True
-            raise ServingError(Code.INVALID_ARGUMENT, f"request body of {size:,} bytes is larger than this server's "
-                               f"limit of {self.server.max_request_bytes:,} bytes", http_status=413)
-        return self.rfile.read(size)
-
-    def _chunked_body(self) -> bytes:
-        chunks, total = [], 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise invalid("malformed chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(chunks)
-            total += size
-            if total > self.server.max_request_bytes:
-                self.close_connection = True
-                raise ServingError(Code.INVALID_ARGUMENT, "request body is larger than this server's limit of "
-                                   f"{self.server.max_request_bytes:,} bytes", http_status=413)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(2)
-
-    def _handle(self, method: str) -> None:
-        start, items, status = time.monotonic(), 0, 500
-        try:
-            request_body = self._body()  # always read, so a keep-alive connection stays in step
-            path = urllib.parse.urlsplit(self.path).path
-            if not path.lower().startswith("/v1/"):
-                status, body = 404, rest_json.error_body(f"Not found: {path} (the API is under /v1/models/)")
-            else:
-                body, items = self.server.api.dispatch(method, path, request_body)
-                status = 200
-        except ServingError as e:
-            status, body = e.http_status, rest_json.error_body(e.message)
-            log.debug("REST %s %s failed: %s", method, self.path, e)
-        except (ConnectionError, socket.timeout):
-            self.close_connection = True
-            return
-        except Exception as e:  # a bug: answer 500 and keep serving
-            log.exception("REST %s %s: internal error", method, self.path)
-            status, body = 500, rest_json.error_body(f"{type(e).__name__}: {e}")
-        finally:
-            self.server.core.stats.record(items, time.monotonic() - start, status == 200)
-        try:
-            self._reply(status, body)
-        finally:
-            self.server.track(self.connection, busy=False)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class RestApi:
@@ -160,6 +63,25 @@ class RestApi:
 
     def __init__(self, core: ServingCore):
         self.core = core
+
+    def respond(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """``(HTTP status, JSON body)`` for one call; never raises (errors become ``{"error": ...}``)."""
+        start, items, status = time.monotonic(), 0, 500
+        try:
+            if not path.lower().startswith("/v1/"):
+                status, answer = 404, rest_json.error_body(f"Not found: {path[:200]} (the API is under /v1/models/)")
+            else:
+                answer, items = self.dispatch(method, path, body)
+                status = 200
+        except ServingError as e:
+            status, answer = e.http_status, rest_json.error_body(e.message)
+            log.debug("REST %s %s failed: %s", method, path[:200], e)
+        except Exception:  # a bug, or memory ran out: tell the caller little, log the rest, keep serving
+            error = internal(f"REST {method} {path[:200]}")
+            status, answer = error.http_status, rest_json.error_body(error.message)
+        finally:
+            self.core.stats.record(items, time.monotonic() - start, status == 200)
+        return status, answer
 
     def dispatch(self, method: str, path: str, body: bytes) -> tuple[bytes, int]:
         """Handles one call (raises :class:`ServingError` for an error response)."""
@@ -183,12 +105,17 @@ class RestApi:
             if label:
                 raise ServingError(Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
             return rest_json.dumps(rest_json.format_status(model_status_response(self.core.status(name, version)))), 0
-        raise invalid(f"Malformed request: {method} {path}")
+        raise invalid(f"Malformed request: {method} {path[:200]}")
 
     @staticmethod
     def _spec(match) -> tuple[str, int | None, str | None]:
         name = urllib.parse.unquote(match["name"]) if match["name"] else ""
-        version = int(match["version"]) if match["version"] else None
+        version = None
+        if match["version"]:
+            version = parse_version(match["version"])
+            if version is None:
+                raise invalid(f"version {match['version'][:30]}{'...' if len(match['version']) > 30 else ''} is not "
+                              "a version number (a non-negative 64-bit integer)")
         label = urllib.parse.unquote(match["label"]) if match["label"] else None
         return name, version, label
 
@@ -199,14 +126,15 @@ class RestApi:
                 signature = servable.signature(signature_name, code=Code.INVALID_ARGUMENT)
                 return signature.inputs
 
-            signature_name, inputs, row_format = rest_json.parse_predict(doc, input_infos)
+            signature_name, inputs, row_format = rest_json.parse_predict(doc, input_infos, servable.max_items)
             outputs = servable.predict(signature_name, inputs)
         items = len(next(iter(inputs.values()))) if inputs and next(iter(inputs.values())).ndim else 0
         return rest_json.predict_json(outputs, row_format), items
 
     def _classify(self, name, version, label, body) -> tuple[bytes, int]:
-        signature_name, examples = rest_json.parse_classify(rest_json.parse_json(body))
+        doc = rest_json.parse_json(body)
         with self.core.lease(name, version, label) as servable:
+            signature_name, examples = rest_json.parse_classify(doc, servable.max_items, self.core.max_request_bytes)
             classes, scores = servable.classify(signature_name, examples)
         return rest_json.dumps(rest_json.format_classify(classes, scores)), len(examples)
 
@@ -220,99 +148,191 @@ class RestApi:
             return rest_json.dumps(rest_json.format_metadata(response, signature_def_map(servable)))
 
 
-class RestServer(HTTPServer):
-    """The REST endpoint: ``RestServer((host, port), core)``; ``serve_forever()`` in a thread, ``stop()``.
+class _Limits:
+    """What the handlers share: the API, the worker pool, the limits and the in-flight count (touched only
+    on the event-loop thread)."""
+
+    def __init__(self, api: RestApi, executor: futures.Executor, max_request_bytes: int, max_concurrent: int):
+        self.api, self.executor = api, executor
+        self.max_request_bytes, self.max_concurrent = max_request_bytes, max_concurrent
+        self.active = 0
+        self.stopping = False
+
+
+@tornado.web.stream_request_body
+class _Handler(tornado.web.RequestHandler):
+    SUPPORTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+    def initialize(self, limits: _Limits) -> None:
+        self.limits = limits
+        self._chunks: list[bytes] = []
+
+    def compute_etag(self):  # answers are not cacheable
+        return None
+
+    def _reply(self, status: int, body: bytes):
+        self.set_status(status, http.client.responses.get(status, "Error"))
+        self.set_header("Content-Type", "application/json")
+        return self.finish(body)
+
+    def write_error(self, status_code: int, **kwargs) -> None:  # tornado's own errors (e.g. 405), as JSON
+        self.set_header("Content-Type", "application/json")
+        self.finish(rest_json.error_body(self._reason))
+
+    async def prepare(self) -> None:
+        limits = self.limits
+        self._counted = self._working = False
+        if limits.stopping:
+            await self._reply(503, rest_json.error_body("the server is shutting down"))
+            return
+        length = self.request.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > limits.max_request_bytes:
+            # Answered before the body is read; the connection is then closed.
+            await self._reply(413, rest_json.error_body(
+                f"request body of {int(length):,} bytes is larger than this server's limit of "
+                f"{limits.max_request_bytes:,} bytes (--max-request-bytes)"))
+            return
+        if limits.active >= limits.max_concurrent:  # counted from here: bodies being received hold memory too
+            await self._reply(429, rest_json.error_body(
+                f"the server is busy: {limits.active} requests in flight (--max-concurrent-requests); retry later"))
+            return
+        limits.active += 1
+        self._counted = True
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.limits.active -= 1
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if not self._working:  # a request being processed is released when it ends, not when its client leaves
+            self._release()
+
+    def on_finish(self) -> None:
+        self._release()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    async def _handle(self, *args) -> None:
+        limits = self.limits
+        self._working = True
+        try:
+            body, self._chunks = b"".join(self._chunks), []
+            loop = asyncio.get_running_loop()
+            status, answer = await loop.run_in_executor(limits.executor, limits.api.respond, self.request.method,
+                                                        self.request.path, body)
+        finally:
+            self._working = False
+            self._release()
+        try:
+            await self._reply(status, answer)
+        except tornado.iostream.StreamClosedError:  # the client left before its answer
+            pass
+
+    get = post = put = delete = patch = _handle
+
+
+class _HTTPServer(tornado.httpserver.HTTPServer):
+    """tornado's HTTP server with a cap on open connections."""
+
+    max_connections = DEFAULT_MAX_CONNECTIONS
+    _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s")
+
+    def handle_stream(self, stream, address) -> None:
+        if self.open_connections >= self.max_connections:
+            body = rest_json.error_body(f"too many open connections ({self.max_connections}); retry later")
+            stream.write(self._REFUSED % (len(body), body)).add_done_callback(lambda _: stream.close())
+            return
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
+
+
+class RestServer:
+    """The REST endpoint: bound at construction (``server_address``), ``start()`` serves in a thread, ``stop()``.
 
     Args:
-      address: ``(host, port)``; port 0 picks a free port (see ``server_address`` after construction).
+      address: ``(host, port)``; port 0 picks a free port.
       core: the models.
-      max_request_bytes: larger request bodies get HTTP 413.
-      idle_timeout: seconds a keep-alive connection may stay idle (also bounds slow uploads).
+      executor: the worker pool that runs requests (shared with gRPC; a private one if None).
+      max_request_bytes: larger bodies are refused (see the module docstring).
+      request_timeout: seconds to receive a request's headers (and to wait for the next request on an idle
+        keep-alive connection), and seconds to receive its body.
+      max_connections, max_concurrent_requests: see the module docstring.
     """
 
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], core: ServingCore, *,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, idle_timeout: float = 60.0):
-        self.core = core
-        self.api = RestApi(core)
-        self.max_request_bytes = max_request_bytes
-        self.idle_timeout = idle_timeout
-        self.stopping = False
-        self._lock = threading.Lock()
-        self._connections: dict[socket.socket, bool] = {}
-        self._threads: set[threading.Thread] = set()
-        self._serve_thread: threading.Thread | None = None
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # HTTPServer's version does a reverse DNS lookup
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+    def __init__(self, address: tuple[str, int], core: ServingCore, *, executor: futures.Executor | None = None,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS):
+        host, port = address
+        self._sockets = tornado.netutil.bind_sockets(port, address=host or None, backlog=128)
+        self.server_address = self._sockets[0].getsockname()[:2]
+        self._own_executor = executor is None
+        executor = executor or futures.ThreadPoolExecutor(4, thread_name_prefix="rest")
+        self._limits = _Limits(RestApi(core), executor, max_request_bytes, max_concurrent_requests)
+        self._settings = dict(max_header_size=MAX_HEADER_BYTES, max_body_size=max_request_bytes,
+                              idle_connection_timeout=request_timeout, body_timeout=request_timeout)
+        self._max_connections = max_connections
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> "RestServer":
-        """Serves in a background thread."""
-        self._serve_thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                              name="rest-accept", daemon=True)
-        self._serve_thread.start()
+        """Serves in a background thread (returns once it accepts connections)."""
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def listen():
+            app = tornado.web.Application([(r"/.*", _Handler, {"limits": self._limits})],
+                                          log_function=lambda handler: log.debug(
+                                              "%s %s %d", handler.request.method, handler.request.path[:200],
+                                              handler.get_status()))
+            self._server = _HTTPServer(app, **self._settings)
+            self._server.max_connections, self._server.open_connections = self._max_connections, 0
+            self._server.add_sockets(self._sockets)
+            ready.set()
+
+        def run():
+            asyncio.set_event_loop(self._loop)
+            self._loop.call_soon(listen)
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="rest", daemon=True)
+        self._thread.start()
+        ready.wait()
         return self
 
-    def process_request(self, request, client_address) -> None:
-        thread = threading.Thread(target=self._process, args=(request, client_address), daemon=True,
-                                  name="rest-connection")
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-
-    def _process(self, request, client_address) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("REST connection from %s ended with an error", client_address, exc_info=True)
-
-    def track(self, connection: socket.socket, busy: bool) -> bool:
-        """Records whether a connection is mid-request; False if a new request arrives after ``stop``."""
-        with self._lock:
-            if busy and self.stopping:
-                return False
-            self._connections[connection] = busy
-            return True
-
-    def untrack(self, connection: socket.socket) -> None:
-        """Forgets a closed connection."""
-        with self._lock:
-            self._connections.pop(connection, None)
+    async def _shutdown(self, grace: float) -> None:
+        self._server.stop()  # no new connections
+        self._limits.stopping = True  # new requests on open connections get 503
+        deadline = time.monotonic() + grace
+        while self._limits.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._limits.active:
+            log.warning("REST: %d requests still running after %.0f s; closing their connections",
+                        self._limits.active, grace)
+        await self._server.close_all_connections()
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stops accepting, lets requests in flight finish (up to ``grace`` s), closes idle connections."""
-        if self._serve_thread is not None:
-            self.shutdown()
-            self._serve_thread.join()
-            self._serve_thread = None
-        self.server_close()
-        with self._lock:
-            self.stopping = True
-            idle = [conn for conn, busy in self._connections.items() if not busy]
-            threads = list(self._threads)
-        for conn in idle:
-            try:
-                conn.shutdown(socket.SHUT_RD)  # wakes the handler blocked reading the next request
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            left = sum(1 for t in self._threads if t.is_alive())
-        if left:
-            log.warning("REST: %d connections still open after %.0f s; abandoning them", left, grace)
+        """Stops accepting, lets requests in flight finish (up to ``grace`` s), closes every connection."""
+        if self._thread is None:
+            for sock in self._sockets:
+                sock.close()
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop).result(grace + 10)
+        except futures.TimeoutError:
+            log.warning("REST: connections did not close in time; abandoning them")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._thread = None
+        if self._own_executor:
+            self._limits.executor.shutdown(wait=False)

@@ -7,7 +7,10 @@ tensor names in their SignatureDefs. That loads faster than rebuilding the Pytho
 
 Request validation follows TF Serving's: an unknown signature is ``FAILED_PRECONDITION`` for Predict
 (``INVALID_ARGUMENT`` for Classify), input names must match the signature's exactly, an unknown output in
-``output_filter`` is ``INVALID_ARGUMENT``, and errors raised by the graph keep TensorFlow's code.
+``output_filter`` is ``INVALID_ARGUMENT``, and errors raised by the graph keep TensorFlow's code (with a
+generic message for internal ones, whose details are logged). Beyond TF Serving, a request may carry at
+most ``max_items`` images or examples, and a gRPC tensor's dtype and declared shape are checked against the
+signature before it is converted (:meth:`SavedModelServable.predict_protos`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from typing import Sequence
 import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from hrnet_tfx.serving.batching import Batcher, BatchingOptions
 from hrnet_tfx.serving.errors import Code, ServingError, from_tf_error, invalid
 from hrnet_tfx.serving.image_guard import ImageGuard
-from hrnet_tfx.serving.tensors import dtype_name, numpy_dtype
+from hrnet_tfx.serving.tensors import (check_item_count, declared_shape, dtype_name, numpy_dtype,
+                                       to_ndarray)
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +71,17 @@ class SavedModelServable:
       version: the version number.
       path: the version directory.
       image_guard: header checks on image inputs before the graph runs (None: no checks).
-      batching: merge concurrent requests (None: every request runs on its own).
+      max_items: most images/examples (first dimension of an input) per request (None: no limit).
       intra_op_threads, inter_op_threads: TF session thread pools (0: TensorFlow's default).
     """
 
     def __init__(self, name: str, version: int, path: str, *, image_guard: ImageGuard | None = None,
-                 batching: BatchingOptions | None = None, intra_op_threads: int = 0, inter_op_threads: int = 0):
+                 max_items: int | None = None, intra_op_threads: int = 0, inter_op_threads: int = 0):
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
         self.image_guard = image_guard
+        self.max_items = max_items
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                                           inter_op_parallelism_threads=inter_op_threads,
                                           allow_soft_placement=True)
@@ -90,7 +94,6 @@ class SavedModelServable:
             self._session.close()
             raise ServingError(Code.FAILED_PRECONDITION, f"cannot load the SavedModel at {path}: {e}") from e
         self.signature_defs = dict(meta_graph.signature_def)
-        self._batcher = Batcher(self._session_run, batching) if batching else None
 
     # -- signatures ------------------------------------------------------------------------------------
     def signature(self, name: str | None, code: Code = Code.FAILED_PRECONDITION):
@@ -103,7 +106,7 @@ class SavedModelServable:
         return signature
 
     # -- running ---------------------------------------------------------------------------------------
-    def _session_run(self, feeds: dict, fetches: Sequence[str]) -> list:
+    def _run(self, feeds: dict, fetches: Sequence[str]) -> list:
         import tensorflow as tf
 
         try:
@@ -111,19 +114,24 @@ class SavedModelServable:
         except tf.errors.OpError as e:
             raise from_tf_error(e) from None
 
-    def _run(self, feeds: dict, fetches: Sequence[str]) -> list:
-        if self._batcher is not None:
-            return self._batcher.run(feeds, fetches)
-        return self._session_run(feeds, fetches)
-
-    def _check_inputs(self, signature_name: str, signature, inputs: dict) -> dict:
-        sent, expected = set(inputs), set(signature.inputs)
+    @staticmethod
+    def _check_names(signature_name: str, signature, sent) -> None:
+        sent, expected = set(sent), set(signature.inputs)
         if sent != expected:
             extra, missing = sorted(sent - expected), sorted(expected - sent)
             raise invalid(
                 f"input names do not match the signature '{signature_name}': it takes "
                 f"{{{','.join(sorted(expected))}}}; sent extra {{{','.join(extra)}}}, missing "
                 f"{{{','.join(missing)}}}")
+
+    def _check_shape(self, alias: str, info, shape: tuple) -> None:
+        if not _shape_compatible(info.tensor_shape, shape):
+            raise invalid(f"input '{alias}' must have shape {_shape_str(info.tensor_shape)}, got {list(shape)}")
+        if shape:
+            check_item_count(shape[0], self.max_items, f"items in input '{alias}'")
+
+    def _check_inputs(self, signature_name: str, signature, inputs: dict) -> dict:
+        self._check_names(signature_name, signature, inputs)
         feeds = {}
         for alias, info in signature.inputs.items():
             value = np.asarray(inputs[alias])
@@ -136,20 +144,32 @@ class SavedModelServable:
                 if value.dtype.kind in "OSU" or not np.can_cast(value.dtype, want, casting="same_kind"):
                     raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
                 value = value.astype(want)
-            if not _shape_compatible(info.tensor_shape, value.shape):
-                raise invalid(f"input '{alias}' must have shape {_shape_str(info.tensor_shape)}, got "
-                              f"{list(value.shape)}")
+            self._check_shape(alias, info, value.shape)
             feeds[alias] = value
         if self.image_guard is not None:
             self.image_guard.check_inputs(feeds)
         return {signature.inputs[alias].name: value for alias, value in feeds.items()}
+
+    def predict_protos(self, signature_name: str | None, tensors: dict, output_filter: Sequence[str] = ()) -> dict:
+        """:meth:`predict` on ``{input alias: TensorProto}``: names, dtypes and declared shapes are checked
+        against the signature (and the item cap) before any tensor is converted."""
+        signature = self.signature(signature_name)
+        self._check_names(signature_name or DEFAULT_SIGNATURE, signature, tensors)
+        for alias, proto in tensors.items():
+            info = signature.inputs[alias]
+            if proto.dtype != info.dtype:
+                raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {dtype_name(proto.dtype)}")
+            self._check_shape(alias, info, declared_shape(proto, f"input '{alias}'"))
+        inputs = {alias: to_ndarray(proto, f"input '{alias}'") for alias, proto in tensors.items()}
+        return self.predict(signature_name, inputs, output_filter)
 
     def predict(self, signature_name: str | None, inputs: dict, output_filter: Sequence[str] = ()) -> dict:
         """Runs a signature: ``{input alias: array}`` -> ``{output alias: array}`` (Predict API semantics).
 
         Raises:
           ServingError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for wrong inputs,
-            bad images or an unknown output, and TensorFlow's code for errors raised by the graph.
+            bad images, too many items or an unknown output, and TensorFlow's code for errors raised by the
+            graph.
         """
         signature_name = signature_name or DEFAULT_SIGNATURE
         signature = self.signature(signature_name)
@@ -199,10 +219,6 @@ class SavedModelServable:
                           f"{scores.shape[1]}")
         return classes, scores
 
-    def batching_stats(self) -> dict | None:
-        """The batcher's counts (see :meth:`Batcher.stats`), or None without batching."""
-        return self._batcher.stats() if self._batcher is not None else None
-
     # -- warm-up and lifetime --------------------------------------------------------------------------
     def warm_up(self) -> int:
         """Replays ``assets.extra/tf_serving_warmup_requests`` like TF Serving does at load; returns the count.
@@ -228,6 +244,4 @@ class SavedModelServable:
 
     def close(self) -> None:
         """Releases the session (the watcher calls this once in-flight requests have finished)."""
-        if self._batcher is not None:
-            self._batcher.close()
         self._session.close()

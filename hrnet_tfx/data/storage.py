@@ -1,0 +1,199 @@
+"""Reading a dataset's inputs wherever they are: a local path or a URL of any TensorFlow file system
+(``gs://``, ``s3://`` with tensorflow-io, ``hdfs://``, the in-process ``ram://`` used by the tests).
+
+URLs (anything with ``://``) go through ``tf.io.gfile``, also inside Beam workers (Beam's own FileSystems
+does not know TensorFlow's file systems such as ``ram://``). Local paths go through ``os``, for three reasons
+that only exist on local file systems: TensorFlow's file API cannot name a file whose name is not valid
+UTF-8 (it takes ``str``, and ``os`` gives such names as surrogate escapes); ``os.scandir`` tells files from
+directories without a stat per file; and only a local file can be a FIFO, a device or a symlink loop, which
+:func:`read_input` refuses before reading (a FIFO would block a worker forever, ``/dev/zero`` never ends).
+
+Listing is the expensive call on object stores, so discovery lists each directory once and never stats
+its files: Google Cloud Storage marks sub-"directories" in a listing with a trailing ``/``. Other remote
+file systems (and ``ram://``) do not, so there each listed name costs one ``isdir`` call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_lib
+from typing import IO
+
+from hrnet_tfx.data.labels import DataError
+
+_MARKS_DIRECTORIES = ("gs",)
+"""URL schemes whose directory listings end every sub-directory name with '/' (TF's GCS file system)."""
+
+
+class InputFileError(ValueError):
+    """An input file that must not or cannot be read. ``reason`` is a short code for the report:
+    ``not_a_file`` (FIFO, device, socket, directory), ``symlink_loop``, ``too_large``, ``unreadable``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def is_local(path: str) -> bool:
+    """True for a local path, False for a URL of another file system (``gs://...``, ``ram://...``)."""
+    return "://" not in path
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _scheme(path: str) -> str:
+    return path.split("://", 1)[0].lower()
+
+
+def list_dir(path: str) -> tuple[list[str], list[str]]:
+    """Sorted (sub-directory names, other names) of one directory, with one listing call. Raises
+    :class:`DataError` naming the path if it cannot be listed.
+
+    Local: a symlink counts as what it points to; a link that cannot be followed (dangling, a loop) counts
+    as a file, so the converter reports it instead of dropping it.
+    """
+    if is_local(path):
+        return _list_local(path)
+    try:
+        names = _gfile().listdir(path)
+    except _tf_error() as e:
+        raise DataError(f"cannot list directory {path}: {_message(e)}") from None
+    dirs = [n.rstrip("/") for n in names if n.endswith("/")]
+    others = [n for n in names if not n.endswith("/")]
+    if _scheme(path) in _MARKS_DIRECTORIES:
+        files = others
+    else:
+        found = [n for n in others if _gfile().isdir(join(path, n))]
+        dirs += found
+        files = sorted(set(others) - set(found))
+    return sorted(dirs), files
+
+
+def _list_local(path: str) -> tuple[list[str], list[str]]:
+    dirs, files = [], []
+    try:
+        with os.scandir(path) as entries:
+            for e in entries:
+                try:
+                    is_dir = e.is_dir()
+                except OSError:  # a symlink loop (ELOOP): reported when it is read
+                    is_dir = False
+                (dirs if is_dir else files).append(e.name)
+    except OSError as e:
+        raise DataError(f"cannot list directory {path}: {e.strerror}") from None
+    return sorted(dirs), sorted(files)
+
+
+def _tf_error():
+    import tensorflow as tf
+
+    return tf.errors.OpError
+
+
+def _message(e: Exception) -> str:
+    return getattr(e, "message", None) or str(e)
+
+
+def join(path: str, *names: str) -> str:
+    """``path/name/...`` for local paths and URLs alike."""
+    return os.path.join(path, *names)
+
+
+def is_dir(path: str) -> bool:
+    """True if ``path`` is a directory (local: following symlinks)."""
+    return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
+
+
+def stat(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file; ``OSError`` or TF's ``OpError`` if missing."""
+    if is_local(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    st = _gfile().stat(path)
+    return st.length, st.mtime_nsec
+
+
+def read_bounded(path: str, max_bytes: int, what: str = "file") -> bytes:
+    """The whole of a small file (label files and the like); :class:`DataError` if it is not a regular
+    file or is larger than ``max_bytes``."""
+    try:
+        return read_input(path, max_bytes)
+    except InputFileError as e:
+        raise DataError(f"cannot read {what} {path}: {e.detail}") from None
+
+
+def read_input(path: str, max_bytes: int) -> bytes:
+    """The bytes of one input file, refusing what must not be read whole.
+
+    The file is opened by :func:`open_input` (FIFOs, devices, sockets, directories and symlink loops are
+    refused without blocking). A file larger than ``max_bytes`` is refused before it is read
+    (``too_large``), and at most ``max_bytes + 1`` bytes are ever read, so a file that grows while it is
+    read cannot exhaust memory either.
+
+    Raises:
+      InputFileError: with the reason code and the details.
+    """
+    f, size = open_input(path)
+    with f:
+        _check_size(size, max_bytes)
+        try:
+            data = f.read(size + 1)
+            if len(data) > size:  # it grew since it was measured
+                data += f.read(max_bytes + 1 - len(data))
+        except (OSError, _tf_error()) as e:
+            raise InputFileError("unreadable", f"{type(e).__name__}: {_message(e)}") from None
+    _check_size(len(data), max_bytes)
+    return data
+
+
+def open_input(path: str) -> tuple[IO, int]:
+    """Opens an input file for reading in binary mode; returns (file, size in bytes).
+
+    Local: the file is opened without blocking and checked on the open descriptor (no race between check
+    and read): FIFOs, devices, sockets and directories are refused (``not_a_file``), symlink loops too
+    (``symlink_loop``). Remote: directories are refused.
+
+    Raises:
+      InputFileError: with the reason code and the details.
+    """
+    if not is_local(path):
+        try:
+            st = _gfile().stat(path)
+            if st.is_directory:
+                raise InputFileError("not_a_file", "a directory")
+            return _gfile().GFile(path, "rb"), st.length
+        except _tf_error() as e:
+            raise InputFileError("unreadable", f"{type(e).__name__}: {_message(e)}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputFileError("symlink_loop", "too many levels of symbolic links") from None
+        raise InputFileError("unreadable", f"{type(e).__name__}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat_lib.S_ISREG(st.st_mode):
+            raise InputFileError("not_a_file", _kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise InputFileError("too_large", f"{size} bytes or more, above the limit of {max_bytes} bytes")
+
+
+def _kind(mode: int) -> str:
+    for test, name in [(stat_lib.S_ISFIFO, "a FIFO (named pipe)"), (stat_lib.S_ISCHR, "a character device"),
+                       (stat_lib.S_ISBLK, "a block device"), (stat_lib.S_ISSOCK, "a socket"),
+                       (stat_lib.S_ISDIR, "a directory")]:
+        if test(mode):
+            return name
+    return "not a regular file"
