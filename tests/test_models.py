@@ -3,6 +3,7 @@ network, forward/backward, serialisation, mixed precision and XLA."""
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
