@@ -13,6 +13,7 @@ import pytest
 
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.training import TrainConfig, launch, worker_command
+from hrnet_tfx.training.launcher import prepare
 from hrnet_tfx.training.loop import validate
 from hrnet_tfx.training.schedule import WarmupSchedule
 
@@ -32,11 +33,26 @@ def _config(records, model_dir, **overrides) -> TrainConfig:
 
 def test_defaults_are_the_official_recipe():
     c = TrainConfig()
-    assert (c.global_batch_size, c.momentum, c.nesterov, c.weight_decay) == (128, 0.9, True, 1e-4)
-    assert c.peak_lr == 0.05 and c.lr_decay_epochs == (30.0, 60.0, 90.0) and c.epochs == 100
-    assert c.resolved_warmup_epochs == 0
-    big = c.replace(global_batch_size=1024)
-    assert big.peak_lr == pytest.approx(0.4) and big.resolved_warmup_epochs == 5
+    assert (c.per_worker_batch_size, c.momentum, c.nesterov, c.weight_decay) == (32, 0.9, True, 1e-4)
+    assert c.lr_decay_epochs == (30.0, 60.0, 90.0) and c.epochs == 100
+    official = c.for_workers(4)  # 4 GPUs x 32 images, lr 0.05
+    assert (official.global_batch_size, official.peak_lr, official.resolved_warmup_epochs) == (128, 0.05, 0)
+    big = c.for_workers(32)
+    assert (big.global_batch_size, big.resolved_warmup_epochs) == (1024, 5) and big.peak_lr == pytest.approx(0.4)
+
+
+def test_per_worker_batch_is_the_knob_and_an_explicit_global_batch_wins():
+    eight = TrainConfig().for_workers(8)
+    assert (eight.per_worker_batch_size, eight.global_batch_size, eight.peak_lr) == (32, 256, 0.1)
+    assert eight.for_workers(8) == eight  # resolving again changes nothing
+    fixed = TrainConfig(global_batch_size=128).for_workers(8)
+    assert (fixed.per_worker_batch_size, fixed.global_batch_size, fixed.peak_lr) == (16, 128, 0.05)
+    with pytest.raises(ConfigError, match="global_batch_size 128 is not divisible by 3 workers"):
+        TrainConfig(global_batch_size=128).for_workers(3)
+    with pytest.raises(ConfigError, match="global batch is not resolved"):
+        TrainConfig().peak_lr
+    with pytest.raises(ConfigError, match="per_worker_batch_size must be >= 1"):
+        TrainConfig(per_worker_batch_size=0)
 
 
 def test_config_file_overrides_and_unknown_keys(tmp_path):
@@ -78,7 +94,8 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
         validate(good, 3)
     with pytest.raises(ConfigError, match="eval_files: no files match"):
         validate(good.replace(eval_files=str(tmp_path / "none-*")), 1)
-    with pytest.raises(ConfigError, match="train_files is not set"):
+    with pytest.raises(ConfigError, match=r"train_files is not set: give the data \(hrnet-tfx train --data DIR, "
+                       r"or -s train_files=PATTERN -s eval_files=PATTERN"):
         validate(good.replace(train_files=""), 1)
     with pytest.raises(ConfigError, match="eval-only needs a checkpoint"):
         validate(good, 1, eval_only=True)
@@ -89,6 +106,62 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
 def test_worker_command_is_the_outside_launcher_entry_point():
     cmd = worker_command("/cfg.json", eval_only=True)
     assert cmd[1:] == ["-m", "hrnet_tfx.training.worker", "--config", "/cfg.json", "--eval-only"]
+    cmd = worker_command("/cfg.json", allow_changed_config=True)
+    assert cmd[1:] == ["-m", "hrnet_tfx.training.worker", "--config", "/cfg.json", "--allow-changed-config"]
+
+
+def test_launcher_counts_the_examples_once_for_every_worker(color_records, tmp_path):
+    """The workers get the count in their config (they count only when it is 0)."""
+    config = _config(color_records, tmp_path / "m", global_batch_size=0, per_worker_batch_size=4)
+    prepared = prepare(config, workers=2)
+    assert (prepared.num_train_examples, prepared.per_worker_batch_size, prepared.global_batch_size) == (48, 4, 8)
+    assert prepare(config.replace(num_train_examples=40), workers=2).num_train_examples == 40  # given: not counted
+
+
+def _fake_run(model_dir, config: TrainConfig) -> None:
+    """A model dir as a run leaves it: ``train_config.json`` and a (real, if tiny) checkpoint ``ckpt-10``."""
+    import tensorflow as tf
+
+    config.replace(model_dir=str(model_dir)).save(str(model_dir / "train_config.json"))
+    tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(model_dir / "checkpoints" / "ckpt-10"))
+
+
+def test_train_command_refuses_a_resume_with_other_settings(color_records, tmp_path):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    data = ["-s", f"train_files={color_records / 'train' / '*'}", "-s", f"eval_files={color_records / 'eval' / '*'}"]
+    first = ["-s", "image_size=64", "-s", "per_worker_batch_size=16", "-s", "train_steps=300", "-s", "num_classes=3"]
+    saved = TrainConfig.from_file("", [a for a in data + first if a != "-s"] + ["model=tiny.yaml"])
+    _fake_run(tmp_path / "m", saved.for_workers(1).replace(num_train_examples=48))
+    args = ["train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"), "--workers", "1", *data]
+    result = CliRunner().invoke(main, args + ["-s", "num_classes=3", "-s", "log_every_steps=7"])  # -s options dropped
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "holds checkpoints of a run with other settings" in result.output
+    for change in ("image_size: 64 -> 224", "per_worker_batch_size: 16 -> 32", "global_batch_size: 16 -> 32",
+                   "train_steps: 300 -> 0", "--allow-changed-config"):
+        assert change in result.output, change
+    assert "log_every_steps" not in result.output  # free to change
+    evaluated = CliRunner().invoke(main, args + first[:2] + ["-s", "num_classes=5", "--eval-only"])
+    assert evaluated.exit_code != 0 and "num_classes: 3 -> 5" in evaluated.output
+    assert "per_worker_batch_size" not in evaluated.output  # eval-only compares the model only
+
+
+def test_train_command_refuses_eval_only_with_a_random_classifier(color_records, tmp_path):
+    """The PyTorch fixture has 10 classes: evaluating it on 3 would score a random head."""
+    from click.testing import CliRunner
+
+    from conftest import FIXTURES
+    from hrnet_tfx.cli import main
+
+    result = CliRunner().invoke(main, [
+        "train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"), "--workers", "1", "--eval-only",
+        "--init-from", str(FIXTURES / "timm_tiny" / "state_dict.safetensors"), "-s", "num_classes=3",
+        "-s", "image_size=64", "-s", f"eval_files={color_records / 'eval' / '*'}"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "has a classifier of 10 classes, num_classes is 3: eval-only would evaluate a randomly initialised " \
+           "classifier" in result.output
 
 
 # ---------------------------------------------------------------- e2e tier: real training runs
@@ -205,6 +278,17 @@ def test_train_command_errors_are_clean(color_records, tmp_path):
 
     result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--model-dir", str(tmp_path / "m")])
     assert result.exit_code != 0 and "neither 'hrnet-tfx data convert' output" in result.output
+    result = CliRunner().invoke(main, ["train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "eval_files is not set: give the data (hrnet-tfx train --data DIR, or -s train_files=PATTERN -s " \
+           "eval_files=PATTERN" in result.output
+    (tmp_path / "half" / "Split-train").mkdir(parents=True)  # an unfinished conversion
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "half"), "--model-dir", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "holds no completed conversion" in result.output
+    assert "Traceback" not in result.output
+    help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert "the options below" in help_text and "above" not in help_text
+    assert "--allow-changed-config" in help_text
     result = CliRunner().invoke(main, ["train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"),
                                        "--eval-only", "-s", f"eval_files={color_records / 'eval' / '*'}"])
     assert result.exit_code != 0 and "eval-only needs a checkpoint" in result.output
