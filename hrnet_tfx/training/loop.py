@@ -29,7 +29,7 @@ from hrnet_tfx.data.labels import read_label_map
 from hrnet_tfx.data.progress import format_duration
 from hrnet_tfx.models import ConfigError, build_model, get_config, load_pytorch_weights, read_state_dict
 from hrnet_tfx.training.checkpoints import PREFIX as CHECKPOINT_PREFIX
-from hrnet_tfx.training.checkpoints import list_checkpoints, restore_newest, rewrite_state
+from hrnet_tfx.training.checkpoints import list_checkpoints, prepare_resume, restore_newest
 from hrnet_tfx.training.config import MODEL_FIELDS, RESUME_FIELDS, TrainConfig, write_json
 from hrnet_tfx.training.distribute import make_backend
 from hrnet_tfx.training.schedule import WarmupSchedule
@@ -96,8 +96,12 @@ def check_resume(config: TrainConfig, eval_only: bool = False, allow_changed_con
     path = os.path.join(config.model_dir, CONFIG_FILE)
     if not list_checkpoints(checkpoint_dir(config)) or not tf.io.gfile.exists(path):
         return []
-    with tf.io.gfile.GFile(path) as f:
-        saved = json.load(f)
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            saved = json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{path} (the settings of the run that wrote the checkpoints) is not valid JSON: {e}. "
+                          "Restore it, or delete it to resume without comparing settings.") from None
     changes = config.changes_from(saved, MODEL_FIELDS if eval_only else RESUME_FIELDS)
     if changes and not allow_changed_config:
         what = "evaluating" if eval_only else "resuming"
@@ -267,7 +271,7 @@ def _restore(config: TrainConfig, backend, checkpoint, eval_only: bool) -> None:
         restored = restore_newest(checkpoint, ckpt_dir)
         if restored:
             if not eval_only:
-                rewrite_state(ckpt_dir, restored)
+                prepare_resume(ckpt_dir, restored)
             log.info("%s %s at step %d", "evaluating" if eval_only else "resumed from", restored,
                      int(checkpoint.optimizer.iterations.numpy()))
         elif config.init_from:
@@ -397,7 +401,7 @@ def _train(config, backend, model, optimizer, schedule, manager, steps_per_epoch
     progress = _Progress(total_steps, start, steps_per_epoch, backend.size)
     acc = {k: 0.0 for k in ("loss_sum", "top1", "top5", "count")}
     eval_every = int(config.eval_every_epochs * steps_per_epoch) if config.eval_every_epochs else 0
-    history = []
+    history, evals = [], []
     iterator = iter(backend.distribute(dataset))
     for step in range(start + 1, total_steps + 1):
         images, labels = next(iterator)
@@ -420,13 +424,15 @@ def _train(config, backend, model, optimizer, schedule, manager, steps_per_epoch
         if chief and (step % config.checkpoint_every_steps == 0):
             manager.save(checkpoint_number=step)
         if eval_every and step % eval_every == 0 and step != total_steps:
-            _log_eval(evaluate(_synced(model, backend), config, backend), step, writer)
+            evals.append({"step": step, **evaluate(_synced(model, backend), config, backend)})
+            _log_eval(evals[-1], step, writer)
     checksums = check_replicas_consistent(_synced(model, backend), backend)
     if chief and manager.latest_checkpoint != os.path.join(manager.directory, f"{CHECKPOINT_PREFIX}-{total_steps}"):
         manager.save(checkpoint_number=total_steps)
     metrics = evaluate(model, config, backend)
     _log_eval(metrics, total_steps, writer)
-    return {**metrics, "train_history": history, "start_step": start, "weight_checksums": checksums}
+    return {**metrics, "train_history": history, "eval_history": evals, "start_step": start,
+            "weight_checksums": checksums}
 
 
 def _synced(model, backend):
