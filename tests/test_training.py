@@ -370,7 +370,6 @@ def test_train_resume_and_eval_only_on_a_bucket_like_file_system(color_records):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="export_saved_model on ram:// lands with the push branch")
 def test_trainer_exports_to_a_bucket_like_file_system(color_records, tmp_path, monkeypatch):
     import tensorflow as tf
 
