@@ -16,8 +16,12 @@ top k only, what :meth:`~hrnet_tfx.serving.client.Client.predict_images` asks), 
 
 One client, sequential calls: each call's latency is recorded; throughput is images per second of calls.
 Modes run in interleaved rounds (every mode once per round, the order flipping) so load from other
-processes hits all of them alike. ``ratio`` is a mode's p50 latency over the in-process p50 at the same
-batch size: the protocol overhead as a factor. Compare ratios between runs, not milliseconds.
+processes hits all of them alike. ``ratio`` is a mode's p50 latency over the in-process p50 of the same
+signature and batch size: the protocol overhead as a factor. Compare ratios between runs, not milliseconds.
+On a shared, loaded machine wall-clock latency swings with what else runs, so the CPU time each call costs
+is measured too (this process, plus the server process for gRPC and REST, from ``/proc``): ``cpu ratio`` is
+a mode's CPU time per call over the in-process one, the work the protocol adds, which load barely moves
+(with ``--server-*`` the server's CPU is not seen: this process only).
 ``--concurrency N`` adds rows where N client threads call the server at once (throughput only).
 
 Example::
@@ -201,14 +205,25 @@ class Modes:
         return lambda b: self.fns[("full", "rest")](b, http)
 
 
-def time_calls(fn, batch, seconds, min_calls=3):
+def process_cpu_seconds(pid):
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_calls(fn, batch, seconds, server_pid=None, min_calls=3):
+    """``(latencies, CPU seconds of this process, CPU seconds of the server process or 0)`` for calls of
+    ``fn(batch)`` during ``seconds``."""
     latencies = []
+    cpu, server_cpu = time.process_time(), process_cpu_seconds(server_pid) if server_pid else 0.0
     end = time.perf_counter() + seconds
     while len(latencies) < min_calls or time.perf_counter() < end:
         start = time.perf_counter()
         fn(batch)
         latencies.append(time.perf_counter() - start)
-    return latencies
+    server_cpu = process_cpu_seconds(server_pid) - server_cpu if server_pid else 0.0
+    return latencies, time.process_time() - cpu, server_cpu
 
 
 def concurrent_throughput(fn_factory, batch, clients, seconds):
@@ -267,31 +282,40 @@ def main(argv=None):
         rows = [(k, m) for k in kinds for m in MODES]
         per_row = args.seconds / (len(args.batches) * len(rows) * args.rounds)
         latencies = {(k, m, b): [] for k, m in rows for b in args.batches}
+        cpu = {(k, m, b): [0.0, 0.0] for k, m in rows for b in args.batches}  # this process, the server
+        server_pid = proc.pid if proc is not None else None
         loads = []
         for r in range(args.rounds):
             order = rows if r % 2 == 0 else rows[::-1]
             for batch_size in args.batches:
                 for kind, mode in order:
-                    latencies[(kind, mode, batch_size)] += time_calls(modes.fns[(kind, mode)], jpegs[:batch_size],
-                                                                      per_row)
+                    remote = mode in ("grpc", "rest")
+                    lat, own, server = time_calls(modes.fns[(kind, mode)], jpegs[:batch_size], per_row,
+                                                  server_pid if remote else None)
+                    latencies[(kind, mode, batch_size)] += lat
+                    cpu[(kind, mode, batch_size)][0] += own
+                    cpu[(kind, mode, batch_size)][1] += server
             loads.append(os.getloadavg()[0])
             print(f"# round {r + 1}/{args.rounds} done (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
 
         results = []
-        print(f"{'signature':<10}{'mode':<22}{'batch':>6}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'img/s':>9}"
-              f"{'ratio p50':>11}")
+        print(f"{'signature':<10}{'mode':<20}{'batch':>6}{'calls':>7}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>8}"
+              f"{'ratio p50':>10}{'cpu ms/call':>12}{'cpu ratio':>10}")
         for batch_size in args.batches:
             for kind in kinds:
                 base_p50 = float(np.percentile(latencies[(kind, "in-process", batch_size)], 50))
+                base_cpu = sum(cpu[(kind, "in-process", batch_size)]) / len(latencies[(kind, "in-process", batch_size)])
                 for mode in MODES:
                     lat = np.array(latencies[(kind, mode, batch_size)])
                     p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
                     ips = batch_size * len(lat) / lat.sum()
+                    cpu_call = sum(cpu[(kind, mode, batch_size)]) / len(lat)
                     results.append({"signature": SIGNATURES[kind], "mode": mode, "batch": batch_size,
                                     "calls": len(lat), "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "images_per_s": ips,
-                                    "ratio_p50": p50 / base_p50})
-                    print(f"{kind:<10}{mode:<22}{batch_size:>6}{len(lat):>7}{p50 * 1e3:>10.2f}{p99 * 1e3:>10.2f}"
-                          f"{ips:>9.1f}{p50 / base_p50:>11.2f}")
+                                    "ratio_p50": p50 / base_p50, "cpu_ms_per_call": cpu_call * 1e3,
+                                    "cpu_ratio": cpu_call / base_cpu})
+                    print(f"{kind:<10}{mode:<20}{batch_size:>6}{len(lat):>7}{p50 * 1e3:>9.1f}{p99 * 1e3:>9.1f}"
+                          f"{ips:>8.1f}{p50 / base_p50:>10.2f}{cpu_call * 1e3:>12.1f}{cpu_call / base_cpu:>10.2f}")
         if args.concurrency:
             seconds = max(per_row * args.rounds, 2.0)
             print(f"# {args.concurrency} concurrent clients, {seconds:.0f} s each (throughput, img/s)")

@@ -387,14 +387,16 @@ def test_a_version_switch_waits_for_the_requests_still_running_on_the_old_versio
 def test_rest_json_row_and_columnar_formats():
     from tensorflow.core.framework import types_pb2
 
-    arr = rest_requests.json_to_array([[1, 2.5], [3, 4]], types_pb2.DT_FLOAT, "x")
-    assert arr.dtype == np.float32 and arr.shape == (2, 2)
     strings = rest_requests.json_to_array([b64(b"\x00\xff"), "text"], types_pb2.DT_STRING, "x")
-    assert strings.tolist() == [b"\x00\xff", b"text"]
-    with pytest.raises(ServingError, match="list of 1 values where the others have 2"):
-        rest_requests.json_to_array([[1, 2], [3]], types_pb2.DT_FLOAT, "x")
-    with pytest.raises(ServingError, match="is not of expected type: DT_STRING"):
+    assert strings.dtype == object and strings.tolist() == [b"\x00\xff", b"text"]
+    nested = rest_requests.json_to_array([["a", "b"], ["c", b64(b"d")]], types_pb2.DT_STRING, "x")
+    assert nested.shape == (2, 2) and nested.tolist() == [[b"a", b"b"], [b"c", b"d"]]
+    with pytest.raises(ServingError, match=r"x\[1\]: list of 1 values where the others have 2"):
+        rest_requests.json_to_array([["a", "b"], ["c"]], types_pb2.DT_STRING, "x")
+    with pytest.raises(ServingError, match=r"x\[0\]: JSON Value: 1 Type: int is not of expected type: DT_STRING"):
         rest_requests.json_to_array([1], types_pb2.DT_STRING, "x")
+    with pytest.raises(ServingError, match="x: the development server takes string inputs only .* not DT_FLOAT"):
+        rest_requests.json_to_array([[1, 2.5]], types_pb2.DT_FLOAT, "x")
     outputs = {"scores": np.array([[0.1, 1 / 3]], np.float32), "labels": np.array([[b"a", b"\xff"]], object),
                "raw_bytes": np.array([b"ok"], object)}
     text = rest_requests.predict_json(outputs, row_format=True)

@@ -12,7 +12,8 @@ send encoded images or tf.Examples, never pixels):
     ``top_k_scores`` [N, k] float32: what a client calling Predict wants.
 ``predict_examples``: the same four outputs for serialized tf.Examples (input ``examples``).
 ``predict_images_top_k``: input ``images``; only ``top_k_ids``, ``top_k_labels`` and ``top_k_scores``. What
-    the client uses: over REST, JSON for [N, C] probabilities costs more than the model at C = 1000.
+    the client uses: over REST, the JSON for [32, 1000] probabilities took half the CPU time of the tiny
+    test network itself (``benchmarks/bench_serving.py``).
 
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
 ``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation, fine-tuning), and

@@ -18,6 +18,8 @@ integers and booleans become ``int64_list``, other numbers ``float_list``, strin
 
 Errors are ``{"error": "..."}``.
 
+Inputs are strings (text, or ``{"b64": ...}``): the HRNet signatures take encoded images or serialized
+tf.Examples, and the development server converts nothing else (TF Serving also takes numbers and booleans).
 Requests are bounded before they are expanded: at most :data:`MAX_JSON_VALUES` JSON values per body (a list
 of empty objects costs ~30x its bytes as Python objects), nesting as deep as ``json`` allows, tensors of at
 most 32 dimensions, and at most ``max_items`` instances or examples (a Classify context is merged into
@@ -31,20 +33,18 @@ import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from tensorflow.core.framework import types_pb2
 
 from hrnet_tfx.serving import rest_json
 from hrnet_tfx.serving.errors import invalid
 from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY
 from hrnet_tfx.serving.rest_json import decode_b64, is_b64
-from hrnet_tfx.serving.tensors import MAX_RANK, dtype_name, numpy_dtype
+from hrnet_tfx.serving.tensors import MAX_RANK, dtype_name
 from hrnet_tfx.serving.dev.servable import check_item_count
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 MAX_JSON_VALUES = 2_000_000
 """Most JSON values (counted by their separators) a request body may hold."""
-_INT_RANGES = {"DT_INT8": (-2**7, 2**7 - 1), "DT_INT16": (-2**15, 2**15 - 1), "DT_INT32": (-2**31, 2**31 - 1),
-               "DT_UINT8": (0, 2**8 - 1), "DT_UINT16": (0, 2**16 - 1), "DT_UINT32": (0, 2**32 - 1),
-               "DT_INT64": (-2**63, 2**63 - 1), "DT_UINT64": (0, 2**64 - 1)}
 
 
 def dumps(obj: Any) -> bytes:
@@ -95,35 +95,23 @@ def signature_name_of(doc: dict) -> str:
 
 
 # -- Predict ---------------------------------------------------------------------------------------------
-def _leaf(value: Any, dtype: str, where: str):
-    if dtype == "DT_STRING":
-        if isinstance(value, str):
-            return value.encode("utf-8")
-        if is_b64(value):
-            return decode_b64(value, where)
-    elif dtype in ("DT_FLOAT", "DT_DOUBLE", "DT_HALF", "DT_BFLOAT16"):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if dtype != "DT_DOUBLE" and math.isfinite(value) and (
-                    abs(value) > _FLT_MAX or (isinstance(value, int) and abs(value) > 2**24 - 1)):
-                raise invalid(f"{where}: Cannot convert JSON value: {value} to float without loss of precision.")
-            return value
-    elif dtype == "DT_BOOL":
-        if isinstance(value, bool):
-            return value
-    elif dtype in _INT_RANGES:
-        if isinstance(value, int) and not isinstance(value, bool):
-            low, high = _INT_RANGES[dtype]
-            if not low <= value <= high:
-                raise invalid(f"{where}: JSON Value: {value} is out of range for {dtype}")
-            return value
-    else:
-        raise invalid(f"{where}: tensors of type {dtype} cannot be sent as JSON")
+def _leaf(value: Any, where: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if is_b64(value):
+        return decode_b64(value, where)
     kind = "Object" if isinstance(value, dict) else type(value).__name__
-    raise invalid(f"{where}: JSON Value: {_short(value)} Type: {kind} is not of expected type: {dtype}")
+    raise invalid(f"{where}: JSON Value: {_short(value)} Type: {kind} is not of expected type: DT_STRING")
 
 
 def json_to_array(value: Any, dtype: int, where: str) -> np.ndarray:
-    """A JSON value (scalar or nested lists, all rows the same length) as an array of ``dtype`` (a DT_ enum)."""
+    """A JSON value (scalar or nested lists, all rows the same length) as an object array of bytes.
+
+    ``dtype`` (a DT_ enum) must be ``DT_STRING``: the HRNet signatures take images or tf.Examples, and the
+    development server converts nothing else (TF Serving also takes numbers)."""
+    if dtype != types_pb2.DT_STRING:
+        raise invalid(f"{where}: the development server takes string inputs only (encoded images, serialized "
+                      f"tf.Examples), not {dtype_name(dtype)}")
     shape = []
     probe = value
     while isinstance(probe, list):
@@ -133,7 +121,6 @@ def json_to_array(value: Any, dtype: int, where: str) -> np.ndarray:
         if not probe:
             break
         probe = probe[0]
-    name = dtype_name(dtype)
     flat: list = []
 
     def walk(node: Any, level: int, path: str) -> None:
@@ -149,15 +136,12 @@ def json_to_array(value: Any, dtype: int, where: str) -> np.ndarray:
             if level != len(shape):
                 raise invalid(f"{where}{path}: value {_short(node)} found at depth {level} (expected depth "
                               f"{len(shape)})")
-            flat.append(_leaf(node, name, f"{where}{path}"))
+            flat.append(_leaf(node, f"{where}{path}"))
 
     walk(value, 0, "")
-    np_dtype = numpy_dtype(dtype)
-    if np_dtype == object:
-        array = np.empty(len(flat), dtype=object)
-        array[:] = flat
-        return array.reshape(shape)
-    return np.array(flat, dtype=np_dtype).reshape(shape)
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array.reshape(shape)
 
 
 def _check_rows(value: Any, max_items: int | None, what: str) -> None:

@@ -187,14 +187,9 @@ class SavedModelServable:
         for alias, info in signature.inputs.items():
             value = np.asarray(inputs[alias])
             want = numpy_dtype(info.dtype)
-            if want == object:
-                if value.dtype.kind not in "OSU":
-                    raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
-                value = value.astype(object)
-            elif value.dtype != want:
-                if value.dtype.kind in "OSU" or not np.can_cast(value.dtype, want, casting="same_kind"):
-                    raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
-                value = value.astype(want)
+            if value.dtype != want and not (want == object and value.dtype.kind in "OSU"):
+                raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
+            value = value.astype(want, copy=False)
             self._check_shape(alias, info, value.shape)
             feeds[alias] = value
         if self.image_guard is not None:

@@ -22,7 +22,8 @@ GIFs, too many pixels, extreme aspect ratios), requests are bounded in size, ima
 tensor shapes (checked against the bytes sent and the signature before anything is allocated), requests
 in flight (RESOURCE_EXHAUSTED beyond) and, over REST, connections and the time to send a request; internal
 errors reach the client as a generic message (the details are logged). What it lacks: batching (TF
-Serving's ``--enable_batching``), version labels, more than one model, Regress/MultiInference, monitoring.
+Serving's ``--enable_batching``), version labels, more than one model, Regress/MultiInference, REST inputs
+other than strings (the HRNet signatures take none), monitoring.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DevServerOptions:
-    """Development server settings (the ``hrnet-tfx serve`` flags of the same names).
+    """Development server settings (most are ``hrnet-tfx serve`` flags of the same names).
 
     Attributes:
       host: address to bind (``0.0.0.0``: every interface, like TF Serving; ``127.0.0.1``: this machine).
