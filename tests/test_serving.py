@@ -12,6 +12,7 @@ import concurrent.futures
 import io
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -224,6 +225,46 @@ def test_top_k_signature_is_the_top_k_of_predict_images(loaded, images, referenc
                                rtol=1e-6, atol=0)
     for key in ("top_k_ids", "top_k_labels", "top_k_scores"):  # exactly predict_images' own top k
         np.testing.assert_array_equal(out[key], reference[key])
+
+
+def _source(module: str):
+    """The file of an hrnet_tfx module (``a/b.py`` or ``a/b/__init__.py``), or None if it is not one."""
+    base = pathlib.Path(hrnet_tfx.__file__).parent.parent.joinpath(*module.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def _imports(module: str) -> set[str]:
+    """The hrnet_tfx modules ``module`` imports anywhere in its source (function-level imports too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(_source(module).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {m for m in found if m.startswith("hrnet_tfx.") and _source(m)}
+
+
+def test_training_and_deployments_never_import_the_development_server():
+    import pkgutil
+
+    import hrnet_tfx.training
+
+    roots = [f"hrnet_tfx.training.{m.name}" for m in pkgutil.iter_modules(hrnet_tfx.training.__path__)] + [
+        f"hrnet_tfx.serving.{name}" for name in ("export", "warmup", "client", "names", "batching", "model_base")] + [
+        "hrnet_tfx.components.pusher", "hrnet_tfx.components.evaluator", "hrnet_tfx.components.trainer"]
+    seen, todo, reached = set(), list(roots), {}
+    while todo:
+        module = todo.pop()
+        for child in _imports(module) - seen:
+            seen.add(child)
+            reached[child] = module
+            todo.append(child)
+    server = sorted(m for m in seen if m.startswith(("hrnet_tfx.serving.dev", "hrnet_tfx.serving.server")))
+    assert server == [], [(m, reached[m]) for m in server]
+    assert "hrnet_tfx.serving.export" in seen and "hrnet_tfx.fs" in seen  # the walk does see imports
 
 
 # -- model base ------------------------------------------------------------------------------------------
