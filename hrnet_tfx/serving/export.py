@@ -12,7 +12,7 @@ send encoded images or tf.Examples, never pixels):
     ``top_k_scores`` [N, k] float32: what a client calling Predict wants.
 ``predict_examples``: the same four outputs for serialized tf.Examples (input ``examples``).
 ``predict_images_top_k``: input ``images``; only ``top_k_ids``, ``top_k_labels`` and ``top_k_scores``. What
-    the client uses: over REST, the JSON for [32, 1000] probabilities took half the CPU time of the tiny
+    the client uses: over REST, the JSON for [32, 1000] probabilities took 40-55% of the CPU time of the tiny
     test network itself (``benchmarks/bench_serving.py``).
 
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
