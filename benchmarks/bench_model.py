@@ -10,20 +10,27 @@ Each timed run is ``--steps`` calls; after ``--warmup`` untimed rounds, ``--repe
 and the median images/s is printed with the min-max spread. ``--jit-compile`` adds an XLA row and
 ``--dtype-policy mixed_bfloat16`` a bfloat16 row (both need extra compile time).
 
+Rows: ``keras float32`` is the training graph (``model(x, training=False)`` for inference);
+``keras float32 folded`` is :func:`hrnet_tfx.models.inference.inference_model` (BatchNorm folded into the
+convolutions: what an export should serve), inference only; with ``--dtype-policy mixed_bfloat16`` the same
+two again in bfloat16 (the folded one with bfloat16 weights).
+
 ``--vs-timm PYTHON`` also measures ``timm.create_model(model, pretrained=False)`` (eval mode for
 inference, train mode + ``torch.optim.SGD(momentum=0.9)`` for the step; bf16 rows use
 ``torch.autocast``) in a worker process (``_timm_worker.py``) run by PYTHON, a Python with torch and
-timm. Both frameworks get the same intra-op (``--threads``) and inter-op (``--inter-threads``) thread
+timm. timm runs in ``channels_last`` memory format by default (PyTorch's fastest CPU layout and what a
+PyTorch user picks for CPU inference; ``--timm-layout nchw`` for the default contiguous format). Both frameworks get the same intra-op (``--threads``) and inter-op (``--inter-threads``) thread
 counts. Rounds are interleaved (Keras, timm, timm, Keras, ...) and strictly one at a time, so load from
 other processes on a shared machine hits both sides alike.
 
 Reading the ratio: ``ours/timm`` is Keras images/s divided by timm images/s measured in the same run;
 above 1 means ours is faster. Compare ratios between runs, not absolute images/s (those depend on
-the machine and its load; the load average is printed).
+the machine and its load; the load average is printed). Where the time goes (profiles, the levers tried
+and their effect) is written up in ``benchmarks/README.md``; ``profile_model.py`` reproduces it.
 
 Example::
 
-    .venv/bin/python benchmarks/bench_model.py --vs-timm /tmp/torchvenv/bin/python
+    .venv/bin/python benchmarks/bench_model.py --vs-timm /tmp/torchvenv/bin/python --dtype-policy mixed_bfloat16
 """
 
 from __future__ import annotations
