@@ -13,18 +13,20 @@ The contract is the model's: NHWC float images normalised like :func:`hrnet_tfx.
 in, float32 logits out. The returned model has no BatchNorm variables and no optimizer state: it is for
 inference and export only, never for training or weight import.
 
-Why (hrnet_w18, 224x224, batch 8, 2 cores, ``benchmarks/bench_model.py``): HRNet has 325 conv + BN pairs;
-in the inference graph of the unfolded model each BN is a separate ``FusedBatchNormV3`` pass over the
-activations (the remapper fuses conv + FusedBatchNorm only when the BN output feeds nothing but a ReLU, and
-half of HRNet's BNs feed an ``Add``). See ``benchmarks/README.md`` for the profile and measured speed-ups.
+Why (hrnet_w18, 224x224, batch 8, 2 cores; ``benchmarks/profile_model.py``): grappler's remapper already
+fuses conv + inference-mode BN (+ ReLU) of the training graph, but not conv + BN + Add, so the 117 residual
+and fusion adds and their ReLUs run as separate passes over the activations. Conv + bias + Add + ReLU is a
+remapper pattern: with BN folded, 113 adds and 113 ReLUs become oneDNN post-ops of the convolutions and the
+op time per step drops by ~12%. ``benchmarks/README.md`` has the profile.
 
 ``dtype="bfloat16"`` builds the folded network with the ``"bfloat16"`` policy (weights stored as bfloat16,
 so there is no per-call cast of every kernel as under ``"mixed_bfloat16"``) except the global pooling and
 the classifier, which stay float32 so the logits are float32 and the 2048-channel average is accumulated in
-float32. On CPUs with AVX512_BF16 or AMX, oneDNN runs the bfloat16 convolutions at up to twice the float32
-rate; elsewhere it emulates them (slower). bfloat16 keeps 8 mantissa bits: logits differ from float32 by
-about 1% of their spread and the top-1 class agrees on all but a few percent of images whose top two
-scores are close (``tests/test_inference.py`` bounds both).
+float32. oneDNN runs bfloat16 convolutions with AVX512_BF16 or AMX instructions where the CPU has them and
+converts to float32 elsewhere (then slower than float32): ``benchmarks/bench_model.py``'s ``bf16 folded``
+row tells for a given machine. bfloat16 keeps 8 significant bits: on the tests' photo-like images the
+logits stay within 2% of their spread of the float32 ones and the top-1 class agrees on ~98% of the
+images (``tests/test_inference.py`` bounds both).
 """
 
 from __future__ import annotations
