@@ -130,7 +130,7 @@ def assert_complete_version(version_dir: pathlib.Path):
     assert (version_dir / "assets" / "labels.tsv").read_text().splitlines()[1] == "1\tg\tgreen"
     records = list(read_warmup_requests(str(version_dir)))
     kinds = sorted(r.WhichOneof("log_type") for r in records)
-    assert kinds == ["classify_log", "predict_log", "predict_log"]
+    assert kinds == ["classify_log", "predict_log", "predict_log", "predict_log"]
 
 
 def test_push_writes_a_complete_version_and_never_reuses_one(tmp_path, models):

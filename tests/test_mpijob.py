@@ -276,6 +276,25 @@ def test_batch_not_divisible_by_all_processes_is_refused():
         manifests(workers=3, gpus_per_worker=4)
 
 
+def test_configmap_states_the_per_worker_and_the_global_batch():
+    def resolved(config, **changes):
+        config_map, _ = manifests(config, **changes)
+        saved = json.loads(config_map["data"]["train_config.json"])
+        return saved["per_worker_batch_size"], saved["global_batch_size"]
+
+    default = train_config(global_batch_size=0)  # the official 32 per GPU
+    assert resolved(default) == (32, 256)  # 2 nodes x 4 GPUs
+    assert resolved(default, workers=4, gpus_per_worker=8) == (32, 1024)
+    assert resolved(default.replace(per_worker_batch_size=64), workers=3, gpus_per_worker=4) == (64, 768)
+    assert resolved(train_config(global_batch_size=256)) == (32, 256)
+    assert resolved(train_config(global_batch_size=128)) == (16, 128)  # an explicit global batch wins
+
+
+def test_allow_changed_config_reaches_the_workers():
+    _, mpijob = mpijob_manifests(train_config(), spec(), allow_changed_config=True)
+    assert pod(mpijob, "Launcher")["containers"][0]["command"][-1] == "--allow-changed-config"
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"image": ""}, "image is required"),
     ({"workers": 0}, "workers must be >= 1"),
@@ -367,15 +386,15 @@ def test_mpijob_command_writes_configmap_and_mpijob(tmp_path):
     assert [d["kind"] for d in docs] == ["ConfigMap", "MPIJob"]
     assert schema_errors(mpijob) == []
     config = TrainConfig.from_dict(json.loads(config_map["data"]["train_config.json"]))
-    assert (config.train_files, config.label_offset, config.global_batch_size) == \
-        (str(data / "train-*-of-*"), 1, 64)
+    assert (config.train_files, config.label_offset, config.global_batch_size, config.per_worker_batch_size) == \
+        (str(data / "train-*-of-*"), 1, 64, 16)
     assert pod(mpijob, "Worker")["nodeSelector"] == {"pool": "gpu"}
     assert os.listdir(out.parent) == ["w18.yaml"]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model-dir", "runs/w18"], "model_dir 'runs/w18' is not shared storage"),
-    (["--model-dir", "gs://b/m", "--workers", "3"], "not divisible by 3"),
+    (["--model-dir", "gs://b/m", "--workers", "3", "-s", "global_batch_size=128"], "not divisible by 3"),
     (["--model-dir", "gs://b/m", "--node-selector", "pool"], "is not KEY=VALUE"),
 ])
 def test_mpijob_command_errors_are_clean(args, message):

@@ -15,7 +15,8 @@ def test_presets_cover_every_variant_and_the_demo():
     assert "demo" in PRESETS
     assert {f"imagenet_{n}" for n in ("hrnet_w18_small", "hrnet_w18", "hrnet_w64")} <= set(PRESETS)
     official = load_config("imagenet_hrnet_w32")
-    assert official.train_config().model == "hrnet_w32" and official.train_config().peak_lr == 0.05
+    assert official.train_config().model == "hrnet_w32"
+    assert official.train_config().for_workers(4).peak_lr == 0.05  # the official 4 GPUs x 32 images
 
 
 def test_layers_preset_file_overrides(tmp_path):

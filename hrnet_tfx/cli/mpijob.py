@@ -41,15 +41,18 @@ def _pairs(items, what: str) -> dict[str, str]:
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--name", default="hrnet-train", show_default=True, help="MPIJob name (a DNS label).")
 @click.option("--eval-only", is_flag=True, help="Evaluate the latest checkpoint (or --init-from) and exit.")
+@click.option("--allow-changed-config", is_flag=True,
+              help="Resume although model, data, batch or schedule differ from --model-dir's train_config.json.")
 @click.option("--output", "-o", default="-", show_default=True, help="Manifest file; - writes to stdout.")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Any training config field, e.g. -s epochs=90 -s global_batch_size=1024.")
+              help="Any training config field, e.g. -s epochs=90 -s per_worker_batch_size=64.")
 def mpijob(config_file, model, data_dir, model_dir, export_dir, init_from, image, workers, gpus_per_worker, cpu,
            memory, node_selector, env, pvc, host_path, mount_path, service_account, namespace, name, eval_only,
-           output, overrides):
+           allow_changed_config, output, overrides):
     """Write a Kubeflow MPIJob (mpi-operator v2) for multi-node Horovod training, for kubectl apply -f.
 
-    Runs workers x gpus-per-worker Horovod processes; settings are layered as in 'hrnet-tfx train'.
+    Runs workers x gpus-per-worker Horovod processes (global batch: per_worker_batch_size, 32 by
+    default, times that); settings are layered as in 'hrnet-tfx train'.
     Example: hrnet-tfx mpijob --image REGISTRY/hrnet-tfx:0.1.0 --workers 4 --gpus-per-worker 8
     --data gs://bucket/imagenet --model-dir gs://bucket/runs/w18 -o w18.yaml
     """
@@ -65,7 +68,8 @@ def mpijob(config_file, model, data_dir, model_dir, export_dir, init_from, image
             env=_pairs(env, "--env"), pvc=pvc, host_path=host_path, mount_path=mount_path,
             service_account=service_account,
         )
-        write_manifests(mpijob_manifests(config, spec, eval_only=eval_only), output)
+        write_manifests(mpijob_manifests(config, spec, eval_only=eval_only,
+                                         allow_changed_config=allow_changed_config), output)
     except (ConfigError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if output != "-":

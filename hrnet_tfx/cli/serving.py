@@ -8,9 +8,9 @@ import re
 
 import click
 
-from hrnet_tfx.serving.core import (DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_ITEMS,
-                                    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_TIMEOUT)
-from hrnet_tfx.serving.image_guard import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
+from hrnet_tfx.serving.dev.server import DevServerOptions
+
+DEV = DevServerOptions()  # the development server's defaults
 
 
 @click.command()
@@ -34,22 +34,23 @@ from hrnet_tfx.serving.image_guard import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_
 @click.option("--num-batch-threads", default=0, show_default=True, type=click.IntRange(min=0),
               help="Batches run at once (0: number of CPUs).")
 @click.option("--max-enqueued-batches", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-image-pixels", default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True, type=click.IntRange(min=0),
+@click.option("--max-image-pixels", default=DEV.max_image_pixels, show_default=True, type=click.IntRange(min=0),
               help="Development server: refuse images with more pixels (width x height; 0: no limit).")
-@click.option("--max-aspect-ratio", default=DEFAULT_MAX_ASPECT_RATIO, show_default=True, type=click.FloatRange(min=0),
+@click.option("--max-aspect-ratio", default=DEV.max_aspect_ratio, show_default=True, type=click.FloatRange(min=0),
               help="Development server: refuse images whose long side exceeds the short side this many times "
                    "(0: no limit).")
-@click.option("--max-items-per-request", default=DEFAULT_MAX_ITEMS, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-items-per-request", default=DEV.max_items_per_request, show_default=True,
+              type=click.IntRange(min=1),
               help="Development server: most images or examples in one request.")
-@click.option("--max-request-bytes", default=DEFAULT_MAX_REQUEST_BYTES, show_default=True,
+@click.option("--max-request-bytes", default=DEV.max_request_bytes, show_default=True,
               type=click.IntRange(min=1024),
               help="Development server: largest gRPC message or REST body.")
-@click.option("--max-concurrent-requests", default=DEFAULT_MAX_CONCURRENT_REQUESTS, show_default=True,
+@click.option("--max-concurrent-requests", default=DEV.max_concurrent_requests, show_default=True,
               type=click.IntRange(min=1),
               help="Development server: requests in flight per protocol; more get RESOURCE_EXHAUSTED (HTTP 429).")
-@click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-connections", default=DEV.max_connections, show_default=True, type=click.IntRange(min=1),
               help="Development server: open REST connections; more are refused with 503.")
-@click.option("--request-timeout", default=DEFAULT_REQUEST_TIMEOUT, show_default=True,
+@click.option("--request-timeout", default=DEV.request_timeout, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="Development server: seconds a REST client has to send a request's headers, and again its body.")
 @click.option("--server", "which", type=click.Choice(["auto", "tf-serving", "dev"]), default="auto", show_default=True,
@@ -65,7 +66,6 @@ def serve(model_base, model_name, grpc_port, rest_port, host, poll_seconds, enab
     up as they appear. Runs tensorflow_model_server when it is on PATH, else a development server speaking
     the same protocols (for development and tests). Stops cleanly on Ctrl-C or SIGTERM.
     """
-    from hrnet_tfx.serving.dev_server import DevServerOptions
     from hrnet_tfx.serving.batching import BatchingOptions
     from hrnet_tfx.serving.server import serve as run
 

@@ -52,11 +52,11 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from hrnet_tfx.data import features
+from hrnet_tfx.serving.export import OUTPUT_SCORES as PREDICTION_KEY
+from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY as SIGNATURE
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"
-PREDICTION_KEY = "scores"
-SIGNATURE = "serving_default"
 
 TOP1 = "sparse_categorical_accuracy"
 TOP5 = "sparse_top_k_categorical_accuracy"

@@ -317,7 +317,7 @@ _BEAM_WORKER_FLAGS = {
     "FlinkRunner": ("--parallelism={n}",),
 }
 
-_OFFICIAL_TRAIN = {"image_size": 224, "global_batch_size": 128, "epochs": 100}
+_OFFICIAL_TRAIN = {"image_size": 224, "per_worker_batch_size": 32, "epochs": 100}  # 32 per GPU, lr scaled
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
@@ -325,7 +325,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "input_base": "outputs/sample",
         "train_shards": 4,
         "eval_shards": 2,
-        "train": {"model": "tiny.yaml", "image_size": 64, "global_batch_size": 8, "train_steps": 60,
+        "train": {"model": "tiny.yaml", "image_size": 64, "per_worker_batch_size": 8, "train_steps": 60,
                   "base_lr": 1.6, "lr_decay_epochs": [4.0], "log_every_steps": 10,
                   "checkpoint_every_steps": 20},
         "num_workers": 1,

@@ -1,4 +1,4 @@
-"""Status codes and errors shared by the development server and the client.
+"""Status codes and the errors the client raises (and the development server answers with).
 
 The codes are gRPC's (the same numbers TensorFlow's ``tf.errors`` use), and the HTTP mapping is TF
 Serving's REST one (``INVALID_ARGUMENT`` and ``FAILED_PRECONDITION`` -> 400, ``NOT_FOUND`` -> 404, ...), so a
@@ -8,9 +8,6 @@ client sees the same code and status from the development server as from ``tenso
 from __future__ import annotations
 
 import enum
-import logging
-
-log = logging.getLogger(__name__)
 
 
 class Code(enum.IntEnum):
@@ -104,36 +101,3 @@ class ServerUnavailableError(ServingError):
 def invalid(message: str) -> ServingError:
     """An ``INVALID_ARGUMENT`` error (HTTP 400)."""
     return ServingError(Code.INVALID_ARGUMENT, message)
-
-
-INTERNAL_MESSAGE = "internal error in the model server; the details are in its log"
-"""What a client is told about a failure that is not its request's fault (details never leave the server)."""
-_CLIENT_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE, Code.NOT_FOUND})
-
-
-def internal(where: str) -> ServingError:
-    """An ``INTERNAL`` error with the generic message; logs the exception being handled, with ``where``."""
-    log.exception("%s: internal error", where)
-    return ServingError(Code.INTERNAL, INTERNAL_MESSAGE)
-
-
-def from_tf_error(error: Exception, limit: int = 2000) -> ServingError:
-    """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature.
-
-    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it).
-    For errors caused by the request the message is TensorFlow's, without the Python-side "Graph execution
-    error" traceback noise; for any other code (out of memory, internal errors) the client gets a generic
-    message and the details are logged.
-    """
-    code = getattr(error, "error_code", Code.INTERNAL)
-    try:
-        code = Code(code)
-    except ValueError:
-        code = Code.INTERNAL
-    message = getattr(error, "message", None) or str(error)
-    lines = [ln for ln in message.splitlines() if ln.strip() and not ln.startswith(("Detected at node", "<stack"))]
-    text = " ".join(ln.strip() for ln in lines) or type(error).__name__
-    if code not in _CLIENT_FAULTS:
-        log.error("the model failed with %s: %s", code.name, text)
-        return ServingError(code, INTERNAL_MESSAGE)
-    return ServingError(code, text[:limit])

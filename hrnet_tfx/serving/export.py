@@ -11,6 +11,9 @@ send encoded images or tf.Examples, never pixels):
     ``probabilities`` [N, C], ``top_k_ids`` [N, k] int32, ``top_k_labels`` [N, k] string and
     ``top_k_scores`` [N, k] float32: what a client calling Predict wants.
 ``predict_examples``: the same four outputs for serialized tf.Examples (input ``examples``).
+``predict_images_top_k``: input ``images``; only ``top_k_ids``, ``top_k_labels`` and ``top_k_scores``. What
+    the client uses: over REST, the JSON for [32, 1000] probabilities took 40-55% of the CPU time of the tiny
+    test network itself (``benchmarks/bench_serving.py``).
 
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
 ``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation, fine-tuning), and
@@ -39,12 +42,25 @@ import tensorflow as tf
 from hrnet_tfx import quiet
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
+from hrnet_tfx.fs import is_uri
 
 SAVED_MODEL_PB = "saved_model.pb"
 STAGING_PREFIX = ".export-"
-SIGNATURE_CLASSIFY = "serving_default"
+# The serving contract's names (clients, warm-up, TFMA and the development server import them from here).
+SIGNATURE_CLASSIFY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default": TFMA, Classify API
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURE_EXAMPLES = "predict_examples"
+SIGNATURE_TOP_K = "predict_images_top_k"
+INPUT_CLASSIFY = tf.saved_model.CLASSIFY_INPUTS  # "inputs": serialized tf.Examples
+INPUT_IMAGES = "images"
+INPUT_EXAMPLES = "examples"
+OUTPUT_SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES  # "scores"
+OUTPUT_CLASSES = tf.saved_model.CLASSIFY_OUTPUT_CLASSES  # "classes"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_TOP_K_IDS = "top_k_ids"
+OUTPUT_TOP_K_LABELS = "top_k_labels"
+OUTPUT_TOP_K_SCORES = "top_k_scores"
+TOP_K_OUTPUTS = (OUTPUT_TOP_K_IDS, OUTPUT_TOP_K_LABELS, OUTPUT_TOP_K_SCORES)
 TOP_K = 5
 
 log = logging.getLogger(__name__)
@@ -55,17 +71,17 @@ def _predictions(logits_fn, images, labels: tf.Tensor, top_k: int) -> dict[str, 
     k = min(top_k, int(labels.shape[0]))
     top = tf.math.top_k(probabilities, k=k)
     return {
-        "probabilities": probabilities,
-        "top_k_ids": top.indices,
-        "top_k_labels": tf.gather(labels, top.indices),
-        "top_k_scores": top.values,
+        OUTPUT_PROBABILITIES: probabilities,
+        OUTPUT_TOP_K_IDS: top.indices,
+        OUTPUT_TOP_K_LABELS: tf.gather(labels, top.indices),
+        OUTPUT_TOP_K_SCORES: top.values,
     }
 
 
 class ServingModule(tf.Module):
     """What the SavedModel holds: the model's variables (``model_variables``, in ``model.variables``
     order), ``logits`` (normalised images -> logits, traced once and shared by every signature) and
-    the three signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs
+    the serving signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs
     no Keras."""
 
     def __init__(self, model, labels: Sequence[str], image_size: int = IMAGE_SIZE, top_k: int = TOP_K):
@@ -89,33 +105,36 @@ class ServingModule(tf.Module):
         return eval_transform_batch(encoded, self.image_size)
 
     def signatures(self) -> dict:
-        """The three serving signatures as concrete functions."""
+        """The serving signatures as concrete functions."""
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_CLASSIFY)])
         def classify(inputs):
             out = _predictions(self.logits, self._decode_examples(inputs), self.label_strings, self.top_k)
             batch = tf.shape(inputs)[0]
-            return {"scores": out["probabilities"], "classes": tf.tile(self.label_strings[tf.newaxis], [batch, 1])}
+            return {OUTPUT_SCORES: out[OUTPUT_PROBABILITIES],
+                    OUTPUT_CLASSES: tf.tile(self.label_strings[tf.newaxis], [batch, 1])}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_IMAGES)])
         def predict_images(images):
             pixels = eval_transform_batch(images, self.image_size)
             return _predictions(self.logits, pixels, self.label_strings, self.top_k)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_EXAMPLES)])
         def predict_examples(examples):
             return _predictions(self.logits, self._decode_examples(examples), self.label_strings, self.top_k)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_IMAGES)])
+        def predict_images_top_k(images):
+            out = _predictions(self.logits, eval_transform_batch(images, self.image_size), self.label_strings,
+                               self.top_k)
+            return {key: out[key] for key in TOP_K_OUTPUTS}
 
         return {
             SIGNATURE_CLASSIFY: classify.get_concrete_function(),
             SIGNATURE_IMAGES: predict_images.get_concrete_function(),
             SIGNATURE_EXAMPLES: predict_examples.get_concrete_function(),
+            SIGNATURE_TOP_K: predict_images_top_k.get_concrete_function(),
         }
-
-
-def is_uri(path: str) -> bool:
-    """Whether ``path`` names a file system by scheme (``gs://b/x``, ``ram://x``), not a local path."""
-    return "://" in path
 
 
 def _join(parent: str, name: str) -> str:

@@ -1,5 +1,6 @@
 """``serve()``: run TF Serving's ``tensorflow_model_server`` on a model base when it is installed, else the
-protocol-compatible development server (:mod:`hrnet_tfx.serving.dev_server`).
+protocol-compatible development server (:mod:`hrnet_tfx.serving.dev`), meant for development, tests and the
+demo.
 
 Both serve the latest version of one model, pick up versions the Pusher adds, listen on the same gRPC and
 REST ports, and stop cleanly on SIGINT/SIGTERM. The log says which one runs. Server-side batching
@@ -21,7 +22,7 @@ from hrnet_tfx.serving.batching import BatchingOptions
 from hrnet_tfx.serving.model_base import resolve_model
 
 if TYPE_CHECKING:
-    from hrnet_tfx.serving.dev_server import DevServerOptions
+    from hrnet_tfx.serving.dev.server import DevServerOptions
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
             if params:
                 os.unlink(params)
 
-    from hrnet_tfx.serving.dev_server import DevServerOptions, run_dev_server
+    from hrnet_tfx.serving.dev.server import DevServerOptions, run_dev_server
 
     if use_model_server is None:
         log.info("%s is not on PATH: serving model '%s' from %s with the development server (same gRPC and REST "

@@ -1,4 +1,4 @@
-"""Conversions between TF Serving's protos and numpy: TensorProto <-> ndarray, Input -> serialized Examples.
+"""Conversions between TF Serving's TensorProto and numpy arrays (the client and the development server).
 
 Output tensors are written the way ``tensorflow_model_server`` writes them (``Tensor::AsProtoField``: the
 typed repeated fields ``float_val``, ``int_val``, ``string_val``, ...), so client code that reads
@@ -173,41 +173,3 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarra
     if proto.dtype == types_pb2.DT_HALF:
         return np.array(proto.half_val, dtype=np.uint16).view(np.float16).reshape(shape)
     return np.array(getattr(proto, _FIELD[proto.dtype]), dtype=np_dtype).reshape(shape)
-
-
-def input_to_serialized_examples(request_input, max_examples: int | None = None,
-                                  max_bytes: int | None = None) -> list[bytes]:
-    """The serialized ``tf.Example`` s of a ``tensorflow.serving.Input`` (Classify/Regress request input).
-
-    With ``example_list_with_context`` the context's features are merged into every example (an example's
-    own feature wins on a name clash), which is what TF Serving does by concatenating the two serialized
-    messages. The count and the merged size are checked first (a 1 MiB context with a million empty
-    examples would otherwise make a terabyte).
-
-    Raises:
-      ServingError: INVALID_ARGUMENT with more than ``max_examples`` examples or more than ``max_bytes``
-        bytes once the context is merged in.
-    """
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        examples, context = request_input.example_list.examples, None
-    elif kind == "example_list_with_context":
-        examples, context = request_input.example_list_with_context.examples, \
-            request_input.example_list_with_context.context
-    else:
-        return []
-    check_item_count(len(examples), max_examples, "examples")
-    if max_bytes is not None and context is not None:
-        merged = len(examples) * context.ByteSize() + sum(e.ByteSize() for e in examples)
-        if merged > max_bytes:
-            raise invalid(f"{len(examples):,} examples with a {context.ByteSize():,}-byte context make "
-                          f"{merged:,} bytes, more than this server's limit of {max_bytes:,} bytes per request")
-    prefix = context.SerializeToString() if context is not None else b""
-    return [prefix + e.SerializeToString() for e in examples]
-
-
-def check_item_count(count: int, limit: int | None, what: str) -> None:
-    """INVALID_ARGUMENT if a request carries more than ``limit`` items (images or examples)."""
-    if limit is not None and count > limit:
-        raise invalid(f"{count:,} {what} in one request, more than this server's limit of {limit:,} "
-                      "(--max-items-per-request); split the request")

@@ -28,34 +28,63 @@ def default_num_workers() -> int:
     return max(1, len(tf.config.list_physical_devices("GPU")))
 
 
-def worker_command(config_path: str, eval_only: bool = False) -> list[str]:
+def worker_command(config_path: str, eval_only: bool = False, allow_changed_config: bool = False) -> list[str]:
     """The per-process command an outside launcher (mpirun, an MPIJob) runs."""
     cmd = [sys.executable, "-m", "hrnet_tfx.training.worker", "--config", config_path]
-    return cmd + (["--eval-only"] if eval_only else [])
+    return cmd + (["--eval-only"] if eval_only else []) + (["--allow-changed-config"] if allow_changed_config else [])
 
 
-def launch(config: TrainConfig, num_workers: int | None = None, eval_only: bool = False) -> dict:
-    """Validates the config, runs ``num_workers`` workers (default: :func:`default_num_workers`) and
-    returns rank 0's final metrics (top1, top5, loss, count)."""
-    from hrnet_tfx.training.loop import METRICS_FILE, run, validate
+def prepare(config: TrainConfig, workers: int, eval_only: bool = False,
+            allow_changed_config: bool = False) -> TrainConfig:
+    """The config the workers get, checked before any of them starts: both batch numbers resolved for
+    ``workers``, the training examples counted once (when ``num_train_examples`` is 0), the settings
+    compared with a resumed run's, and (eval-only) the classifier of PyTorch weights checked."""
+    from hrnet_tfx.data.counting import count_records
+    from hrnet_tfx.training.loop import check_init_head, check_resume, data_files, validate
+
+    validate(config, workers, eval_only)
+    config = config.for_workers(workers)
+    if not eval_only and not config.num_train_examples:
+        files = data_files(config.train_files, "train_files")
+        log.info("counting the training examples in %d file(s) (set num_train_examples to skip)", len(files))
+        config = config.replace(num_train_examples=count_records(files))
+    check_resume(config, eval_only, allow_changed_config)
+    if eval_only:
+        check_init_head(config)
+    return config
+
+
+def launch(config: TrainConfig, num_workers: int | None = None, eval_only: bool = False,
+           allow_changed_config: bool = False) -> dict:
+    """Checks and resolves the config (:func:`prepare`), runs ``num_workers`` workers (default:
+    :func:`default_num_workers`) and returns rank 0's final metrics (top1, top5, loss, count, ...).
+
+    ``allow_changed_config``: resume although the model, data, batch or schedule differ from the run
+    that wrote the checkpoints (otherwise a :class:`~hrnet_tfx.models.ConfigError` names each difference).
+    """
+    import tensorflow as tf
+
+    from hrnet_tfx.training.loop import EVAL_METRICS_FILE, METRICS_FILE, log_batch, run
 
     workers = num_workers or default_num_workers()
-    validate(config, workers, eval_only)  # fail before any worker starts
+    config = prepare(config, workers, eval_only, allow_changed_config)  # fail before any worker starts
     if workers == 1:
-        return run(config, eval_only)
+        return run(config, eval_only, allow_changed_config)
     if not horovod_available():
         log.warning("Horovod is not installed: %d workers requested, training in one process with "
                     "tf.distribute.MirroredStrategy over this machine's devices instead", workers)
-        return run(config.replace(backend="tf_distribute"), eval_only)
-    os.makedirs(config.model_dir, exist_ok=True)
+        return run(config.replace(backend="tf_distribute"), eval_only, allow_changed_config)
+    if not eval_only:
+        log_batch(config, workers)
     config_path = os.path.join(config.model_dir, "launch_config.json")
     config.save(config_path)
     horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    cmd = [horovodrun, "-np", str(workers), "-H", f"localhost:{workers}", "--gloo"] + worker_command(config_path, eval_only)
+    cmd = [horovodrun, "-np", str(workers), "-H", f"localhost:{workers}", "--gloo"]
+    cmd += worker_command(config_path, eval_only, allow_changed_config)
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONUNBUFFERED": "1"}
     log.info("launching: %s", " ".join(cmd))
     result = subprocess.run(cmd, env=env)
     if result.returncode:
         raise RuntimeError(f"training workers failed with exit code {result.returncode} (command: {' '.join(cmd)})")
-    with open(os.path.join(config.model_dir, METRICS_FILE), encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(config.model_dir, EVAL_METRICS_FILE if eval_only else METRICS_FILE)) as f:
         return json.load(f)

@@ -127,8 +127,8 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
 
     Every path must be visible from every pod: a URI (``gs://``, ``s3://``, ``hdfs://``) or an absolute
     path. ``model_dir`` and ``export_dir`` must also outlive the pods (rank 0 writes them, and a restarted
-    job may resume on another node): a URI or a path inside the mounted data volume. The global batch
-    must split evenly over the ``workers * slots`` processes.
+    job may resume on another node): a URI or a path inside the mounted data volume. An explicit global
+    batch must split evenly over the ``workers * slots`` processes.
     """
     _check_model(config.model)
     if not config.model_dir:
@@ -150,15 +150,20 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
             raise ConfigError(f"{key} {path!r} is not shared storage (every rank and a restarted pod must see the "
                               f"same directory, and the pod's own disk is lost): use a gs://, s3:// or hdfs:// "
                               f"URI, or {where}")
-    if config.global_batch_size % spec.num_processes:
+    if config.global_batch_size and config.global_batch_size % spec.num_processes:
         raise ConfigError(f"global_batch_size {config.global_batch_size} is not divisible by {spec.num_processes} "
                           f"workers ({spec.workers} node(s) x {spec.slots_per_worker} slot(s))")
     if config.backend == "tf_distribute" and spec.num_processes > 1:
         raise ConfigError("backend 'tf_distribute' cannot span MPI processes: use 'auto' or 'horovod'")
 
 
-def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False) -> list[dict]:
+def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False,
+                     allow_changed_config: bool = False) -> list[dict]:
     """The ConfigMap (``train_config.json``) and the ``kubeflow.org/v2beta1`` MPIJob for one run.
+
+    The ConfigMap holds the config resolved for the job's ``workers * slots`` processes: the per-worker
+    and the global batch (``per_worker_batch_size`` x processes unless ``global_batch_size`` is set).
+    ``allow_changed_config`` lets the workers resume a ``model_dir`` whose saved settings differ.
 
     The launcher runs plain ``mpirun`` with the usual Horovod flags rather than ``horovodrun``:
     mpi-operator v2 already writes ``/etc/mpi/hostfile`` (``<worker> slots=N``), sets up SSH and retries
@@ -172,6 +177,7 @@ def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: boo
       ConfigError: see :func:`check_cluster_config`.
     """
     check_cluster_config(train_config, spec, eval_only)
+    train_config = train_config.for_workers(spec.num_processes)
     labels = {"app.kubernetes.io/name": "hrnet-tfx", "app.kubernetes.io/instance": spec.name}
     config_map_name = f"{spec.name}-train-config"  # "<name>-config" belongs to the operator
     config_map = {
@@ -188,7 +194,7 @@ def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: boo
                "-bind-to", "none", "-map-by", "slot", "-mca", "pml", "ob1", "-mca", "btl", "^openib"]
     for name in dict.fromkeys(["LD_LIBRARY_PATH", "PATH", *env]):
         command += ["-x", name]
-    command += ["python", *worker_command(posixpath.join(CONFIG_DIR, CONFIG_FILE), eval_only)[1:]]
+    command += ["python", *worker_command(posixpath.join(CONFIG_DIR, CONFIG_FILE), eval_only, allow_changed_config)[1:]]
     launcher_resources = {k: v for k, v in (("cpu", spec.launcher_cpu), ("memory", spec.launcher_memory)) if v}
     launcher = {
         "containers": [{

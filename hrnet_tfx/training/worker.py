@@ -14,13 +14,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="training config file (YAML or JSON)")
     parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("--allow-changed-config", action="store_true",
+                        help="resume although the settings differ from the saved train_config.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [worker] %(message)s")
     from hrnet_tfx.training.config import TrainConfig
     from hrnet_tfx.training.loop import run
 
-    run(TrainConfig.from_file(args.config, args.overrides), eval_only=args.eval_only)
+    run(TrainConfig.from_file(args.config, args.overrides), eval_only=args.eval_only,
+        allow_changed_config=args.allow_changed_config)
 
 
 if __name__ == "__main__":

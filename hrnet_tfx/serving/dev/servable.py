@@ -17,25 +17,83 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from typing import Sequence
 
 import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from hrnet_tfx.serving.errors import Code, ServingError, from_tf_error, invalid
-from hrnet_tfx.serving.image_guard import ImageGuard
-from hrnet_tfx.serving.tensors import (check_item_count, declared_shape, dtype_name, numpy_dtype,
-                                       to_ndarray)
+import tensorflow as tf
+
+from hrnet_tfx.serving import warmup
+from hrnet_tfx.serving.dev.core import INTERNAL_MESSAGE
+from hrnet_tfx.serving.dev.image_guard import ImageGuard
+from hrnet_tfx.serving.errors import Code, ServingError, invalid
+from hrnet_tfx.serving.export import INPUT_CLASSIFY, OUTPUT_CLASSES, OUTPUT_SCORES, SIGNATURE_CLASSIFY
+from hrnet_tfx.serving.tensors import declared_shape, dtype_name, numpy_dtype, to_ndarray
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-CLASSIFY_INPUTS = "inputs"
-CLASSIFY_CLASSES = "classes"
-CLASSIFY_SCORES = "scores"
-SERVE_TAG = "serve"
+_CLIENT_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE, Code.NOT_FOUND})
+
+
+def from_tf_error(error: tf.errors.OpError, limit: int = 2000) -> ServingError:
+    """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature.
+
+    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it).
+    For errors caused by the request the message is TensorFlow's, without the Python-side "Graph execution
+    error" traceback noise; for any other code (out of memory, internal errors) the client gets a generic
+    message and the details are logged.
+    """
+    try:
+        code = Code(error.error_code)
+    except ValueError:
+        code = Code.INTERNAL
+    message = error.message or str(error)
+    lines = [ln for ln in message.splitlines() if ln.strip() and not ln.startswith(("Detected at node", "<stack"))]
+    text = " ".join(ln.strip() for ln in lines) or type(error).__name__
+    if code not in _CLIENT_FAULTS:
+        log.error("the model failed with %s: %s", code.name, text)
+        return ServingError(code, INTERNAL_MESSAGE)
+    return ServingError(code, text[:limit])
+
+
+def check_item_count(count: int, limit: int | None, what: str) -> None:
+    """INVALID_ARGUMENT if a request carries more than ``limit`` items (images or examples)."""
+    if limit is not None and count > limit:
+        raise invalid(f"{count:,} {what} in one request, more than this server's limit of {limit:,} "
+                      "(--max-items-per-request); split the request")
+
+
+def input_to_serialized_examples(request_input, max_examples: int | None = None,
+                                 max_bytes: int | None = None) -> list[bytes]:
+    """The serialized ``tf.Example`` s of a ``tensorflow.serving.Input`` (a Classify request's input).
+
+    With ``example_list_with_context`` the context's features are merged into every example (an example's
+    own feature wins on a name clash), which is what TF Serving does by concatenating the two serialized
+    messages. The count and the merged size are checked first (a 1 MiB context with a million empty
+    examples would otherwise make a terabyte).
+
+    Raises:
+      ServingError: INVALID_ARGUMENT with more than ``max_examples`` examples or more than ``max_bytes``
+        bytes once the context is merged in.
+    """
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        examples, context = request_input.example_list.examples, None
+    elif kind == "example_list_with_context":
+        examples, context = request_input.example_list_with_context.examples, \
+            request_input.example_list_with_context.context
+    else:
+        return []
+    check_item_count(len(examples), max_examples, "examples")
+    if max_bytes is not None and context is not None:
+        merged = len(examples) * context.ByteSize() + sum(e.ByteSize() for e in examples)
+        if merged > max_bytes:
+            raise invalid(f"{len(examples):,} examples with a {context.ByteSize():,}-byte context make "
+                          f"{merged:,} bytes, more than this server's limit of {max_bytes:,} bytes per request")
+    prefix = context.SerializeToString() if context is not None else b""
+    return [prefix + e.SerializeToString() for e in examples]
 
 
 @contextlib.contextmanager
@@ -72,24 +130,19 @@ class SavedModelServable:
       path: the version directory.
       image_guard: header checks on image inputs before the graph runs (None: no checks).
       max_items: most images/examples (first dimension of an input) per request (None: no limit).
-      intra_op_threads, inter_op_threads: TF session thread pools (0: TensorFlow's default).
     """
 
     def __init__(self, name: str, version: int, path: str, *, image_guard: ImageGuard | None = None,
-                 max_items: int | None = None, intra_op_threads: int = 0, inter_op_threads: int = 0):
-        import tensorflow as tf
-
+                 max_items: int | None = None):
         self.name, self.version, self.path = name, version, path
         self.image_guard = image_guard
         self.max_items = max_items
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
-                                          inter_op_parallelism_threads=inter_op_threads,
-                                          allow_soft_placement=True)
         self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        self._session = tf.compat.v1.Session(graph=self._graph,
+                                             config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
         try:
             with self._graph.as_default(), _quiet_tf_deprecations():
-                meta_graph = tf.compat.v1.saved_model.loader.load(self._session, [SERVE_TAG], path)
+                meta_graph = tf.compat.v1.saved_model.loader.load(self._session, [tf.saved_model.SERVING], path)
         except Exception as e:
             self._session.close()
             raise ServingError(Code.FAILED_PRECONDITION, f"cannot load the SavedModel at {path}: {e}") from e
@@ -98,7 +151,7 @@ class SavedModelServable:
     # -- signatures ------------------------------------------------------------------------------------
     def signature(self, name: str | None, code: Code = Code.FAILED_PRECONDITION):
         """The SignatureDef called ``name`` (empty/None: ``serving_default``); ``code`` if there is none."""
-        key = name or DEFAULT_SIGNATURE
+        key = name or SIGNATURE_CLASSIFY
         signature = self.signature_defs.get(key)
         if signature is None:
             known = ", ".join(sorted(k for k in self.signature_defs if not k.startswith("__")))
@@ -107,8 +160,6 @@ class SavedModelServable:
 
     # -- running ---------------------------------------------------------------------------------------
     def _run(self, feeds: dict, fetches: Sequence[str]) -> list:
-        import tensorflow as tf
-
         try:
             return self._session.run(list(fetches), feed_dict=feeds)
         except tf.errors.OpError as e:
@@ -136,14 +187,9 @@ class SavedModelServable:
         for alias, info in signature.inputs.items():
             value = np.asarray(inputs[alias])
             want = numpy_dtype(info.dtype)
-            if want == object:
-                if value.dtype.kind not in "OSU":
-                    raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
-                value = value.astype(object)
-            elif value.dtype != want:
-                if value.dtype.kind in "OSU" or not np.can_cast(value.dtype, want, casting="same_kind"):
-                    raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
-                value = value.astype(want)
+            if value.dtype != want and not (want == object and value.dtype.kind in "OSU"):
+                raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
+            value = value.astype(want, copy=False)
             self._check_shape(alias, info, value.shape)
             feeds[alias] = value
         if self.image_guard is not None:
@@ -154,7 +200,7 @@ class SavedModelServable:
         """:meth:`predict` on ``{input alias: TensorProto}``: names, dtypes and declared shapes are checked
         against the signature (and the item cap) before any tensor is converted."""
         signature = self.signature(signature_name)
-        self._check_names(signature_name or DEFAULT_SIGNATURE, signature, tensors)
+        self._check_names(signature_name or SIGNATURE_CLASSIFY, signature, tensors)
         for alias, proto in tensors.items():
             info = signature.inputs[alias]
             if proto.dtype != info.dtype:
@@ -171,7 +217,7 @@ class SavedModelServable:
             bad images, too many items or an unknown output, and TensorFlow's code for errors raised by the
             graph.
         """
-        signature_name = signature_name or DEFAULT_SIGNATURE
+        signature_name = signature_name or SIGNATURE_CLASSIFY
         signature = self.signature(signature_name)
         aliases = list(output_filter) or sorted(signature.outputs)
         for alias in aliases:
@@ -191,29 +237,29 @@ class SavedModelServable:
           ``(classes, scores)``: ``[N, C]`` arrays (labels as bytes, float32 scores); either may be None when
           the signature lacks that output.
         """
-        signature_name = signature_name or DEFAULT_SIGNATURE
+        signature_name = signature_name or SIGNATURE_CLASSIFY
         signature = self.signature(signature_name, code=Code.INVALID_ARGUMENT)
         if len(signature.inputs) != 1:
             raise invalid(f"signature '{signature_name}' cannot classify: expected one input Tensor, it has "
                           f"{len(signature.inputs)}")
-        if CLASSIFY_INPUTS not in signature.inputs:
+        if INPUT_CLASSIFY not in signature.inputs:
             raise ServingError(Code.FAILED_PRECONDITION, f"signature '{signature_name}' cannot classify: its "
-                               f"input is '{next(iter(signature.inputs))}', not '{CLASSIFY_INPUTS}'")
-        aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
+                               f"input is '{next(iter(signature.inputs))}', not '{INPUT_CLASSIFY}'")
+        aliases = [a for a in (OUTPUT_CLASSES, OUTPUT_SCORES) if a in signature.outputs]
         if not aliases:
             raise ServingError(Code.FAILED_PRECONDITION, f"signature '{signature_name}' cannot classify: it has "
-                               f"neither a '{CLASSIFY_CLASSES}' nor a '{CLASSIFY_SCORES}' output")
+                               f"neither a '{OUTPUT_CLASSES}' nor a '{OUTPUT_SCORES}' output")
         if not examples:
             raise invalid("ClassificationRequest::input is empty.")
         serialized = np.empty(len(examples), dtype=object)
         serialized[:] = list(examples)
-        feeds = self._check_inputs(signature_name, signature, {CLASSIFY_INPUTS: serialized})
+        feeds = self._check_inputs(signature_name, signature, {INPUT_CLASSIFY: serialized})
         outputs = dict(zip(aliases, self._run(feeds, [signature.outputs[a].name for a in aliases])))
         for alias, out in outputs.items():
             if out.ndim != 2 or out.shape[0] != len(examples):
                 raise invalid(f"Expected Tensor shape: [batch_size num_classes] but '{alias}' has "
                               f"{list(out.shape)} for {len(examples)} examples")
-        classes, scores = outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES)
+        classes, scores = outputs.get(OUTPUT_CLASSES), outputs.get(OUTPUT_SCORES)
         if classes is not None and scores is not None and classes.shape != scores.shape:
             raise invalid(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. "
                           f"{scores.shape[1]}")
@@ -226,21 +272,30 @@ class SavedModelServable:
         Raises:
           ServingError: a warm-up request failed (TF Serving then refuses to serve the version, and so do we).
         """
-        from hrnet_tfx.serving import warmup
-
         path = warmup.warmup_file(self.path)
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             return 0
         count, start = 0, time.monotonic()
         for record in warmup.read_warmup_requests(self.path):
             try:
-                warmup.run_record(self, record)
+                self._run_record(record)
             except ServingError as e:
                 raise ServingError(e.code, f"warm-up request {count} in {path} failed: {e.message}") from None
             count += 1
         log.info("%s: version %d warmed up with %d requests in %.1f s", self.name, self.version, count,
                  time.monotonic() - start)
         return count
+
+    def _run_record(self, record) -> None:
+        kind = record.WhichOneof("log_type")
+        if kind == "predict_log":
+            request = record.predict_log.request
+            self.predict_protos(request.model_spec.signature_name, dict(request.inputs), list(request.output_filter))
+        elif kind == "classify_log":
+            request = record.classify_log.request
+            self.classify(request.model_spec.signature_name, input_to_serialized_examples(request.input))
+        else:
+            raise ServingError(Code.UNIMPLEMENTED, f"warm-up records of type {kind} are not supported here")
 
     def close(self) -> None:
         """Releases the session (the watcher calls this once in-flight requests have finished)."""

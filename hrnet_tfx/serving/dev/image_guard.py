@@ -35,11 +35,6 @@ DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 DEFAULT_MAX_ASPECT_RATIO = 50.0
 """Default cap on long side / short side: a 20:1 panorama passes, a 1,000,000 x 1 strip not."""
 
-IMAGE_INPUTS = frozenset({"images"})
-"""Signature inputs that hold encoded images."""
-EXAMPLE_INPUTS = frozenset({"inputs", "examples"})
-"""Signature inputs that hold serialized tf.Examples with the image in ``image/encoded``."""
-
 # TensorFlow's sniffing (tf.io.is_jpeg, then decode_image's checks) and the Pillow formats each may be.
 _TF_FORMATS = ((b"\xff\xd8\xff", "JPEG", {"JPEG", "MPO"}), (b"\x89PN", "PNG", {"PNG"}),
                (b"GIF", "GIF", {"GIF"}), (b"BM", "BMP", {"BMP"}))
@@ -117,14 +112,16 @@ class ImageGuard:
 
     def check_inputs(self, inputs: dict) -> None:
         """Checks the image-bearing string inputs of a Predict call (``{name: object ndarray of bytes}``)."""
+        from hrnet_tfx.serving.export import INPUT_CLASSIFY, INPUT_EXAMPLES, INPUT_IMAGES  # imports TensorFlow
+
         for name, values in inputs.items():
             if getattr(values, "dtype", None) is None or values.dtype != object:
                 continue
             flat = values.ravel()
-            if name in IMAGE_INPUTS:
+            if name == INPUT_IMAGES:
                 for i, data in enumerate(flat):
                     self.check_image(data, f"{name}[{i}]")
-            elif name in EXAMPLE_INPUTS:
+            elif name in (INPUT_CLASSIFY, INPUT_EXAMPLES):
                 self.check_examples(flat, name)
 
 

@@ -1,6 +1,6 @@
-"""TF Serving's REST API over a :class:`~hrnet_tfx.serving.core.ServingCore`, served by tornado.
+"""TF Serving's REST API over a :class:`~hrnet_tfx.serving.dev.core.ServingCore`, served by tornado.
 
-Routes (case-insensitive, as in TF Serving; see :mod:`hrnet_tfx.serving.rest_json` for the bodies)::
+Routes (case-insensitive, as in TF Serving; see :mod:`hrnet_tfx.serving.dev.rest_requests` for the bodies)::
 
     GET  /v1/models/NAME[/versions/V]               version status
     GET  /v1/models/NAME[/versions/V]/metadata      signature metadata
@@ -43,68 +43,58 @@ import tornado.netutil
 import tornado.web
 
 from hrnet_tfx.serving import rest_json
-from hrnet_tfx.serving.core import (DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
-                                    DEFAULT_REQUEST_TIMEOUT, ServingCore)
-from hrnet_tfx.serving.errors import Code, ServingError, internal, invalid
-from hrnet_tfx.serving.grpc_service import model_status_response, signature_def_map
+from hrnet_tfx.serving.dev import rest_requests
+from hrnet_tfx.serving.dev.core import ServingCore, internal
+from hrnet_tfx.serving.dev.grpc_service import model_status_response, signature_def_map
+from hrnet_tfx.serving.errors import Code, ServingError, invalid
 from hrnet_tfx.serving.model_base import parse_version
 
 log = logging.getLogger(__name__)
 
 _VERSION = r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)" + _VERSION + r":(?P<method>classify|regress|predict)",
+PREDICT_PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)" + _VERSION + r":(?P<method>classify|predict)",
                           re.IGNORECASE)
 STATUS_PATH = re.compile(r"/v1/models(?:/(?P<name>[^/:]+))?" + _VERSION + r"(?:/(?P<sub>metadata))?", re.IGNORECASE)
 MAX_HEADER_BYTES = 64 * 1024
 
 
 class RestApi:
-    """Routes a REST call to the core: ``dispatch(method, path, body) -> (json bytes, item count)``."""
+    """Routes a REST call to the core: ``respond(method, path, body) -> (HTTP status, JSON bytes)``."""
 
     def __init__(self, core: ServingCore):
         self.core = core
 
     def respond(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         """``(HTTP status, JSON body)`` for one call; never raises (errors become ``{"error": ...}``)."""
-        start, items, status = time.monotonic(), 0, 500
         try:
             if not path.lower().startswith("/v1/"):
-                status, answer = 404, rest_json.error_body(f"Not found: {path[:200]} (the API is under /v1/models/)")
-            else:
-                answer, items = self.dispatch(method, path, body)
-                status = 200
+                return 404, rest_requests.error_body(f"Not found: {path[:200]} (the API is under /v1/models/)")
+            return 200, self.dispatch(method, path, body)
         except ServingError as e:
-            status, answer = e.http_status, rest_json.error_body(e.message)
             log.debug("REST %s %s failed: %s", method, path[:200], e)
+            return e.http_status, rest_requests.error_body(e.message)
         except Exception:  # a bug, or memory ran out: tell the caller little, log the rest, keep serving
             error = internal(f"REST {method} {path[:200]}")
-            status, answer = error.http_status, rest_json.error_body(error.message)
-        finally:
-            self.core.stats.record(items, time.monotonic() - start, status == 200)
-        return status, answer
+            return error.http_status, rest_requests.error_body(error.message)
 
-    def dispatch(self, method: str, path: str, body: bytes) -> tuple[bytes, int]:
+    def dispatch(self, method: str, path: str, body: bytes) -> bytes:
         """Handles one call (raises :class:`ServingError` for an error response)."""
         match = PREDICT_PATH.fullmatch(path) if method == "POST" else None
         if match:
             name, version, label = self._spec(match)
-            verb = match["method"].lower()
-            if verb == "predict":
+            if match["method"].lower() == "predict":
                 return self._predict(name, version, label, body)
-            if verb == "classify":
-                return self._classify(name, version, label, body)
-            raise ServingError(Code.UNIMPLEMENTED, "regress is not supported by the development server (the HRNet "
-                               "signatures are classifiers)")
+            return self._classify(name, version, label, body)
         match = STATUS_PATH.fullmatch(path) if method == "GET" else None
         if match:
             name, version, label = self._spec(match)
             if not name:
                 raise invalid("Missing model name in request.")
             if match["sub"]:
-                return self._metadata(name, version, label), 0
+                return self._metadata(name, version, label)
             if label:
                 raise ServingError(Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
-            return rest_json.dumps(rest_json.format_status(model_status_response(self.core.status(name, version)))), 0
+            return rest_requests.dumps(rest_json.format_status(model_status_response(self.core.status(name, version))))
         raise invalid(f"Malformed request: {method} {path[:200]}")
 
     @staticmethod
@@ -119,24 +109,23 @@ class RestApi:
         label = urllib.parse.unquote(match["label"]) if match["label"] else None
         return name, version, label
 
-    def _predict(self, name, version, label, body) -> tuple[bytes, int]:
-        doc = rest_json.parse_json(body)
+    def _predict(self, name, version, label, body) -> bytes:
+        doc = rest_requests.parse_json(body)
         with self.core.lease(name, version, label) as servable:
             def input_infos(signature_name: str):
-                signature = servable.signature(signature_name, code=Code.INVALID_ARGUMENT)
-                return signature.inputs
+                return servable.signature(signature_name, code=Code.INVALID_ARGUMENT).inputs
 
-            signature_name, inputs, row_format = rest_json.parse_predict(doc, input_infos, servable.max_items)
+            signature_name, inputs, row_format = rest_requests.parse_predict(doc, input_infos, servable.max_items)
             outputs = servable.predict(signature_name, inputs)
-        items = len(next(iter(inputs.values()))) if inputs and next(iter(inputs.values())).ndim else 0
-        return rest_json.predict_json(outputs, row_format), items
+        return rest_requests.predict_json(outputs, row_format)
 
-    def _classify(self, name, version, label, body) -> tuple[bytes, int]:
-        doc = rest_json.parse_json(body)
+    def _classify(self, name, version, label, body) -> bytes:
+        doc = rest_requests.parse_json(body)
         with self.core.lease(name, version, label) as servable:
-            signature_name, examples = rest_json.parse_classify(doc, servable.max_items, self.core.max_request_bytes)
+            signature_name, examples = rest_requests.parse_classify(doc, servable.max_items,
+                                                                    self.core.max_request_bytes)
             classes, scores = servable.classify(signature_name, examples)
-        return rest_json.dumps(rest_json.format_classify(classes, scores)), len(examples)
+        return rest_requests.dumps(rest_requests.format_classify(classes, scores))
 
     def _metadata(self, name, version, label) -> bytes:
         from tensorflow_serving.apis import get_model_metadata_pb2
@@ -145,7 +134,7 @@ class RestApi:
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = name
             response.model_spec.version.value = servable.version
-            return rest_json.dumps(rest_json.format_metadata(response, signature_def_map(servable)))
+            return rest_requests.dumps(rest_json.format_metadata(response, signature_def_map(servable)))
 
 
 class _Limits:
@@ -177,23 +166,23 @@ class _Handler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:  # tornado's own errors (e.g. 405), as JSON
         self.set_header("Content-Type", "application/json")
-        self.finish(rest_json.error_body(self._reason))
+        self.finish(rest_requests.error_body(self._reason))
 
     async def prepare(self) -> None:
         limits = self.limits
         self._counted = self._working = False
         if limits.stopping:
-            await self._reply(503, rest_json.error_body("the server is shutting down"))
+            await self._reply(503, rest_requests.error_body("the server is shutting down"))
             return
         length = self.request.headers.get("Content-Length", "")
         if length.isascii() and length.isdigit() and int(length) > limits.max_request_bytes:
             # Answered before the body is read; the connection is then closed.
-            await self._reply(413, rest_json.error_body(
+            await self._reply(413, rest_requests.error_body(
                 f"request body of {int(length):,} bytes is larger than this server's limit of "
                 f"{limits.max_request_bytes:,} bytes (--max-request-bytes)"))
             return
         if limits.active >= limits.max_concurrent:  # counted from here: bodies being received hold memory too
-            await self._reply(429, rest_json.error_body(
+            await self._reply(429, rest_requests.error_body(
                 f"the server is busy: {limits.active} requests in flight (--max-concurrent-requests); retry later"))
             return
         limits.active += 1
@@ -235,15 +224,16 @@ class _Handler(tornado.web.RequestHandler):
 
 
 class _HTTPServer(tornado.httpserver.HTTPServer):
-    """tornado's HTTP server with a cap on open connections."""
+    """tornado's HTTP server with a cap on open connections (``max_connections``, set before it listens)."""
 
-    max_connections = DEFAULT_MAX_CONNECTIONS
+    max_connections: int
+    open_connections: int
     _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
                 b"Content-Length: %d\r\n\r\n%s")
 
     def handle_stream(self, stream, address) -> None:
         if self.open_connections >= self.max_connections:
-            body = rest_json.error_body(f"too many open connections ({self.max_connections}); retry later")
+            body = rest_requests.error_body(f"too many open connections ({self.max_connections}); retry later")
             stream.write(self._REFUSED % (len(body), body)).add_done_callback(lambda _: stream.close())
             return
         self.open_connections += 1
@@ -259,27 +249,21 @@ class RestServer:
 
     Args:
       address: ``(host, port)``; port 0 picks a free port.
-      core: the models.
-      executor: the worker pool that runs requests (shared with gRPC; a private one if None).
-      max_request_bytes: larger bodies are refused (see the module docstring).
-      request_timeout: seconds to receive a request's headers (and to wait for the next request on an idle
-        keep-alive connection), and seconds to receive its body.
-      max_connections, max_concurrent_requests: see the module docstring.
+      core: the model; its ``options`` set the limits (``max_request_bytes``, ``request_timeout``: seconds to
+        receive a request's headers, also the keep-alive idle limit, and again its body;
+        ``max_connections``, ``max_concurrent_requests``; see the module docstring).
+      executor: the worker pool that runs requests (shared with gRPC).
     """
 
-    def __init__(self, address: tuple[str, int], core: ServingCore, *, executor: futures.Executor | None = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS):
+    def __init__(self, address: tuple[str, int], core: ServingCore, executor: futures.Executor):
         host, port = address
+        opts = core.options
         self._sockets = tornado.netutil.bind_sockets(port, address=host or None, backlog=128)
         self.server_address = self._sockets[0].getsockname()[:2]
-        self._own_executor = executor is None
-        executor = executor or futures.ThreadPoolExecutor(4, thread_name_prefix="rest")
-        self._limits = _Limits(RestApi(core), executor, max_request_bytes, max_concurrent_requests)
-        self._settings = dict(max_header_size=MAX_HEADER_BYTES, max_body_size=max_request_bytes,
-                              idle_connection_timeout=request_timeout, body_timeout=request_timeout)
-        self._max_connections = max_connections
+        self._limits = _Limits(RestApi(core), executor, opts.max_request_bytes, opts.max_concurrent_requests)
+        self._settings = dict(max_header_size=MAX_HEADER_BYTES, max_body_size=opts.max_request_bytes,
+                              idle_connection_timeout=opts.request_timeout, body_timeout=opts.request_timeout)
+        self._max_connections = opts.max_connections
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -334,5 +318,3 @@ class RestServer:
         self._thread.join()
         self._loop.close()
         self._thread = None
-        if self._own_executor:
-            self._limits.executor.shutdown(wait=False)

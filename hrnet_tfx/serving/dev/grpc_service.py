@@ -1,4 +1,4 @@
-"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.core.ServingCore`.
+"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.dev.core.ServingCore`.
 
 ``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata (Regress and
 MultiInference answer UNIMPLEMENTED, grpc's default); ``tensorflow.serving.ModelService``: GetModelStatus
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -18,10 +17,11 @@ import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow load
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from hrnet_tfx.serving.core import ServingCore
-from hrnet_tfx.serving.errors import ServingError, internal, invalid
-from hrnet_tfx.serving.servable import DEFAULT_SIGNATURE
-from hrnet_tfx.serving.tensors import input_to_serialized_examples, to_tensor_proto
+from hrnet_tfx.serving.dev.core import ServingCore, internal
+from hrnet_tfx.serving.dev.servable import input_to_serialized_examples
+from hrnet_tfx.serving.errors import ServingError, invalid
+from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY
+from hrnet_tfx.serving.tensors import to_tensor_proto
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,18 @@ def signature_def_map(servable):
     return result
 
 
-class _Calls:
+@contextlib.contextmanager
+def _handle(context, api: str):
     """Runs a handler body: ServingError -> that gRPC status; anything else -> INTERNAL with a generic
     message (the details are logged, never sent)."""
-
-    def __init__(self, core: ServingCore):
-        self.core = core
-
-    @contextlib.contextmanager
-    def handle(self, context, api: str, items: int = 0):
-        start, ok, call = time.monotonic(), False, {"items": items}
-        try:
-            yield call
-            ok = True
-        except ServingError as e:
-            log.debug("gRPC %s failed: %s", api, e)
-            context.abort(grpc.StatusCode[e.code.name], e.message)
-        except Exception:  # a bug, or memory ran out: tell the caller little, log the rest, keep serving
-            e = internal(f"gRPC {api}")
-            context.abort(grpc.StatusCode[e.code.name], e.message)
-        finally:
-            self.core.stats.record(call["items"], time.monotonic() - start, ok)
+    try:
+        yield
+    except ServingError as e:
+        log.debug("gRPC %s failed: %s", api, e)
+        context.abort(grpc.StatusCode[e.code.name], e.message)
+    except Exception:  # a bug, or memory ran out: tell the caller little, log the rest, keep serving
+        e = internal(f"gRPC {api}")
+        context.abort(grpc.StatusCode[e.code.name], e.message)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -77,17 +68,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, core: ServingCore):
         self._core = core
-        self._calls = _Calls(core)
 
     def Predict(self, request, context):
         """Runs the requested signature on ``request.inputs`` (TF Serving's Predict). The model is looked up
         first, then the inputs are checked against its signature, and only then converted."""
-        first = next(iter(request.inputs.values()), None)
-        items = max(first.tensor_shape.dim[0].size, 0) if first is not None and first.tensor_shape.dim else 0
-        with self._calls.handle(context, "Predict", items):
+        with _handle(context, "Predict"):
             name, version, label = _spec(request.model_spec)
             with self._core.lease(name, version, label) as servable:
-                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                signature_name = request.model_spec.signature_name or SIGNATURE_CLASSIFY
                 outputs = servable.predict_protos(signature_name, dict(request.inputs), list(request.output_filter))
                 response = predict_pb2.PredictResponse()
                 _fill_spec(response.model_spec, name, servable.version, signature_name)
@@ -98,13 +86,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         """Classifies tf.Examples with a ``classes``/``scores`` signature (TF Serving's Classify). The model is
         looked up, and the example count and merged size checked, before the context is merged in."""
-        with self._calls.handle(context, "Classify") as call:
+        with _handle(context, "Classify"):
             name, version, label = _spec(request.model_spec)
             with self._core.lease(name, version, label) as servable:
-                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                signature_name = request.model_spec.signature_name or SIGNATURE_CLASSIFY
                 examples = input_to_serialized_examples(request.input, servable.max_items,
                                                         self._core.max_request_bytes)
-                call["items"] = len(examples)
                 classes, scores = servable.classify(signature_name, examples)
                 response = classification_pb2.ClassificationResponse()
                 _fill_spec(response.model_spec, name, servable.version, signature_name)
@@ -121,7 +108,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         """The model's SignatureDefs (``metadata["signature_def"]``, a packed ``SignatureDefMap``)."""
-        with self._calls.handle(context, "GetModelMetadata"):
+        with _handle(context, "GetModelMetadata"):
             if not request.HasField("model_spec"):
                 raise invalid("Missing ModelSpec")
             if not request.metadata_field:
@@ -154,11 +141,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def __init__(self, core: ServingCore):
         self._core = core
-        self._calls = _Calls(core)
 
     def GetModelStatus(self, request, context):
         """Version states of a model (all versions seen, or the one asked for)."""
-        with self._calls.handle(context, "GetModelStatus"):
+        with _handle(context, "GetModelStatus"):
             if not request.HasField("model_spec"):
                 raise invalid("Missing ModelSpec")
             name, version, _ = _spec(request.model_spec)
