@@ -76,7 +76,7 @@ def test_import_weights_writes_the_serving_export_with_labels(imported):
     assert "(10 classes, labels from" in result.output and f"--init-from {out}" in result.output
     assert sorted(p.name for p in out.parent.iterdir()) == ["imported", "labels.tsv"]  # no staging left
     loaded = tf.saved_model.load(str(out))
-    assert set(loaded.signatures) == {"serving_default", "predict_images", "predict_examples"}
+    assert set(loaded.signatures) == {"serving_default", "predict_images", "predict_examples", "predict_images_top_k"}
     x, expected = _fixture_inputs_and_logits()
     np.testing.assert_allclose(loaded.logits(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     jpeg = tf.io.encode_jpeg(tf.zeros([64, 64, 3], tf.uint8)).numpy()

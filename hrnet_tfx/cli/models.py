@@ -164,7 +164,8 @@ def _write_checkpoint(model, output: str, info: dict) -> None:
 
     import tensorflow as tf
 
-    from hrnet_tfx.serving.export import copy_tree, is_uri, remove_tree, renames_atomically
+    from hrnet_tfx.fs import is_uri
+    from hrnet_tfx.serving.export import copy_tree, remove_tree, renames_atomically
 
     parent = posixpath.dirname(output.rstrip("/")) if is_uri(output) else os.path.dirname(os.path.abspath(output))
     staging = (posixpath.join if is_uri(output) else os.path.join)(

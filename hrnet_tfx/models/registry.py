@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 
+from hrnet_tfx.fs import is_uri
 from hrnet_tfx.models.config import ConfigError, HRNetConfig, StageConfig, regular_config
 
 _REGISTRY: dict[str, HRNetConfig] = {}
@@ -47,8 +48,8 @@ def get_config(name_or_path: str | os.PathLike | HRNetConfig) -> HRNetConfig:
     key = os.fspath(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key]
-    if key.endswith(CONFIG_SUFFIXES) or os.sep in key or "://" in key:
-        bare = os.sep not in key and "://" not in key
+    if key.endswith(CONFIG_SUFFIXES) or os.sep in key or is_uri(key):
+        bare = os.sep not in key and not is_uri(key)
         if bare and not os.path.exists(key):
             if key in packaged_configs():
                 return HRNetConfig.from_file(os.path.join(PACKAGED_CONFIGS, key))

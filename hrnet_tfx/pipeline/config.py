@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from hrnet_tfx.fs import is_uri
 from hrnet_tfx.models.config import ConfigError, did_you_mean, read_config_file, unknown_keys_error
 from hrnet_tfx.models.registry import get_config, list_models
 from hrnet_tfx.training.config import TrainConfig, coerce_field, parse_overrides
@@ -106,7 +107,7 @@ FROM_DATA = ("num_classes", "num_train_examples")
 
 def resolve_path(path: str) -> str:
     """An absolute local path, or a URI (``gs://``, ``s3://``, ``ram://`` ...) as it is."""
-    return path if "://" in path else os.path.abspath(path)
+    return path if is_uri(path) else os.path.abspath(path)
 
 
 def _require(path: str, key: str, *, directory: bool, hint: str) -> None:
@@ -216,7 +217,7 @@ class PipelineConfig:
         ``input_base``, ``serving_base``, ``metadata_path``, which gets its default ``ROOT/metadata.sqlite``,
         a network config file in ``train.model`` and ``train.init_from``). Bucket URIs stay as they are."""
         train = dict(self.train)
-        if "://" not in train["model"] and os.path.isfile(train["model"]):  # else packaged or registered
+        if not is_uri(train["model"]) and os.path.isfile(train["model"]):  # else packaged or registered
             train["model"] = os.path.abspath(train["model"])
         if train["init_from"]:
             train["init_from"] = resolve_path(train["init_from"])
@@ -283,7 +284,7 @@ class PipelineConfig:
         sqlite needs a local file: with ``root`` on a bucket, ``metadata_path`` must name a local path.
         """
         path = self.metadata_path or os.path.join(self.root, "metadata.sqlite")
-        if "://" in path:
+        if is_uri(path):
             raise ConfigError(f"pipeline config: metadata_path {path!r} is not a local path (ML Metadata's sqlite "
                               "file must be local); with root on a bucket, set metadata_path to a local file")
         return path
@@ -302,7 +303,7 @@ class PipelineConfig:
         whole or not at all: written beside it, then renamed over it."""
         import tensorflow as tf
 
-        directory = path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
+        directory = path.rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(os.path.abspath(path))
         tf.io.gfile.makedirs(directory)
         tmp = f"{path}.tmp-{os.getpid()}"
         with tf.io.gfile.GFile(tmp, "w") as f:
