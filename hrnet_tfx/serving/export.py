@@ -295,8 +295,8 @@ def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) ->
         if name not in skipped:
             variable.assign(by_name[name])
     if skipped:
-        log.info("loaded %s except its classifier (%s classes there, %s here), which keeps its initial weights",
-                 export_dir, shapes[skipped[0]][0][-1], shapes[skipped[0]][1][-1])
+        log.warning("loaded %s except its classifier (%s classes there, %s here), which starts from random "
+                    "weights (fine-tuning)", export_dir, shapes[skipped[0]][0][-1], shapes[skipped[0]][1][-1])
     return skipped
 
 
