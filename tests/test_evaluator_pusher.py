@@ -114,10 +114,10 @@ def test_make_evaluator_wires_the_latest_blessed_baseline():
     assert resolver.id == "LatestBlessedModelResolver" and evaluator.id == "Evaluator"
     assert evaluator.inputs["baseline_model"] is not None
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
-    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator"  # the label check
+    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator_hooks"  # the label check
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5, max_top1_drop=None, inference_batch_size=64))
     assert resolver is None and "baseline_model" not in evaluator.inputs
-    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator"
+    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator_hooks"
     assert all(s.inference_batch_size == 64 for s in eval_config(inference_batch_size=64).model_specs)
 
 
