@@ -174,3 +174,16 @@ def test_pipeline_run_refuses_bad_inputs_before_any_work(tmp_path, monkeypatch, 
     assert len(lines) > 1 if (dry_run and printed) else len(lines) == 1, result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # no metadata, no pipeline root
+
+
+def test_pipeline_run_reports_an_unreadable_dataset_in_one_line(tmp_path, monkeypatch):
+    """A dataset that exists but has no known layout fails in ImageExampleGen's driver, the first step: one line
+    from the converter, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    result = _cli("run", "--preset", "demo", "-s", "input_base=data")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: cannot tell the layout of {tmp_path / 'data'}: expected train/ and val/ folders (ImageNet or image "
+        "folders) or train-*-of-* TFRecords")
+    assert "Traceback" not in result.output

@@ -57,10 +57,11 @@ def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
             raise click.ClickException(str(e)) from None
         return
     from hrnet_tfx.pipeline.local_runner import run as run_local
+    from hrnet_tfx.pipeline.local_runner import user_errors
 
     try:
         run_local(config)
-    except ConfigError as e:
+    except user_errors() as e:
         raise click.ClickException(str(e)) from None
 
 

@@ -76,8 +76,17 @@ def _definition_only() -> bool:
     return hasattr(tfx.orchestration.LocalDagRunner.run, "__wrapped__")
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """What a run raises for a problem in its config or its data (one line for the user, no traceback): a
+    config error, a dataset the converter cannot read, eval labels that are not the model's classes."""
+    from hrnet_tfx.components.evaluator import LabelRangeError
+    from hrnet_tfx.data.labels import DataError
+
+    return ConfigError, DataError, LabelRangeError
+
+
 if __name__ == "__main__":
     try:
         run(config_from_env())
-    except ConfigError as e:
+    except user_errors() as e:
         sys.exit(f"hrnet-tfx pipeline: {e}")
