@@ -109,7 +109,8 @@ def test_imported_savedmodel_initialises_another_class_count(imported, tmp_path)
     no_bias = yaml.safe_load(TINY_CONFIG.read_text())
     no_bias["head_conv_bias"] = False
     (tmp_path / "no_bias.yaml").write_text(yaml.safe_dump(no_bias))
-    with pytest.raises(ValueError, match=r"holds a different network: 436 variables vs 432 expected; missing none, unused downsamp_modules.0.0/bias:0"):
+    with pytest.raises(ValueError, match=r"holds a different network: 436 variables vs 432 expected; missing none, "
+                                         r"unused downsamp_modules.0.0/bias:0"):
         load_weights_into(models.build_model(str(tmp_path / "no_bias.yaml"), num_classes=10, image_size=64), out)
 
 

@@ -85,7 +85,8 @@ def test_config_is_frozen_and_round_trips(tiny_config_path):
         (lambda d: [d.pop("num_features"), d.pop("head_conv_bias")],
          r"missing key\(s\) \['num_features', 'head_conv_bias'\]: a network config names every key "
          r"\(the official HRNet's: num_features: 2048, head_conv_bias: true\)"),
-        (lambda d: d.pop("head_channels"), r"missing key\(s\) \['head_channels'\].*head_channels: \[32, 64, 128, 256\]"),
+        (lambda d: d.pop("head_channels"),
+         r"missing key\(s\) \['head_channels'\].*head_channels: \[32, 64, 128, 256\]"),
         (lambda d: d.update(num_feature=64), r"unknown key\(s\) \['num_feature' \(did you mean 'num_features'\?\)\]; "
          "allowed: head_channels, head_conv_bias, num_features, stages, stem_channels$"),
         (lambda d: d["stages"][0].update(num_block=[1]),

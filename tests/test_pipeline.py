@@ -58,12 +58,17 @@ def test_dag_without_optional_stages(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["trian.epochs=2"], r"unknown key\(s\) \['trian.epochs'\].*'trian' is not a section \(did you mean 'train'\?\)"),
-        (["serving_bas=/x"], r"unknown key\(s\) \['serving_bas' \(did you mean 'serving_base'\?\)\]; allowed: beam_args,"),
-        (["train.epoch=2"], r"pipeline config, train: unknown key\(s\) \['epoch' \(did you mean 'epochs'\?\)\]; allowed: "
+        (["trian.epochs=2"],
+         r"unknown key\(s\) \['trian.epochs'\].*'trian' is not a section \(did you mean 'train'\?\)"),
+        (["serving_bas=/x"],
+         r"unknown key\(s\) \['serving_bas' \(did you mean 'serving_base'\?\)\]; allowed: beam_args,"),
+        (["train.epoch=2"],
+         r"pipeline config, train: unknown key\(s\) \['epoch' \(did you mean 'epochs'\?\)\]; allowed: "
                             r"backend, .*, weight_decay$"),
-        (["kubeflow.imag=x"], r"kubeflow: unknown key\(s\) \['imag' \(did you mean 'image'\?\)\]; allowed: gpu_type, image,"),
-        (["train.model=tiny.yml"], r"train.model: network config file not found: tiny.yml .*Did you mean 'tiny.yaml'\?"),
+        (["kubeflow.imag=x"],
+         r"kubeflow: unknown key\(s\) \['imag' \(did you mean 'image'\?\)\]; allowed: gpu_type, image,"),
+        (["train.model=tiny.yml"],
+         r"train.model: network config file not found: tiny.yml .*Did you mean 'tiny.yaml'\?"),
         (["train.model=hrnet_w81"], r"train.model: unknown model 'hrnet_w81'. Did you mean 'hrnet_w48'\?"),
         (["train.train_files=/x/*"], r"train.train_files is set by the pipeline from ImageExampleGen's output"),
     ],
@@ -83,7 +88,8 @@ def test_config_spells_out_every_setting_and_round_trips(tmp_path):
 
     config = load_config("demo", "", ["train.epochs=3"])
     expected_train = {**TrainConfig().to_dict(), **PRESETS["demo"]["train"], "epochs": 3.0}
-    for key in ("train_files", "eval_files", "label_map", "model_dir", "export_dir", "num_classes", "num_train_examples"):
+    for key in ("train_files", "eval_files", "label_map", "model_dir", "export_dir", "num_classes",
+                "num_train_examples"):
         del expected_train[key]
     assert config.train == expected_train
     assert config.kubeflow == {"image": "", "trainer_gpus": 0, "gpu_type": "nvidia.com/gpu", "trainer_cpu": 0.0,
@@ -112,7 +118,8 @@ def test_local_run_config_is_absolute_and_checks_inputs(tmp_path, monkeypatch):
     assert config.train["model"] == str(tmp_path / "net.yaml")
     assert load_config("demo", "", ["input_base=data"]).for_local_run().train["model"] == "tiny.yaml"  # packaged
     assert config.for_local_run() == config
-    with pytest.raises(ConfigError, match=r"input_base .*/nothing does not exist or is not a directory \(the dataset: "):
+    with pytest.raises(ConfigError, match=r"input_base .*/nothing does not exist or is not a directory \(the "
+                                          r"dataset: "):
         load_config("demo", "", ["input_base=nothing"]).for_local_run()
     with pytest.raises(ConfigError, match=r"train.init_from .*/w.pth does not exist"):
         load_config("demo", "", ["input_base=data", "train.init_from=w.pth"]).for_local_run()
@@ -149,14 +156,16 @@ def test_dry_run_prints_the_resolved_config_and_runs_nothing(tmp_path, monkeypat
         str(tmp_path / "outputs" / "pipeline" / "metadata.sqlite"))
     assert resolved["train"]["model"] == "tiny.yaml" and resolved["train"]["weight_decay"] == 1e-4
     assert resolved["kubeflow"]["gpu_type"] == "nvidia.com/gpu"
-    assert note.strip() == "(train.num_classes and train.num_train_examples: counted from the converted data at run time)"
+    assert note.strip() == ("(train.num_classes and train.num_train_examples: counted from the converted data at "
+                            "run time)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # nothing written
 
 
 @pytest.mark.parametrize(
     "overrides, message, printed",
     [
-        (["input_base=missing"], r"^Error: pipeline config: input_base /\S+/missing does not exist or is not a directory",
+        (["input_base=missing"],
+         r"^Error: pipeline config: input_base /\S+/missing does not exist or is not a directory",
          True),  # a dry run still shows the resolved config first
         (["input_base=sample", "train.model=tiny.yml"],
          r"^Error: pipeline config, train.model: network config file not found: tiny.yml", False),

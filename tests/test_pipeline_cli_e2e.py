@@ -78,7 +78,8 @@ def _cached_components(store: metadata_store.MetadataStore) -> set:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ("input_base={sample} train.no_such_key=1", "hrnet-tfx pipeline: pipeline config, train: unknown key(s) ['no_such_key']"),
+    ("input_base={sample} train.no_such_key=1",
+     "hrnet-tfx pipeline: pipeline config, train: unknown key(s) ['no_such_key']"),
     ("input_base={tmp}/missing", "hrnet-tfx pipeline: pipeline config: input_base {tmp}/missing does not exist"),
 ])
 def test_cli_create_refuses_a_bad_config_in_one_line(tmp_path, overrides, message):

@@ -38,7 +38,8 @@ def test_whole_pipeline_caches_and_refuses_a_bad_model(tmp_path):
     (version,) = os.listdir(tmp_path / "serving" / "hrnet")
     assert os.path.exists(tmp_path / "serving" / "hrnet" / version / "saved_model.pb")
     assert os.path.exists(tmp_path / "root" / "pipeline_config.json")
-    assert summary[0] == f"pipeline hrnet-tfx-demo finished; resolved config: {tmp_path / 'root' / 'pipeline_config.json'}"
+    saved = tmp_path / "root" / "pipeline_config.json"
+    assert summary[0] == f"pipeline hrnet-tfx-demo finished; resolved config: {saved}"
     assert summary[-2] == f"pushed model:      {tmp_path / 'serving' / 'hrnet' / version}"
 
     # unchanged inputs: conversion and training come from TFX's cache (the Evaluator reruns: its baseline input

@@ -21,8 +21,8 @@ def test_known_noise_is_dropped_by_message_only():
                                                          "unsupported characters which will be renamed to unknown"))
     assert absl.filter(_record("absl", logging.WARNING, "ArtifactQuery failed: no such artifact"))
     tf_noise = quiet.KnownNoiseFilter([p for n, p, _ in quiet.KNOWN_NOISE if n == "tensorflow"])
-    assert not tf_noise.filter(_record("tensorflow", logging.WARNING, "From /x.py:112: tf_record_iterator (from "
-                                                                      "tensorflow.python.lib.io.tf_record) is deprecated"))
+    deprecated = "From /x.py:112: tf_record_iterator (from tensorflow.python.lib.io.tf_record) is deprecated"
+    assert not tf_noise.filter(_record("tensorflow", logging.WARNING, deprecated))
     assert tf_noise.filter(_record("tensorflow", logging.ERROR, "SavedModel file does not exist at: /m"))
     own = quiet.OwnInfoOnly()
     assert own.filter(_record("hrnet_tfx.training.loop", logging.INFO, "step 10/60"))

@@ -56,7 +56,8 @@ MODEL_INFO_FILE = "hrnet_model.json"
 @models.command("import-weights")
 @click.argument("name")
 @click.argument("weights")
-@click.option("--output", "-o", required=True, help="Directory to write (must not exist or be empty; local or a bucket).")
+@click.option("--output", "-o", required=True,
+              help="Directory to write (must not exist or be empty; local or a bucket).")
 @click.option("--labels", "labels_path", default=None,
               help="Label map (labels.tsv: index<TAB>id<TAB>name, as 'hrnet-tfx data convert' writes) for the "
                    "exported model's class names [default: class_<i>].")
