@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import click
 
+from hrnet_tfx.cli.kubernetes import key_value_pairs
 from hrnet_tfx.cli.train import resolve_config
-
-
-def _pairs(items, what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
-        out[key] = value
-    return out
 
 
 @click.command()
@@ -57,15 +48,16 @@ def mpijob(config_file, model, data_dir, model_dir, export_dir, init_from, image
     --data gs://bucket/imagenet --model-dir gs://bucket/runs/w18 -o w18.yaml
     """
     from hrnet_tfx.models.config import ConfigError
-    from hrnet_tfx.training.mpijob import MPIJobSpec, mpijob_manifests, write_manifests
+    from hrnet_tfx.kubernetes.mpijob import MPIJobSpec, mpijob_manifests
+    from hrnet_tfx.kubernetes.objects import write_manifests
 
     try:
         config = resolve_config(config_file, data_dir, overrides, model=model, model_dir=model_dir,
                                 export_dir=export_dir, init_from=init_from)
         spec = MPIJobSpec(
             name=name, image=image, namespace=namespace, workers=workers, gpus_per_worker=gpus_per_worker,
-            cpu=cpu, memory=memory, node_selector=_pairs(node_selector, "--node-selector"),
-            env=_pairs(env, "--env"), pvc=pvc, host_path=host_path, mount_path=mount_path,
+            cpu=cpu, memory=memory, node_selector=key_value_pairs(node_selector, "--node-selector"),
+            env=key_value_pairs(env, "--env"), pvc=pvc, host_path=host_path, mount_path=mount_path,
             service_account=service_account,
         )
         write_manifests(mpijob_manifests(config, spec, eval_only=eval_only,
