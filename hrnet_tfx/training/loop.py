@@ -53,14 +53,29 @@ def data_files(pattern: str, what: str) -> list[str]:
                           "train_files=PATTERN -s eval_files=PATTERN with TFRecord shard globs)")
     files = []
     for part in pattern.split(","):
-        files += sorted(tf.io.gfile.glob(part.strip()))
+        try:
+            files += sorted(tf.io.gfile.glob(part.strip()))
+        except tf.errors.OpError as e:  # e.g. a bucket without credentials, an unknown file system
+            raise ConfigError(f"{what}: cannot list {part.strip()!r}: {_one_line(e)}") from None
     if not files:
         raise ConfigError(f"{what}: no files match {pattern!r}")
     return files
 
 
+def _one_line(error: tf.errors.OpError) -> str:
+    """TensorFlow's message (which names the path) on one line."""
+    return " ".join(error.message.split())
+
+
 def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> None:
     """Checks everything that can be checked before a worker starts, with messages naming the problem."""
+    try:
+        _validate(config, num_workers, eval_only)
+    except tf.errors.OpError as e:  # a path that cannot be read (no credentials, an unknown file system)
+        raise ConfigError(f"cannot check the run's files: {_one_line(e)}") from None
+
+
+def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
     get_config(config.model)  # unknown network -> ConfigError naming the known ones
     if not config.model_dir:
         raise ConfigError("model_dir is not set")
@@ -112,11 +127,47 @@ def check_resume(config: TrainConfig, eval_only: bool = False, allow_changed_con
     return changes
 
 
-def check_init_head(config: TrainConfig) -> None:
-    """Eval-only from PyTorch weights must not evaluate a random classifier: raises :class:`ConfigError`
-    when ``init_from`` has no classifier of ``num_classes`` classes (and no checkpoint is there)."""
-    if config.init_from.endswith(PYTORCH_SUFFIXES) and not list_checkpoints(checkpoint_dir(config)):
-        _head_classes(read_state_dict(config.init_from), config, eval_only=True)
+def check_init_source(config: TrainConfig, eval_only: bool = False) -> None:
+    """Reads ``init_from`` once, as rank 0 will, so that a bad weights file fails before any worker starts.
+
+    Nothing to do when ``model_dir`` has checkpoints (they win over ``init_from``). PyTorch weights go
+    through :func:`~hrnet_tfx.models.read_state_dict` (a bad file raises
+    :class:`~hrnet_tfx.models.WeightsFileError` naming it and the reason); eval-only also refuses them
+    without a classifier of ``num_classes`` classes. A SavedModel's variables and a TF checkpoint are read
+    tensor by tensor (every checksum verified); an unreadable one raises :class:`ConfigError` naming it.
+    Nothing is placed on a device: the launcher leaves the GPUs to the workers.
+    """
+    if not config.init_from or list_checkpoints(checkpoint_dir(config)):
+        return
+    source = config.init_from
+    if source.endswith(PYTORCH_SUFFIXES):
+        state = read_state_dict(source)
+        if eval_only:
+            _head_classes(state, config, eval_only=True)
+        return
+    path = _saved_model_variables(source) or _init_checkpoint(source)
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)  # one tensor at a time
+    except (tf.errors.OpError, IndexError, ValueError) as e:  # a cut data file raises IndexError
+        message = _one_line(e) if isinstance(e, tf.errors.OpError) else str(e)
+        raise ConfigError(f"init_from {source}: cannot read {path}: {message}") from None
+
+
+def _saved_model_variables(source: str) -> str:
+    """The variables checkpoint of the SavedModel ``source``, or "" when ``source`` is no SavedModel."""
+    if not tf.io.gfile.exists(os.path.join(source, "saved_model.pb")):
+        return ""
+    return os.path.join(source, "variables", "variables")
+
+
+def _init_checkpoint(source: str) -> str:
+    """The checkpoint ``init_from`` names: a prefix, or the newest in a directory."""
+    path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
+    if not path:
+        raise ConfigError(f"init_from {source}: no checkpoint found")
+    return path
 
 
 def _head_classes(state: dict, config: TrainConfig, eval_only: bool) -> bool:
@@ -152,7 +203,7 @@ def _init_weights(model, config: TrainConfig, eval_only: bool) -> None:
         same_head = _head_classes(state, config, eval_only)
         count = load_pytorch_weights(model, state, exclude=() if same_head else ("classifier",))
         log.info("initialised %d tensors from %s", count, source)
-    elif tf.io.gfile.exists(os.path.join(source, "saved_model.pb")):
+    elif _saved_model_variables(source):
         from hrnet_tfx.serving.export import load_weights_into
 
         try:
@@ -161,16 +212,18 @@ def _init_weights(model, config: TrainConfig, eval_only: bool) -> None:
             raise ConfigError(f"init_from: {e}") from None
         log.info("initialised from SavedModel %s", source)
     else:
-        path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
-        if not path:
-            raise ConfigError(f"init_from {source}: no checkpoint found")
+        path = _init_checkpoint(source)
         tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
         log.info("initialised from checkpoint %s", path)
 
 
+class ChiefFailedError(RuntimeError):
+    """Raised on the other ranks when rank 0 failed in :func:`_on_chief` (rank 0 logs the reason)."""
+
+
 def _on_chief(backend, fn, *args):
-    """Runs ``fn`` on rank 0 only; if it raises, every rank raises (rank 0 its own error), so no rank is
-    left waiting in a collective for a failed one."""
+    """Runs ``fn`` on rank 0 only; if it raises, every rank raises (rank 0 its own error, the others
+    :class:`ChiefFailedError`), so no rank is left waiting in a collective for a failed one."""
     result, error = None, None
     if backend.rank == 0:
         try:
@@ -178,7 +231,7 @@ def _on_chief(backend, fn, *args):
         except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
             error = e
     if backend.size > 1 and backend.sum({"failed": float(error is not None)})["failed"]:
-        raise error or RuntimeError("rank 0 failed (see its log); stopping this worker too")
+        raise error or ChiefFailedError(f"rank 0 failed (see its log); stopping rank {backend.rank} too")
     if error is not None:
         raise error
     return result
