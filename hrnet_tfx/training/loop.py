@@ -403,8 +403,9 @@ def run(config: TrainConfig, eval_only: bool = False, allow_changed_config: bool
 
 
 def _train(config, backend, model, optimizer, schedule, manager, steps_per_epoch, total_steps) -> dict:
-    """Trains from the optimizer's step to ``total_steps`` (rank 0 logs, checkpoints through ``manager`` and
-    evaluates every ``eval_every_epochs``); returns the final eval metrics with the run's histories."""
+    """Trains from the optimizer's step to ``total_steps`` (rank 0 logs and checkpoints through ``manager``;
+    every rank takes part in the evaluations every ``eval_every_epochs``); returns the final eval metrics
+    with the run's histories."""
     start = int(optimizer.iterations.numpy())
     if backend.rank == 0:
         log_batch(config, backend.replicas)
