@@ -17,7 +17,7 @@ from hrnet_tfx import models
 from hrnet_tfx.models.config import ConfigError, HRNetConfig
 from hrnet_tfx.models.hrnet import NearestUpSampling2D
 
-# HRNET.md: trainable parameters (exact) and the official "GFLOPs" column (conv + linear MACs / 1024**3).
+# Official HRNet-Image-Classification: trainable params (exact) and its "GFLOPs" counter (conv+linear MACs / 1024**3).
 OFFICIAL = {
     "hrnet_w18_small": (13_187_464, 1.49),
     "hrnet_w18_small_v2": (15_597_464, 2.42),

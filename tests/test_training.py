@@ -539,3 +539,76 @@ def test_xla_training_matches_plain_training(color_records, tmp_path):
     assert len(losses[True]) == 3 and all(np.isfinite(losses[True]))
     # Same seed, same data: XLA only reorders float32 sums (gradients agree to ~1e-3, see test_models).
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-2)
+
+
+# ---------------------------------------------------------------- init sources checked before the workers
+
+
+def test_bad_weights_fail_before_any_horovod_worker_starts(color_records, tmp_path):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    weights = tmp_path / "w18.pth"
+    weights.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a cut download: a zip header, then nothing
+    model_dir = tmp_path / "m"
+    start = time.monotonic()
+    result = CliRunner().invoke(main, [
+        "train", "--model", "tiny.yaml", "--model-dir", str(model_dir), "--workers", "2", "--init-from",
+        str(weights), "-s", f"train_files={color_records / 'train' / '*'}",
+        "-s", f"eval_files={color_records / 'eval' / '*'}", "-s", "num_classes=3", "-s", "image_size=64"])
+    took = time.monotonic() - start
+    assert result.exit_code == 1 and result.exception is not None and "Traceback" not in result.output
+    assert result.output == f"Error: {weights}: damaged zip archive (BadZipFile: File is not a zip file)\n"
+    assert not (model_dir / "launch_config.json").exists()  # written just before horovodrun starts
+    assert took < 5, took
+
+
+@pytest.mark.parametrize("kind", ["savedmodel", "checkpoint"])
+def test_unreadable_tf_init_sources_fail_before_the_workers(kind, color_records, tmp_path):
+    import tensorflow as tf
+
+    prefix = tmp_path / kind / "variables" / "variables" if kind == "savedmodel" else tmp_path / kind / "ckpt-1"
+    tf.train.Checkpoint(v=tf.Variable(tf.zeros([64]))).write(str(prefix))
+    source = tmp_path / kind if kind == "savedmodel" else prefix  # a SavedModel directory, a checkpoint prefix
+    if kind == "savedmodel":
+        (source / "saved_model.pb").write_bytes(b"")
+    data = prefix.parent / f"{prefix.name}.data-00000-of-00001"
+    corrupt = bytearray(data.read_bytes())
+    corrupt[8] ^= 0xFF  # one flipped bit in a tensor's bytes: only its checksum shows it
+    data.write_bytes(bytes(corrupt))
+    config = _config(color_records, tmp_path / "m", init_from=str(source))
+    with pytest.raises(ConfigError, match=rf"init_from {source}: cannot read {prefix}: .*Checksum does not match"):
+        prepare(config, workers=2)
+    prepare(config, workers=1)  # one in-process worker: read once, by the worker itself
+    data.write_bytes(data.read_bytes()[:8])  # cut short
+    with pytest.raises(ConfigError, match=rf"cannot read {prefix}: Read less bytes than requested"):
+        prepare(config, workers=2)
+
+
+@pytest.mark.e2e
+def test_failed_horovod_workers_are_one_message_with_the_exit_code(color_records, tmp_path, capfd):
+    """Weights that read fine but do not fit the network fail in rank 0; every rank says why in one line."""
+    import numpy as np
+    import safetensors.numpy
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    weights = tmp_path / "other_net.safetensors"
+    safetensors.numpy.save_file({"fc.weight": np.zeros((3, 8), np.float32)}, str(weights))
+    result = CliRunner().invoke(main, [
+        "train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"), "--workers", "2", "--init-from",
+        str(weights), "-s", f"train_files={color_records / 'train' / '*'}",
+        "-s", f"eval_files={color_records / 'eval' / '*'}", "-s", "num_classes=3", "-s", "image_size=64",
+        "-s", "global_batch_size=8", "-s", "train_steps=1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == "Error: training workers failed with exit code 1; their errors are in the output above\n"
+    workers = capfd.readouterr()
+    worker_output = workers.out + workers.err
+    assert "Traceback" not in worker_output, worker_output
+    assert "[0]<stderr>:1 key(s) not used by the model:\n[0]<stderr>:  fc.weight" in worker_output
+    assert "rank 0 failed (see its log); stopping rank 1 too" in worker_output
+    assert worker_output.endswith("horovodrun: Horovod detected that one or more processes exited with non-zero "
+                                  "status, thus causing the job to be terminated. The first process to do so was: "
+                                  "Process name: 0 Exit code: 1\n")

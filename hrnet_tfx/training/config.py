@@ -20,7 +20,9 @@ BACKENDS = ("auto", "horovod", "tf_distribute")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training or evaluation run needs (HRNET.md: the official recipe).
+    """Everything a training or evaluation run needs; the defaults are the official recipe, read from the
+    official HRNet-Image-Classification repository's ``experiments/cls_hrnet_*.yaml`` (the same for all
+    nine variants) and ``tools/train.py``, as in the paper (Wang et al., TPAMI 2020).
 
     Model: ``model`` is a registered variant or a network config file; ``init_from`` starts from
     official PyTorch weights (.pth/.safetensors; the classifier is skipped when the class count differs),

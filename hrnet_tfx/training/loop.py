@@ -53,14 +53,29 @@ def data_files(pattern: str, what: str) -> list[str]:
                           "train_files=PATTERN -s eval_files=PATTERN with TFRecord shard globs)")
     files = []
     for part in pattern.split(","):
-        files += sorted(tf.io.gfile.glob(part.strip()))
+        try:
+            files += sorted(tf.io.gfile.glob(part.strip()))
+        except tf.errors.OpError as e:  # e.g. a bucket without credentials, an unknown file system
+            raise ConfigError(f"{what}: cannot list {part.strip()!r}: {_one_line(e)}") from None
     if not files:
         raise ConfigError(f"{what}: no files match {pattern!r}")
     return files
 
 
+def _one_line(error: tf.errors.OpError) -> str:
+    """TensorFlow's message (which names the path) on one line."""
+    return " ".join(error.message.split())
+
+
 def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> None:
     """Checks everything that can be checked before a worker starts, with messages naming the problem."""
+    try:
+        _validate(config, num_workers, eval_only)
+    except tf.errors.OpError as e:  # a path that cannot be read (no credentials, an unknown file system)
+        raise ConfigError(f"cannot check the run's files: {_one_line(e)}") from None
+
+
+def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
     get_config(config.model)  # unknown network -> ConfigError naming the known ones
     if not config.model_dir:
         raise ConfigError("model_dir is not set")
@@ -112,11 +127,47 @@ def check_resume(config: TrainConfig, eval_only: bool = False, allow_changed_con
     return changes
 
 
-def check_init_head(config: TrainConfig) -> None:
-    """Eval-only from PyTorch weights must not evaluate a random classifier: raises :class:`ConfigError`
-    when ``init_from`` has no classifier of ``num_classes`` classes (and no checkpoint is there)."""
-    if config.init_from.endswith(PYTORCH_SUFFIXES) and not list_checkpoints(checkpoint_dir(config)):
-        _head_classes(read_state_dict(config.init_from), config, eval_only=True)
+def check_init_source(config: TrainConfig, eval_only: bool = False) -> None:
+    """Reads ``init_from`` once, as rank 0 will, so that a bad weights file fails before any worker starts.
+
+    Nothing to do when ``model_dir`` has checkpoints (they win over ``init_from``). PyTorch weights go
+    through :func:`~hrnet_tfx.models.read_state_dict` (a bad file raises
+    :class:`~hrnet_tfx.models.WeightsFileError` naming it and the reason); eval-only also refuses them
+    without a classifier of ``num_classes`` classes. A SavedModel's variables and a TF checkpoint are read
+    tensor by tensor (every checksum verified); an unreadable one raises :class:`ConfigError` naming it.
+    Nothing is placed on a device: the launcher leaves the GPUs to the workers.
+    """
+    if not config.init_from or list_checkpoints(checkpoint_dir(config)):
+        return
+    source = config.init_from
+    if source.endswith(PYTORCH_SUFFIXES):
+        state = read_state_dict(source)
+        if eval_only:
+            _head_classes(state, config, eval_only=True)
+        return
+    path = _saved_model_variables(source) or _init_checkpoint(source)
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)  # one tensor at a time
+    except (tf.errors.OpError, IndexError, ValueError) as e:  # a cut data file raises IndexError
+        message = _one_line(e) if isinstance(e, tf.errors.OpError) else str(e)
+        raise ConfigError(f"init_from {source}: cannot read {path}: {message}") from None
+
+
+def _saved_model_variables(source: str) -> str:
+    """The variables checkpoint of the SavedModel ``source``, or "" when ``source`` is no SavedModel."""
+    if not tf.io.gfile.exists(os.path.join(source, "saved_model.pb")):
+        return ""
+    return os.path.join(source, "variables", "variables")
+
+
+def _init_checkpoint(source: str) -> str:
+    """The checkpoint ``init_from`` names: a prefix, or the newest in a directory."""
+    path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
+    if not path:
+        raise ConfigError(f"init_from {source}: no checkpoint found")
+    return path
 
 
 def _head_classes(state: dict, config: TrainConfig, eval_only: bool) -> bool:
@@ -152,7 +203,7 @@ def _init_weights(model, config: TrainConfig, eval_only: bool) -> None:
         same_head = _head_classes(state, config, eval_only)
         count = load_pytorch_weights(model, state, exclude=() if same_head else ("classifier",))
         log.info("initialised %d tensors from %s", count, source)
-    elif tf.io.gfile.exists(os.path.join(source, "saved_model.pb")):
+    elif _saved_model_variables(source):
         from hrnet_tfx.serving.export import load_weights_into
 
         try:
@@ -161,16 +212,18 @@ def _init_weights(model, config: TrainConfig, eval_only: bool) -> None:
             raise ConfigError(f"init_from: {e}") from None
         log.info("initialised from SavedModel %s", source)
     else:
-        path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
-        if not path:
-            raise ConfigError(f"init_from {source}: no checkpoint found")
+        path = _init_checkpoint(source)
         tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
         log.info("initialised from checkpoint %s", path)
 
 
+class ChiefFailedError(RuntimeError):
+    """Raised on the other ranks when rank 0 failed in :func:`_on_chief` (rank 0 logs the reason)."""
+
+
 def _on_chief(backend, fn, *args):
-    """Runs ``fn`` on rank 0 only; if it raises, every rank raises (rank 0 its own error), so no rank is
-    left waiting in a collective for a failed one."""
+    """Runs ``fn`` on rank 0 only; if it raises, every rank raises (rank 0 its own error, the others
+    :class:`ChiefFailedError`), so no rank is left waiting in a collective for a failed one."""
     result, error = None, None
     if backend.rank == 0:
         try:
@@ -178,7 +231,7 @@ def _on_chief(backend, fn, *args):
         except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
             error = e
     if backend.size > 1 and backend.sum({"failed": float(error is not None)})["failed"]:
-        raise error or RuntimeError("rank 0 failed (see its log); stopping this worker too")
+        raise error or ChiefFailedError(f"rank 0 failed (see its log); stopping rank {backend.rank} too")
     if error is not None:
         raise error
     return result
@@ -350,21 +403,46 @@ def run(config: TrainConfig, eval_only: bool = False, allow_changed_config: bool
 
 
 def _train(config, backend, model, optimizer, schedule, manager, steps_per_epoch, total_steps) -> dict:
-    chief = backend.rank == 0
+    """Trains from the optimizer's step to ``total_steps`` (rank 0 logs and checkpoints through ``manager``;
+    every rank takes part in the evaluations every ``eval_every_epochs``); returns the final eval metrics
+    with the run's histories."""
     start = int(optimizer.iterations.numpy())
-    if chief:
+    if backend.rank == 0:
         log_batch(config, backend.replicas)
         log.info(
             "training %s: %d examples, %d steps/epoch, steps %d -> %d, warm-up %.1f epochs", config.model,
             config.num_train_examples, steps_per_epoch, start, total_steps, config.resolved_warmup_epochs,
         )
-    dataset = data_input.make_dataset(
+    batches = iter(backend.distribute(_train_dataset(config, backend, start)))
+    train_step = make_train_step(config, backend, model, optimizer)
+    report = _TrainReport(config, backend, schedule, start, steps_per_epoch, total_steps)
+    eval_every = int(config.eval_every_epochs * steps_per_epoch) if config.eval_every_epochs else 0
+    for step in range(start + 1, total_steps + 1):
+        report.add(train_step(*next(batches)))
+        if step % config.log_every_steps == 0 or step == total_steps:
+            report.log_train(step)
+        if manager is not None and step % config.checkpoint_every_steps == 0:
+            manager.save(checkpoint_number=step)
+        if eval_every and step % eval_every == 0 and step != total_steps:
+            report.log_eval(step, evaluate(_synced(model, backend), config, backend))
+    return _finish(config, backend, model, manager, report, total_steps)
+
+
+def _train_dataset(config: TrainConfig, backend, start: int) -> tf.data.Dataset:
+    """This worker's shard of the training files, shuffled with a seed that moves on with the step."""
+    return data_input.make_dataset(
         data_files(config.train_files, "train_files"), training=True,
         batch_size=config.per_worker_batch_size if backend.name == "horovod" else config.batch,
         image_size=config.image_size, num_shards=backend.size, shard_index=backend.rank,
         shuffle_buffer=config.shuffle_buffer, seed=config.seed + start, deterministic=config.deterministic,
         num_classes=config.num_classes, label_offset=config.label_offset,
     )
+
+
+def make_train_step(config: TrainConfig, backend, model, optimizer):
+    """The training step ``(images, labels) -> sums`` (loss sum, top-1/top-5 hits, count) as a tf.function:
+    forward pass, label-smoothed cross-entropy averaged over the global batch, gradients averaged over the
+    workers (``backend``), weight decay on every parameter, the optimizer update."""
     variables = model.trainable_variables
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
     # autograph=False: nothing here branches on tensors, and converting every Keras layer's call makes
@@ -397,42 +475,66 @@ def _train(config, backend, model, optimizer, schedule, manager, steps_per_epoch
     def train_step(images, labels):
         return backend.run(step_fn, images, labels)
 
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, TENSORBOARD_SUBDIR)) if chief else None
-    progress = _Progress(total_steps, start, steps_per_epoch, backend.size)
-    acc = {k: 0.0 for k in ("loss_sum", "top1", "top5", "count")}
-    eval_every = int(config.eval_every_epochs * steps_per_epoch) if config.eval_every_epochs else 0
-    history, evals = [], []
-    iterator = iter(backend.distribute(dataset))
-    for step in range(start + 1, total_steps + 1):
-        images, labels = next(iterator)
-        for key, value in train_step(images, labels).items():
-            acc[key] += value
-        if step % config.log_every_steps == 0 or step == total_steps:
-            sums = backend.sum(acc)
-            ratios = _ratios(sums)
-            lr = float(schedule(step))
-            history.append({"step": step, "loss": ratios["loss"], "top1": ratios["top1"], "learning_rate": lr})
-            if chief:
-                text, rate = progress.line(step, ratios, lr, sums["count"])
-                log.info(text)
-                with writer.as_default(step=step):
-                    for key in ("loss", "top1", "top5"):
-                        tf.summary.scalar(f"train/{key}", ratios[key])
-                    tf.summary.scalar("train/learning_rate", lr)
-                    tf.summary.scalar("train/images_per_second_per_worker", rate / backend.size)
-            acc = {k: 0.0 for k in acc}
-        if chief and (step % config.checkpoint_every_steps == 0):
-            manager.save(checkpoint_number=step)
-        if eval_every and step % eval_every == 0 and step != total_steps:
-            evals.append({"step": step, **evaluate(_synced(model, backend), config, backend)})
-            _log_eval(evals[-1], step, writer)
+    return train_step
+
+
+class _TrainReport:
+    """What a training run reports: the step sums added up between log steps, then (summed over the
+    workers) the train history, and on rank 0 the progress line and TensorBoard's ``train/*`` scalars;
+    the evaluations (``eval_history``, ``eval/*``)."""
+
+    def __init__(self, config: TrainConfig, backend, schedule, start: int, steps_per_epoch: int, total_steps: int):
+        self.backend, self.schedule = backend, schedule
+        self.chief = backend.rank == 0
+        self.writer = tf.summary.create_file_writer(os.path.join(config.model_dir, TENSORBOARD_SUBDIR)) \
+            if self.chief else None
+        self.progress = _Progress(total_steps, start, steps_per_epoch, backend.size)
+        self.history: list[dict] = []
+        self.evals: list[dict] = []
+        self.sums = self._zeros()
+
+    @staticmethod
+    def _zeros() -> dict:
+        return {k: 0.0 for k in ("loss_sum", "top1", "top5", "count")}
+
+    def add(self, sums: dict) -> None:
+        for key, value in sums.items():
+            self.sums[key] += value
+
+    def log_train(self, step: int) -> None:
+        """Every worker takes part (the sums are all-reduced); rank 0 logs and writes the summaries."""
+        sums = self.backend.sum(self.sums)
+        self.sums = self._zeros()
+        ratios = _ratios(sums)
+        lr = float(self.schedule(step))
+        self.history.append({"step": step, "loss": ratios["loss"], "top1": ratios["top1"], "learning_rate": lr})
+        if not self.chief:
+            return
+        text, rate = self.progress.line(step, ratios, lr, sums["count"])
+        log.info(text)
+        with self.writer.as_default(step=step):
+            for key in ("loss", "top1", "top5"):
+                tf.summary.scalar(f"train/{key}", ratios[key])
+            tf.summary.scalar("train/learning_rate", lr)
+            tf.summary.scalar("train/images_per_second_per_worker", rate / self.backend.size)
+
+    def log_eval(self, step: int, metrics: dict, periodic: bool = True) -> None:
+        """Records a periodic evaluation in ``evals``; rank 0 logs it and writes ``eval/*``."""
+        if periodic:
+            self.evals.append({"step": step, **metrics})
+        _log_eval(metrics, step, self.writer)
+
+
+def _finish(config: TrainConfig, backend, model, manager, report: _TrainReport, total_steps: int) -> dict:
+    """After the last step: the workers' weights compared, the final checkpoint, the final evaluation."""
     checksums = check_replicas_consistent(_synced(model, backend), backend)
-    if chief and manager.latest_checkpoint != os.path.join(manager.directory, f"{CHECKPOINT_PREFIX}-{total_steps}"):
+    if manager is not None and manager.latest_checkpoint != os.path.join(
+            manager.directory, f"{CHECKPOINT_PREFIX}-{total_steps}"):
         manager.save(checkpoint_number=total_steps)
     metrics = evaluate(model, config, backend)
-    _log_eval(metrics, total_steps, writer)
-    return {**metrics, "train_history": history, "eval_history": evals, "start_step": start,
-            "weight_checksums": checksums}
+    report.log_eval(total_steps, metrics, periodic=False)
+    return {**metrics, "train_history": report.history, "eval_history": report.evals,
+            "start_step": report.progress.start, "weight_checksums": checksums}
 
 
 def _synced(model, backend):
@@ -451,8 +553,10 @@ def check_replicas_consistent(model, backend) -> list[list[float]]:
     any worker differs.
 
     Data-parallel workers must hold bit-identical weights (the non-trainable ones once :func:`_synced`).
-    A broken setup (for example Keras 3 objects under Horovod, see STACK.md) trains without error while
-    the workers silently diverge; this check turns that into a failure.
+    A broken setup trains without error while the workers silently diverge: with Keras 3 objects (not
+    tf_keras), Horovod 0.28.1's ``horovod.tensorflow.keras.DistributedOptimizer`` with ``model.fit``
+    raises nothing and never averages the gradients (measured here, TF 2.16); this check turns that into
+    a failure.
     """
     sums = []
     for variables in (model.trainable_variables, model.non_trainable_variables):

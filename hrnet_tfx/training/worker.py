@@ -6,6 +6,7 @@ Horovod. The config is a training config file (YAML/JSON, see :class:`TrainConfi
 
 import argparse
 import logging
+import sys
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
@@ -19,11 +20,16 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [worker] %(message)s")
+    from hrnet_tfx.models import ConfigError, WeightImportError
     from hrnet_tfx.training.config import TrainConfig
-    from hrnet_tfx.training.loop import run
+    from hrnet_tfx.training.loop import ChiefFailedError, run
 
-    run(TrainConfig.from_file(args.config, args.overrides), eval_only=args.eval_only,
-        allow_changed_config=args.allow_changed_config)
+    try:
+        run(TrainConfig.from_file(args.config, args.overrides), eval_only=args.eval_only,
+            allow_changed_config=args.allow_changed_config)
+    except (ConfigError, WeightImportError, ChiefFailedError) as e:  # the user's to fix: the reason, no traceback
+        logging.getLogger("hrnet_tfx.training.worker").error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
