@@ -7,8 +7,11 @@ Horovod. The config is a training config file (YAML/JSON, see :class:`TrainConfi
 import argparse
 import logging
 import sys
+import time
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+_FOLLOWER_EXIT_DELAY_S = 3.0
 
 
 def main(argv=None) -> None:
@@ -29,6 +32,10 @@ def main(argv=None) -> None:
             allow_changed_config=args.allow_changed_config)
     except (ConfigError, WeightImportError, ChiefFailedError) as e:  # the user's to fix: the reason, no traceback
         logging.getLogger("hrnet_tfx.training.worker").error("%s", e)
+        if isinstance(e, ChiefFailedError):
+            # Give rank 0, whose error is the cause, the head start to exit first: horovodrun and mpirun name the
+            # first process that exited non-zero. A head start, not a guarantee (a loaded machine may reorder).
+            time.sleep(_FOLLOWER_EXIT_DELAY_S)
         sys.exit(1)
 
 
