@@ -14,6 +14,11 @@ top k only, what :meth:`~hrnet_tfx.serving.client.Client.predict_images` asks), 
 * ``rest``: full: ``POST /v1/models/hrnet:predict`` with ``{"instances": [{"b64": ...}]}`` over a keep-alive
   ``requests.Session``, JSON parsed; top-k: ``Client(rest=True).predict_images``.
 
+The export serves the BatchNorm-folded network (:mod:`hrnet_tfx.serving.export`), in ``--serving-dtype``.
+``--compare-unfolded`` also exports the same weights unfolded (the training graph,
+``export_saved_model(..., fold=False)``) and adds its two in-process modes (``unfolded`` and ``unfolded
+session``) to the same interleaved rounds: the served model's compute, folded vs not, side by side.
+
 One client, sequential calls: each call's latency is recorded; throughput is images per second of calls.
 Modes run in interleaved rounds (every mode once per round, the order flipping) so load from other
 processes hits all of them alike. ``ratio`` is a mode's p50 latency over the in-process p50 of the same
@@ -54,6 +59,7 @@ import numpy as np
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 MODES = ("in-process", "in-process session", "grpc", "rest")
+UNFOLDED_MODES = ("unfolded", "unfolded session")
 SIGNATURES = {"full": "predict_images", "top-k": "predict_images_top_k"}
 
 
@@ -74,11 +80,17 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", help="with --server-*: the served SavedModel version, for the in-process rows")
     p.add_argument("--model-name", default="hrnet")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON here")
+    p.add_argument("--serving-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the exported (folded) graph")
+    p.add_argument("--compare-unfolded", action="store_true",
+                   help="also time an unfolded export in-process (modes 'unfolded', 'unfolded session')")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.jpeg_size = tuple(int(v) for v in args.jpeg_size.lower().split("x"))
     if bool(args.server_grpc) != bool(args.server_rest) or bool(args.server_grpc) != bool(args.model_dir):
         p.error("--server-grpc, --server-rest and --model-dir go together")
+    if args.compare_unfolded and args.server_grpc:
+        p.error("--compare-unfolded exports its own models: not with --server-*")
     if min(args.batches) < 1 or args.rounds < 1 or args.seconds <= 0:
         p.error("batch sizes, --rounds and --seconds must be positive")
     return args
@@ -100,7 +112,8 @@ def synthetic_jpegs(count, size, seed=0):
     return out
 
 
-def export_model(args, root):
+def export_model(args, root, unfolded_dir=None):
+    """Exports the served version under ``root`` (folded) and, with ``unfolded_dir``, the same weights unfolded."""
     import tensorflow as tf
 
     from hrnet_tfx.models import build_model
@@ -111,8 +124,10 @@ def export_model(args, root):
     model = build_model(args.model, num_classes=args.num_classes, image_size=None)
     version_dir = os.path.join(root, args.model_name, "1")
     labels = [f"class_{i:04d}" for i in range(args.num_classes)]
-    export_saved_model(model, version_dir, labels, image_size=args.image_size)
+    export_saved_model(model, version_dir, labels, image_size=args.image_size, serving_dtype=args.serving_dtype)
     write_warmup_requests(version_dir)
+    if unfolded_dir:
+        export_saved_model(model, unfolded_dir, labels, image_size=args.image_size, fold=False)
     return version_dir
 
 
@@ -143,7 +158,7 @@ def start_server(base, args, log_path):
 class Modes:
     """One callable per (signature, mode): ``fn(batch_of_jpegs)`` returns the top-1 label of the first image."""
 
-    def __init__(self, model_dir, grpc_address, rest_address, model_name):
+    def __init__(self, model_dir, grpc_address, rest_address, model_name, unfolded_dir=None):
         import requests
         import tensorflow as tf
 
@@ -158,11 +173,11 @@ class Modes:
         url = f"http://{rest_address}/v1/models/{model_name}:predict"
         self.rest_address, self.grpc_address, self.model_name = rest_address, grpc_address, model_name
 
-        def in_process(name):
+        def in_process(name, loaded=loaded):
             signature = loaded.signatures[name]
             return lambda batch: signature(images=tf.constant(batch))["top_k_labels"].numpy()[0, 0]
 
-        def in_process_session(name):
+        def in_process_session(name, session=session):
             def call(batch):
                 images = np.empty(len(batch), dtype=object)
                 images[:] = batch
@@ -184,6 +199,12 @@ class Modes:
         for kind, name in SIGNATURES.items():
             self.fns[(kind, "in-process")] = in_process(name)
             self.fns[(kind, "in-process session")] = in_process_session(name)
+        if unfolded_dir:
+            unfolded = tf.saved_model.load(unfolded_dir)
+            unfolded_session = SavedModelServable(model_name, 1, unfolded_dir)
+            for kind, name in SIGNATURES.items():
+                self.fns[(kind, "unfolded")] = in_process(name, unfolded)
+                self.fns[(kind, "unfolded session")] = in_process_session(name, unfolded_session)
         self.fns[("full", "grpc")], self.fns[("full", "rest")] = grpc_full, rest_full
         self.fns[("top-k", "grpc")] = lambda batch: self.grpc_client.predict_images(batch)[0][0][0]
         self.fns[("top-k", "rest")] = lambda batch: self.rest_client.predict_images(batch)[0][0][0]
@@ -251,7 +272,7 @@ def main(argv=None):
     import tensorflow as tf
 
     print(f"# model {args.model} at {args.image_size}x{args.image_size}, {args.num_classes} classes; request JPEGs "
-          f"{args.jpeg_size[0]}x{args.jpeg_size[1]}; CPU {platform.processor() or platform.machine()} "
+          f"{args.jpeg_size[0]}x{args.jpeg_size[1]}; served {args.serving_dtype} BN-folded; CPU {platform.processor() or platform.machine()} "
           f"x{os.cpu_count()}; TensorFlow {tf.__version__}")
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     tmp = tempfile.mkdtemp(prefix="bench_serving_")
@@ -262,24 +283,27 @@ def main(argv=None):
             print(f"# using the server at gRPC {grpc_address}, REST {rest_address}")
         else:
             start = time.monotonic()
-            model_dir = export_model(args, os.path.join(tmp, "base"))
+            model_dir = export_model(args, os.path.join(tmp, "base"),
+                                     os.path.join(tmp, "unfolded") if args.compare_unfolded else None)
             print(f"# exported in {time.monotonic() - start:.0f} s; starting the development server", flush=True)
             proc, grpc_address, rest_address = start_server(os.path.join(tmp, "base"), args,
                                                             os.path.join(tmp, "server.log"))
-        modes = Modes(model_dir, grpc_address, rest_address, args.model_name)
+        modes = Modes(model_dir, grpc_address, rest_address, args.model_name,
+                      os.path.join(tmp, "unfolded") if args.compare_unfolded else None)
+        all_modes = MODES + (UNFOLDED_MODES if args.compare_unfolded else ())
         jpegs = synthetic_jpegs(max(args.batches), args.jpeg_size)
         print(f"# request JPEG size: mean {statistics.mean(len(j) for j in jpegs) / 1024:.1f} KiB", flush=True)
         kinds = list(SIGNATURES)
         for batch_size in args.batches:  # warm-up, and a check that every mode gives the same answer
             answers = set()
             for kind in kinds:
-                for mode in MODES:
+                for mode in all_modes:
                     for _ in range(args.warmup):
                         label = modes.fns[(kind, mode)](jpegs[:batch_size])
                     answers.add(label.decode() if isinstance(label, bytes) else label)
             if len(answers) != 1:
                 raise SystemExit(f"error: the modes disagree on the top-1 label: {answers}")
-        rows = [(k, m) for k in kinds for m in MODES]
+        rows = [(k, m) for k in kinds for m in all_modes]
         per_row = args.seconds / (len(args.batches) * len(rows) * args.rounds)
         latencies = {(k, m, b): [] for k, m in rows for b in args.batches}
         cpu = {(k, m, b): [0.0, 0.0] for k, m in rows for b in args.batches}  # this process, the server
@@ -305,7 +329,7 @@ def main(argv=None):
             for kind in kinds:
                 base_p50 = float(np.percentile(latencies[(kind, "in-process", batch_size)], 50))
                 base_cpu = sum(cpu[(kind, "in-process", batch_size)]) / len(latencies[(kind, "in-process", batch_size)])
-                for mode in MODES:
+                for mode in all_modes:
                     lat = np.array(latencies[(kind, mode, batch_size)])
                     p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
                     ips = batch_size * len(lat) / lat.sum()

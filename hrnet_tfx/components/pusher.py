@@ -20,10 +20,11 @@ Protocol of :func:`push_saved_model`:
    directory it was writing. A younger one may belong to a concurrent push and is left alone.
 2. Skip a model that is already the latest version: each version records what was pushed in
    ``assets.extra/hrnet_tfx_push.json`` (the source and a fingerprint of the SavedModel's graph, variable
-   index (which holds every tensor's checksum) and assets). When the newest complete version has the
+   index (which holds every tensor's checksum), assets and training weights' index). When the newest complete version has the
    same fingerprint, nothing is written and that version is returned (``reused``), so rerunning an
    unchanged pipeline does not push the same model as a second version.
-3. Stage: copy the SavedModel into ``.staging-<ms>-<token>/``, add ``assets/labels.tsv`` (from the model,
+3. Stage: copy the SavedModel into ``.staging-<ms>-<token>/`` (all of it: the training weights in
+   ``assets.extra/training_weights/`` travel with the version, for fine-tuning from it), add ``assets/labels.tsv`` (from the model,
    else from the Examples), the warm-up requests (:func:`hrnet_tfx.serving.warmup.write_warmup_requests`)
    and the push record.
 4. Publish under a new version number: the current UNIX time in seconds, or one above the newest
@@ -78,8 +79,8 @@ from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.fs import is_uri
 from hrnet_tfx.serving import model_base
 from hrnet_tfx.serving.names import check_model_name
-from hrnet_tfx.serving.export import (SAVED_MODEL_PB, copy_tree, publish_directory, remove_tree, renames_atomically,
-                                     walk_files)
+from hrnet_tfx.serving.export import (SAVED_MODEL_PB, TRAINING_WEIGHTS, copy_tree, publish_directory, remove_tree,
+                                     renames_atomically, walk_files)
 from hrnet_tfx.serving.warmup import WARMUP_DIR, write_warmup_requests
 
 log = logging.getLogger(__name__)
@@ -137,14 +138,17 @@ def next_version(model_dir: str, now: Optional[float] = None, claimed: Sequence[
 
 
 def saved_model_fingerprint(saved_model_dir: str, extra: Optional[Dict[str, str]] = None) -> str:
-    """A SHA-256 over the SavedModel's ``saved_model.pb``, variable index and ``assets/`` (plus ``extra``:
-    {relative path: file} added at push time). The variable index holds a checksum of every tensor, so the
-    variable data files need not be read; ``assets.extra/`` (written by the Pusher) is left out."""
+    """A SHA-256 over the SavedModel's ``saved_model.pb``, variable index, ``assets/`` and training weights'
+    index (``assets.extra/training_weights/``), plus ``extra``: {relative path: file} added at push time.
+    An index holds a checksum of every tensor, so the data files need not be read; the rest of
+    ``assets.extra/`` (written by the Pusher) is left out."""
+    weights_dir = posixpath.dirname(TRAINING_WEIGHTS) + "/"
     files: Dict[str, str] = {}
     for dirpath, rel_dir, filenames in walk_files(saved_model_dir):
         for name in filenames:
             rel = posixpath.normpath(posixpath.join(rel_dir, name))
-            if rel.startswith(WARMUP_DIR + "/") or (rel.startswith("variables/") and ".data-" in rel):
+            data = ".data-" in rel and (rel.startswith("variables/") or rel.startswith(weights_dir))
+            if data or (rel.startswith(WARMUP_DIR + "/") and not rel.startswith(weights_dir)):
                 continue
             files[rel] = _join(dirpath, name)
     files.update(extra or {})

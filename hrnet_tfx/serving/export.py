@@ -16,8 +16,19 @@ send encoded images or tf.Examples, never pixels):
     test network itself (``benchmarks/bench_serving.py``).
 
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
-``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation, fine-tuning), and
-``model_variables`` holds the weights, named as in the Keras model (see :func:`load_weights_into`).
+``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation).
+
+The served graph is :func:`hrnet_tfx.models.inference.inference_model` of the model: BatchNorm folded into
+the convolutions (logits within 1e-4 relative of the training graph's, ~10% less CPU per image for hrnet_w18,
+``benchmarks/README.md``), in float32 or, with ``serving_dtype="bfloat16"``, with bfloat16 weights and
+compute. Its variables (``inference_variables``) are the only ones in the SavedModel, so TF Serving holds
+one copy of the weights. The folded weights cannot be trained (BatchNorm's scale, shift and moving
+statistics are merged into them), so the training weights (every variable of the Keras model, BatchNorm
+statistics included, float32, named as in the model) are stored beside the model in
+``assets.extra/training_weights/`` as a TF checkpoint: TF Serving, TFMA and the development server never
+read ``assets.extra/`` (but for the warm-up file), the Pusher copies it with the version, and
+:func:`load_weights_into` (``hrnet-tfx train --init-from EXPORT``) reads it. Exports written before this
+had the training weights in the SavedModel (``model_variables``); :func:`load_weights_into` still takes them.
 
 Publishing (:func:`export_saved_model`, and the Pusher through :func:`publish_directory`): every file goes
 through ``tf.io.gfile``, so ``export_dir`` may be a bucket (``gs://``, ``s3://``) as well as a local path.
@@ -43,8 +54,15 @@ from hrnet_tfx import quiet
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
 from hrnet_tfx.fs import is_uri
+from hrnet_tfx.models.inference import INFERENCE_DTYPES, inference_model
 
 SAVED_MODEL_PB = "saved_model.pb"
+EXTRA_ASSETS_DIR = "assets.extra"
+"""A SavedModel's directory for files that are not part of the graph (TF Serving reads only its warm-up file)."""
+TRAINING_WEIGHTS = f"{EXTRA_ASSETS_DIR}/training_weights/weights"
+"""Checkpoint prefix, relative to an export, of the training weights (see the module docstring)."""
+SERVING_DTYPES = INFERENCE_DTYPES
+"""Compute dtypes of the served graph: ``float32`` (default) or ``bfloat16``."""
 STAGING_PREFIX = ".export-"
 # The serving contract's names (clients, warm-up, TFMA and the development server import them from here).
 SIGNATURE_CLASSIFY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default": TFMA, Classify API
@@ -79,22 +97,37 @@ def _predictions(logits_fn, images, labels: tf.Tensor, top_k: int) -> dict[str, 
 
 
 class ServingModule(tf.Module):
-    """What the SavedModel holds: the model's variables (``model_variables``, in ``model.variables``
-    order), ``logits`` (normalised images -> logits, traced once and shared by every signature) and
-    the serving signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs
-    no Keras."""
+    """What the SavedModel holds: the served network's variables (``inference_variables``), ``logits``
+    (normalised images -> float32 logits, traced once and shared by every signature) and the serving
+    signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs no Keras.
 
-    def __init__(self, model, labels: Sequence[str], image_size: int = IMAGE_SIZE, top_k: int = TOP_K):
+    Args:
+      model: the trained functional Keras model (any dtype policy); not modified.
+      labels: one class name per output.
+      image_size: the signatures' input size.
+      top_k: how many classes the ``top_k_*`` outputs hold.
+      serving_dtype: ``"float32"`` or ``"bfloat16"`` (:data:`SERVING_DTYPES`), the served graph's compute dtype.
+      fold: serve :func:`~hrnet_tfx.models.inference.inference_model` (BatchNorm folded); ``False`` serves
+        ``model`` itself (float32 only; for comparisons, ``benchmarks/bench_serving.py``).
+    """
+
+    def __init__(self, model, labels: Sequence[str], image_size: int = IMAGE_SIZE, top_k: int = TOP_K,
+                 serving_dtype: str = "float32", fold: bool = True):
         super().__init__(name="hrnet_serving")
         num_classes = int(model.output_shape[-1])
         if len(labels) != num_classes:
             raise ValueError(f"{len(labels)} labels for a model with {num_classes} classes")
-        self.model_variables = list(model.variables)
+        if serving_dtype not in SERVING_DTYPES:
+            raise ValueError(f"serving_dtype must be one of {SERVING_DTYPES}, got {serving_dtype!r}")
+        if not fold and serving_dtype != "float32":
+            raise ValueError("an unfolded export serves the model as it is: serving_dtype must be float32")
+        served = inference_model(model, dtype=serving_dtype) if fold else model
+        self.inference_variables = list(served.variables)
         self.label_strings = tf.constant(list(labels), dtype=tf.string)
         self.image_size = image_size
         self.top_k = top_k
         self.logits = tf.function(
-            lambda images: model(images, training=False),
+            lambda images: tf.cast(served(images, training=False), tf.float32),
             input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")],
             autograph=False,  # plain Keras layers: converting them only makes tracing 10x slower
         )
@@ -227,6 +260,8 @@ def export_saved_model(
     top_k: int = TOP_K,
     label_map_path: str | None = None,
     rename: bool | None = None,
+    serving_dtype: str = "float32",
+    fold: bool = True,
 ) -> str:
     """Writes ``model`` with the serving signatures to ``export_dir`` (which must not exist yet).
 
@@ -234,7 +269,9 @@ def export_saved_model(
     beside it and published with :func:`publish_directory` (renamed on a local file system, copied with
     ``saved_model.pb`` last on object stores; ``rename`` forces one or the other), so a crash never
     leaves a complete-looking model at ``export_dir``. ``label_map_path`` (the converter's labels file,
-    local or a URI) is copied into ``assets/`` beside the model.
+    local or a URI) is copied into ``assets/`` beside the model. ``serving_dtype`` and ``fold`` are
+    :class:`ServingModule`'s; the training weights go to ``assets.extra/training_weights/`` (module
+    docstring).
     """
     if tf.io.gfile.exists(export_dir):
         complete = tf.io.gfile.exists(_join(export_dir, SAVED_MODEL_PB))
@@ -242,13 +279,14 @@ def export_saved_model(
             "" if complete else f" (without {SAVED_MODEL_PB}: left by an interrupted export? remove it)"))
     parent = _parent(export_dir)
     tf.io.gfile.makedirs(parent)
-    module = ServingModule(model, labels, image_size, top_k)
+    module = ServingModule(model, labels, image_size, top_k, serving_dtype=serving_dtype, fold=fold)
     name = os.path.basename(export_dir.rstrip("/"))
     staging = _join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     try:
         tf.io.gfile.makedirs(staging)
         with quiet.known_noise_dropped():  # TF lists every captured variable of each signature (~9 KB apiece)
             tf.saved_model.save(module, staging, signatures=module.signatures())
+        write_training_weights(model, staging)
         if label_map_path:
             tf.io.gfile.makedirs(_join(staging, "assets"))
             tf.io.gfile.copy(label_map_path, _join(_join(staging, "assets"), features.LABEL_MAP_FILENAME),
@@ -265,39 +303,91 @@ CLASSIFIER_PREFIX = "classifier/"
 """Variable names of the classification head's final Dense layer (PyTorch's ``classifier``)."""
 
 
+def write_training_weights(model, saved_model_dir: str) -> str:
+    """Writes every variable of ``model`` (float32, keyed by its name: ``stem/conv1/kernel:0``) as the TF
+    checkpoint ``<saved_model_dir>/assets.extra/training_weights/weights``; returns that prefix."""
+    names = [v.name for v in model.variables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{model.name} has variables sharing a name: the training weights are keyed by name")
+    prefix = _join(saved_model_dir, TRAINING_WEIGHTS)
+    tf.io.gfile.makedirs(_parent(prefix))
+    tensors = [tf.cast(v, tf.float32) if v.dtype.is_floating else tf.convert_to_tensor(v) for v in model.variables]
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    return prefix
+
+
+def weights_checkpoint(export_dir: str) -> str:
+    """The checkpoint prefix of an export's training weights: ``assets.extra/training_weights/weights``, or
+    for an export written before it existed, the SavedModel's own ``variables/variables``."""
+    prefix = _join(export_dir, TRAINING_WEIGHTS)
+    if tf.io.gfile.exists(prefix + ".index"):
+        return prefix
+    return _join(_join(export_dir, "variables"), "variables")
+
+
 def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) -> list[str]:
-    """Copies the weights of an exported SavedModel (:func:`export_saved_model`, ``hrnet-tfx models
+    """Copies the training weights of an export (:func:`export_saved_model`, ``hrnet-tfx models
     import-weights``) into ``model``, built with the same network, matching variables by name.
 
-    When only the classifier's shape differs (fine-tuning on another class count) and ``new_classifier``
-    is true, every other weight is copied and the classifier keeps its fresh initialisation. Nothing is
-    assigned unless everything else matches. Returns the names of the variables left as they were
-    (the classifier's, or none); raises ``ValueError`` naming what differs.
+    Reads ``assets.extra/training_weights/`` (every variable, BatchNorm statistics included), or the
+    ``model_variables`` of an export written before it existed. When only the classifier's shape differs
+    (fine-tuning on another class count) and ``new_classifier`` is true, every other weight is copied and
+    the classifier keeps its fresh initialisation. Nothing is assigned unless everything else matches and
+    every tensor was read. Returns the names of the variables left as they were (the classifier's, or
+    none); raises ``ValueError`` naming what differs or what cannot be read.
     """
-    loaded = tf.saved_model.load(export_dir)
-    source = getattr(loaded, "model_variables", None)
-    if source is None:
-        raise ValueError(f"{export_dir} is not a SavedModel exported by hrnet-tfx (no model_variables): "
-                         "export it with hrnet_tfx.serving.export or 'hrnet-tfx models import-weights'")
-    by_name = {v.name: v for v in source}
+    shapes, read = _export_weights(export_dir)
     wanted = {v.name: v for v in model.variables}
-    missing, unused = sorted(set(wanted) - set(by_name)), sorted(set(by_name) - set(wanted))
-    if missing or unused or len(by_name) != len(source):
-        raise ValueError(f"{export_dir} holds a different network: {len(source)} variables vs {len(wanted)}"
+    missing, unused = sorted(set(wanted) - set(shapes)), sorted(set(shapes) - set(wanted))
+    if missing or unused:
+        raise ValueError(f"{export_dir} holds a different network: {len(shapes)} variables vs {len(wanted)}"
                          f" expected; missing {_some(missing)}, unused {_some(unused)}")
-    shapes = {n: (tuple(by_name[n].shape), tuple(v.shape)) for n, v in wanted.items()}
-    differ = sorted(n for n, (have, want) in shapes.items() if have != want)
+    pairs = {n: (shapes[n], tuple(v.shape)) for n, v in wanted.items()}
+    differ = sorted(n for n, (have, want) in pairs.items() if have != want)
     skipped = [n for n in differ if n.startswith(CLASSIFIER_PREFIX)] if new_classifier else []
     if set(differ) - set(skipped):
         raise ValueError(f"{export_dir} holds a different network: " + "; ".join(
-            f"{n} is {list(shapes[n][0])}, expected {list(shapes[n][1])}" for n in differ[:5]))
-    for name, variable in wanted.items():
-        if name not in skipped:
-            variable.assign(by_name[name])
+            f"{n} is {list(pairs[n][0])}, expected {list(pairs[n][1])}" for n in differ[:5]))
+    values = {name: read(name) for name in wanted if name not in skipped}  # shapes checked: sizes are bounded
+    for name, value in values.items():
+        wanted[name].assign(value)
     if skipped:
         log.warning("loaded %s except its classifier (%s classes there, %s here), which starts from random "
-                    "weights (fine-tuning)", export_dir, shapes[skipped[0]][0][-1], shapes[skipped[0]][1][-1])
+                    "weights (fine-tuning)", export_dir, pairs[skipped[0]][0][-1], pairs[skipped[0]][1][-1])
     return skipped
+
+
+def _export_weights(export_dir: str):
+    """``({name: shape}, read(name) -> value)`` of an export's training weights (see :func:`load_weights_into`)."""
+    prefix = weights_checkpoint(export_dir)
+    if prefix == _join(export_dir, TRAINING_WEIGHTS):
+        try:
+            reader = tf.compat.v1.train.NewCheckpointReader(prefix)  # load_checkpoint takes ram:// prefixes for dirs
+            shapes = {n: tuple(s) for n, s in reader.get_variable_to_shape_map().items()}
+            dtypes = reader.get_variable_to_dtype_map()
+        except tf.errors.OpError as e:
+            raise ValueError(f"cannot read the training weights {prefix}: {' '.join(e.message.split())}") from None
+        wrong = sorted(n for n, d in dtypes.items() if d != tf.float32)
+        if wrong:
+            raise ValueError(f"{prefix}: {_some(wrong)} not float32 ({dtypes[wrong[0]].name})")
+
+        def read(name):
+            try:
+                return reader.get_tensor(name)
+            except (tf.errors.OpError, IndexError, ValueError) as e:  # a cut data file raises IndexError
+                message = " ".join(e.message.split()) if isinstance(e, tf.errors.OpError) else str(e)
+                raise ValueError(f"cannot read {name} from the training weights {prefix}: {message}") from None
+
+        return shapes, read
+    source = getattr(tf.saved_model.load(export_dir), "model_variables", None)
+    if source is None:
+        raise ValueError(f"{export_dir} is not a SavedModel exported by hrnet-tfx (no {TRAINING_WEIGHTS} and no "
+                         "model_variables): export it with hrnet_tfx.serving.export or 'hrnet-tfx models "
+                         "import-weights'")
+    by_name = {v.name: v for v in source}
+    if len(by_name) != len(source):
+        raise ValueError(f"{export_dir} holds {len(source)} variables under {len(by_name)} names")
+    return {n: tuple(v.shape) for n, v in by_name.items()}, lambda name: by_name[name]
 
 
 def _some(names: list[str]) -> str:

@@ -13,6 +13,7 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from hrnet_tfx.models.config import ConfigError, read_config_file
+from hrnet_tfx.models.inference import INFERENCE_DTYPES
 
 SCHEDULES = ("step", "cosine")
 BACKENDS = ("auto", "horovod", "tf_distribute")
@@ -46,6 +47,9 @@ class TrainConfig:
     each gradient, as PyTorch's SGD does), lr x``lr_decay_rate`` at ``lr_decay_epochs``.
     ``warmup_epochs`` (linear warm-up, Goyal et al. 2017) defaults to 5 when the global batch exceeds
     256, else 0.
+
+    Export: ``serving_dtype`` is the exported graph's compute dtype, ``float32`` (default) or ``bfloat16``
+    (BatchNorm folded either way; see :mod:`hrnet_tfx.serving.export`), whatever ``dtype_policy`` trained.
     """
 
     model: str = "hrnet_w18"
@@ -75,6 +79,7 @@ class TrainConfig:
     warmup_epochs: float = -1.0
     label_smoothing: float = 0.0
     dtype_policy: str = "float32"
+    serving_dtype: str = "float32"
     jit_compile: bool = False
     fp16_allreduce: bool = False
     backend: str = "auto"
@@ -96,6 +101,8 @@ class TrainConfig:
             (self.epochs > 0 or self.train_steps > 0, "set epochs > 0 or train_steps > 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.backend in BACKENDS, f"backend must be one of {BACKENDS}"),
+            (self.serving_dtype in INFERENCE_DTYPES,
+             f"serving_dtype must be one of {INFERENCE_DTYPES}, got {self.serving_dtype!r}"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (self.base_lr > 0 and self.base_batch > 0, "base_lr and base_batch must be > 0"),
             (self.checkpoint_every_steps >= 1 and self.log_every_steps >= 1, "checkpoint/log intervals must be >= 1"),

@@ -156,10 +156,12 @@ def check_init_source(config: TrainConfig, eval_only: bool = False) -> None:
 
 
 def _saved_model_variables(source: str) -> str:
-    """The variables checkpoint of the SavedModel ``source``, or "" when ``source`` is no SavedModel."""
+    """The training weights' checkpoint of the SavedModel ``source``, or "" when ``source`` is no SavedModel."""
     if not tf.io.gfile.exists(os.path.join(source, "saved_model.pb")):
         return ""
-    return os.path.join(source, "variables", "variables")
+    from hrnet_tfx.serving.export import weights_checkpoint
+
+    return weights_checkpoint(source)
 
 
 def _init_checkpoint(source: str) -> str:
@@ -584,14 +586,15 @@ def _write_metrics(config: TrainConfig, metrics: dict, name: str) -> None:
 
 
 def export(config: TrainConfig, model) -> str:
-    """Exports a float32 copy of ``model`` with the serving signatures to ``config.export_dir``."""
+    """Exports ``model`` with the serving signatures to ``config.export_dir``: served in
+    ``config.serving_dtype``, its training weights kept in float32."""
     from hrnet_tfx.serving.export import export_saved_model
 
-    if config.dtype_policy != "float32":  # serve in float32: CPUs lack fast float16 convolutions
+    if config.dtype_policy != "float32":  # float32 layers: the training weights are exported in float32
         clone = build_model(config.model, num_classes=config.num_classes, image_size=config.image_size)
         clone.set_weights(model.get_weights())
         model = clone
     path = export_saved_model(model, config.export_dir, label_strings(config), image_size=config.image_size,
-                              label_map_path=config.label_map or None)
+                              label_map_path=config.label_map or None, serving_dtype=config.serving_dtype)
     log.info("exported SavedModel to %s", path)
     return path
