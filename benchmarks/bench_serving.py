@@ -272,7 +272,8 @@ def main(argv=None):
     import tensorflow as tf
 
     print(f"# model {args.model} at {args.image_size}x{args.image_size}, {args.num_classes} classes; request JPEGs "
-          f"{args.jpeg_size[0]}x{args.jpeg_size[1]}; served {args.serving_dtype} BN-folded; CPU {platform.processor() or platform.machine()} "
+          f"{args.jpeg_size[0]}x{args.jpeg_size[1]}; served {args.serving_dtype} BN-folded; "
+          f"CPU {platform.processor() or platform.machine()} "
           f"x{os.cpu_count()}; TensorFlow {tf.__version__}")
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     tmp = tempfile.mkdtemp(prefix="bench_serving_")

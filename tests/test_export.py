@@ -83,8 +83,16 @@ def test_bfloat16_export_agrees_with_float32_on_the_top_class(exports, images):
     stored = saved_variables(exports["bfloat16"]).values()
     assert {d for s, d in stored if len(s) == 4} == {tf.bfloat16}  # every convolution kernel
     assert [d for s, d in stored if len(s) == 2] == [tf.float32]  # but the classifier's
-    scores = approx_model.signatures["predict_images_top_k"](images=tf.constant([_jpeg()]))["top_k_scores"]
-    assert scores.dtype == tf.float32
+    # the development server runs the signatures the way TF Serving does (a session over the MetaGraph)
+    from hrnet_tfx.serving.dev.servable import SavedModelServable
+
+    request = np.empty(1, dtype=object)
+    request[:] = [_jpeg()]
+    served = SavedModelServable("hrnet", 1, exports["bfloat16"]).predict("predict_images_top_k", {"images": request})
+    direct = approx_model.signatures["predict_images_top_k"](images=tf.constant(request.tolist()))
+    assert served["top_k_scores"].dtype == np.float32
+    np.testing.assert_array_equal(served["top_k_ids"], direct["top_k_ids"].numpy())
+    np.testing.assert_allclose(served["top_k_scores"], direct["top_k_scores"].numpy(), rtol=1e-6)
 
 
 def _jpeg():

@@ -20,13 +20,13 @@ Protocol of :func:`push_saved_model`:
    directory it was writing. A younger one may belong to a concurrent push and is left alone.
 2. Skip a model that is already the latest version: each version records what was pushed in
    ``assets.extra/hrnet_tfx_push.json`` (the source and a fingerprint of the SavedModel's graph, variable
-   index (which holds every tensor's checksum), assets and training weights' index). When the newest complete version has the
-   same fingerprint, nothing is written and that version is returned (``reused``), so rerunning an
-   unchanged pipeline does not push the same model as a second version.
+   index (which holds every tensor's checksum), assets and training weights' index). When the newest
+   complete version has the same fingerprint, nothing is written and that version is returned
+   (``reused``), so rerunning an unchanged pipeline does not push the same model as a second version.
 3. Stage: copy the SavedModel into ``.staging-<ms>-<token>/`` (all of it: the training weights in
-   ``assets.extra/training_weights/`` travel with the version, for fine-tuning from it), add ``assets/labels.tsv`` (from the model,
-   else from the Examples), the warm-up requests (:func:`hrnet_tfx.serving.warmup.write_warmup_requests`)
-   and the push record.
+   ``assets.extra/training_weights/`` travel with the version, for fine-tuning from it), add
+   ``assets/labels.tsv`` (from the model, else from the Examples), the warm-up requests
+   (:func:`hrnet_tfx.serving.warmup.write_warmup_requests`) and the push record.
 4. Publish under a new version number: the current UNIX time in seconds, or one above the newest
    version (and above every live claim) if that is not lower, so the newest push is the version served.
 
