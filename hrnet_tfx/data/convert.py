@@ -16,7 +16,8 @@ Four stages:
    that is cut short or corrupt is counted up to the damage and the records lost after it are estimated
    (:func:`hrnet_tfx.data.records.lost_records_estimate`) and count as bad inputs. Each pending shard
    task is written to its own small JSON file in the staging area.
-2. **Run** (Beam): ``Create(task files) | Reshuffle | ParDo(WriteShard)``. Each task reads its inputs,
+2. **Run** (Beam): ``Create(task files) | ParDo(WriteShard)`` (Beam's ``Create`` of several elements
+   ends in a ``Reshuffle``, which spreads the tasks over the workers). Each task reads its inputs,
    checks and fixes them (:mod:`hrnet_tfx.data.images`), writes its shard itself in key order and renames
    it into place, then writes a small result file (counts, skipped and fixed inputs). Only file names
    cross the shuffle, never image bytes, so the DirectRunner's memory stays flat even for ImageNet.
@@ -35,10 +36,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from typing import Callable, Iterable, Sequence
@@ -51,8 +55,9 @@ from hrnet_tfx.data import storage
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.data.images import VERIFY_MODES, BadImageError, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError, write_label_map
-from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, RecordScan, lost_records_estimate,
-                                    make_example, read_records, relabel_record, scan_records)
+from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, ExampleBuilder, RecordScan,
+                                    RecordWriter, lost_records_estimate, read_records, relabel_record,
+                                    scan_records)
 from hrnet_tfx.data.sources import Dataset
 
 log = logging.getLogger(__name__)
@@ -191,8 +196,7 @@ def _count_records(dataset: Dataset, staging: str, options: ConvertOptions,
         log.info("counting the records of %d TFRecord files with Beam", len(todo))
         pipeline = pipeline_factory()
         _ = (pipeline
-             | "Files" >> beam.Create(todo)
-             | "Distribute" >> beam.Reshuffle()
+             | "Files" >> beam.Create(todo)  # Create redistributes its elements itself (a Reshuffle)
              | "CountRecords" >> beam.ParDo(CountRecords(staging, options.max_image_bytes)))
         with progress_lib.ProgressMonitor(os.path.join(staging, _COUNT_PROGRESS), len(todo), desc="counting",
                                           unit="file"):
@@ -266,29 +270,33 @@ class WriteShard(beam.DoFn):
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"bad_{reason}").inc()
         result["bad"].append([result["split"], name, reason, detail])
 
-    def _images(self, task: dict, result: dict) -> Iterable[bytes]:
+    def _images(self, task: dict, result: dict, writer: "_ShardWriter") -> None:
         root, verify = self._roots[task["split"]], self._options.verify
-        for relpath, label, boxes in task["items"]:
-            self._progress.add()
-            try:
-                data = storage.read_input(storage.join(root, relpath), self._options.max_image_bytes)
-            except storage.InputFileError as e:
-                self._bad_input(result, relpath, e.reason, e.detail)
-                continue
-            try:
-                image = prepare_image(data, verify)
-            except BadImageError as e:
-                self._bad_input(result, relpath, e.reason, e.detail)
-                continue
-            if image.fixed:
-                self._fixed.inc()
-                result["fixed"].append([result["split"], relpath, image.fixed])
-            else:
-                self._kept.inc()
-            yield make_example(image, self._class_list[label], relpath, [Box(*b) for b in boxes],
+        build = ExampleBuilder().build
+        items = task["items"]
+        paths = [storage.join(root, relpath) for relpath, _, _ in items]
+        with storage.ReadAhead(paths, self._options.max_image_bytes) as reads:
+            for (relpath, label, boxes), (data, error, nbytes) in zip(items, reads):
+                self._progress.add()
+                if error is not None:
+                    self._bad_input(result, relpath, error.reason, error.detail)
+                    continue
+                try:
+                    image = prepare_image(data, verify)
+                except BadImageError as e:
+                    reads.release(nbytes)
+                    self._bad_input(result, relpath, e.reason, e.detail)
+                    continue
+                if image.fixed:
+                    self._fixed.inc()
+                    result["fixed"].append([result["split"], relpath, image.fixed])
+                else:
+                    self._kept.inc()
+                record = build(image, self._class_list[label], relpath, [Box(*b) for b in boxes] if boxes else (),
                                self._class_index)
+                writer.write(record, functools.partial(reads.release, nbytes))
 
-    def _records(self, task: dict, result: dict) -> Iterable[bytes]:
+    def _records(self, task: dict, result: dict, writer: "_ShardWriter") -> None:
         root, split, seed = self._roots[task["split"]], task["split"], self._options.seed
         keyed, seen = [], {}
         for name, start, stop in task["segments"]:
@@ -314,7 +322,8 @@ class WriteShard(beam.DoFn):
                 keyed.append((sort_key(seed, split, where), record))
         result["classes"] = [[label, *v] for label, v in sorted(seen.items())]
         keyed.sort()
-        return (record for _, record in keyed)
+        for _, record in keyed:
+            writer.write(record)
 
     def process(self, task_path: str):
         import tensorflow as tf
@@ -324,13 +333,9 @@ class WriteShard(beam.DoFn):
         result = {"split": split, "shard": shard, "bad": [], "fixed": [], "examples": 0, "bytes": 0}
         path = _staged_shard(self._staging, split, shard, self._options)
         tmp = f"{path}.inprogress-{uuid.uuid4().hex}"
-        compression = "GZIP" if self._options.compression == "gzip" else ""
-        examples = self._images(task, result) if task["kind"] == "images" else self._records(task, result)
-        with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type=compression)) as writer:
-            for example in examples:
-                writer.write(example)
-                result["examples"] += 1
-                result["bytes"] += len(example)
+        with _ShardWriter(tmp, self._options.compression) as writer:
+            (self._images if task["kind"] == "images" else self._records)(task, result, writer)
+        result["examples"], result["bytes"] = writer.examples, writer.bytes
         tf.io.gfile.rename(tmp, path, overwrite=True)
         _write_json(_result_path(self._staging, split, shard), result)
         self._written.inc(result["examples"])
@@ -338,6 +343,55 @@ class WriteShard(beam.DoFn):
         self._shards.inc()
         self._progress.add(0, force=True)
         yield split, shard, result["examples"]
+
+
+class _ShardWriter:
+    """Writes a shard's records in order from a background thread: the CRC and the write calls release the
+    GIL, so they run on another core while the next image is checked and built. Each record's ``done``
+    callback runs once it is written (it returns the input's bytes to the read-ahead budget). A write
+    error stops the writing and is raised by the next :meth:`write` or on leaving the context."""
+
+    _QUEUE = 256  # records waiting; the images' bytes are bounded by the read-ahead budget anyway
+
+    def __init__(self, path: str, compression: str):
+        self._writer = RecordWriter(path, compression)
+        self._queue: queue.Queue = queue.Queue(self._QUEUE)
+        self._error: BaseException | None = None
+        self.examples = self.bytes = 0
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, record: bytes, done: Callable[[], None] | None = None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((record, done))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            record, done = item
+            if self._error is None:
+                try:
+                    self._writer.write(record)
+                    self.examples += 1
+                    self.bytes += len(record)
+                except BaseException as e:  # raised in the converting thread
+                    self._error = e
+            if done:
+                done()
+
+    def __enter__(self) -> "_ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            self._writer.close()
+        except Exception:
+            if exc_type is None and self._error is None:
+                raise
+        if exc_type is None and self._error is not None:
+            raise self._error
 
 
 def _staged_shard(staging: str, split: str, shard: int, options: ConvertOptions) -> str:
@@ -359,7 +413,7 @@ def _write_json(path: str, obj) -> None:
 
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write(json.dumps(obj, indent=1, sort_keys=True))  # one write call; json.dump makes one per token
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -502,8 +556,7 @@ def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: Conv
     log.info("converting %d inputs into %d shards with Beam", total, len(pending))
     pipeline = pipeline_factory()
     _ = (pipeline
-         | "Tasks" >> beam.Create(task_paths)
-         | "Distribute" >> beam.Reshuffle()
+         | "Tasks" >> beam.Create(task_paths)  # Create redistributes its elements itself (a Reshuffle)
          | "WriteShard" >> beam.ParDo(WriteShard(staging, roots, dataset.classes, options)))
     start = time.monotonic()
     with progress_lib.ProgressMonitor(os.path.join(staging, _PROGRESS), total, unit=unit):
