@@ -528,6 +528,17 @@ def test_report_cells_escape_tabs_newlines_and_undecodable_bytes():
     assert L.tsv_cell("plain café 1.jpg") == "plain café 1.jpg"
 
 
+def test_label_map_cells_are_escaped_like_the_reports(tmp_path):
+    """One cell writer for every TSV: a class id with a tab or a byte that is not UTF-8 reads the same in
+    labels.tsv as in bad_files.tsv, and every class stays one line of three columns."""
+    from hrnet_tfx.data.labels import ClassInfo, write_label_map
+
+    path = str(tmp_path / "labels.tsv")
+    write_label_map(path, [ClassInfo(0, "a\tb", "x\ny"), ClassInfo(1, "c\udcff", "z  w")])
+    assert open(path, encoding="utf-8").read().split("\n") == ["0\ta\\tb\tx\\ny", "1\tc\\xff\tz  w", ""]
+    assert L.tsv_cell("c\udcff") == "c\\xff"
+
+
 def test_imported_record_images_are_checked_like_image_files(inception_dir, tmp_path):
     """A record whose JPEG header claims 60000x60000 pixels is refused before any decoding (training would
     decode it), a CMYK JPEG is re-encoded as RGB, a valid RGB JPEG keeps its bytes."""

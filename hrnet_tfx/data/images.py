@@ -14,8 +14,9 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from hrnet_tfx.data.options import VERIFY_MODES
+
 REENCODE_QUALITY = 95
-VERIFY_MODES = ("markers", "decode")
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO: camera JPEG with extra frames; the first frame is a plain JPEG
 
 _EOI = b"\xff\xd9"  # end of image; 0xFF in entropy-coded data is always followed by 0x00 or a RST marker

@@ -19,10 +19,6 @@ from hrnet_tfx.data import storage
 from hrnet_tfx.data.images import BadImageError, PreparedImage, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo
 
-INCEPTION_LABEL_OFFSET = 1
-"""Inception/TF-slim ImageNet records number classes 1..1000 (0 = background, 1001 outputs): subtract 1."""
-
-
 class BadRecordError(ValueError):
     """An imported record that cannot be used (``reason``: ``bad_record`` or ``bad_label``)."""
 

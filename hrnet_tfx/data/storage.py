@@ -113,6 +113,20 @@ def is_dir(path: str) -> bool:
     return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
 
 
+def exists(path: str) -> bool:
+    """True if ``path`` names a file or directory (local: following symlinks)."""
+    return os.path.exists(path) if is_local(path) else _gfile().exists(path)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` (a local path or a URL) through ``tf.io.gfile``, making its directory
+    first. For output, not inputs: only reading has local-only hazards that need ``os``."""
+    gfile = _gfile()
+    gfile.makedirs(os.path.dirname(path))
+    with gfile.GFile(path, "wb") as f:
+        f.write(data)
+
+
 def stat(path: str) -> tuple[int, int]:
     """(size in bytes, modification time in ns) of a file; ``OSError`` or TF's ``OpError`` if missing."""
     if is_local(path):
