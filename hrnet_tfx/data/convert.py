@@ -16,8 +16,8 @@ Four stages:
    that is cut short or corrupt is counted up to the damage and the records lost after it are estimated
    (:func:`hrnet_tfx.data.records.lost_records_estimate`) and count as bad inputs. Each pending shard
    task is written to its own small JSON file in the staging area.
-2. **Run** (Beam): ``Create(task files) | ParDo(WriteShard)`` (Beam's ``Create`` of several elements
-   ends in a ``Reshuffle``, which spreads the tasks over the workers). Each task reads its inputs,
+2. **Run** (Beam): ``Create(task files) | ParDo(WriteShard)`` (``Create`` ends in a ``Reshuffle`` that
+   spreads the tasks over the workers, unless one in-process worker runs them all). Each task reads its inputs,
    checks and fixes them (:mod:`hrnet_tfx.data.images`), writes its shard itself in key order and renames
    it into place, then writes a small result file (counts, skipped and fixed inputs). Only file names
    cross the shuffle, never image bytes, so the DirectRunner's memory stays flat even for ImageNet.
@@ -143,7 +143,7 @@ def _count_records(dataset: Dataset, staging: str, options: ConvertOptions,
         log.info("counting the records of %d TFRecord files with Beam", len(todo))
         pipeline = pipeline_factory()
         _ = (pipeline
-             | "Files" >> beam.Create(todo)  # Create redistributes its elements itself (a Reshuffle)
+             | "Files" >> beam.Create(todo, reshuffle=_redistributes(pipeline))
              | "CountRecords" >> beam.ParDo(CountRecords(staging, options.max_image_bytes)))
         with progress_lib.ProgressMonitor(os.path.join(staging, _COUNT_PROGRESS), len(todo), desc="counting",
                                           unit="file"):
@@ -235,10 +235,7 @@ class WriteShard(beam.DoFn):
                     self._bad_input(result, relpath, e.reason, e.detail)
                     continue
                 if image.fixed:
-                    self._fixed.inc()
                     result["fixed"].append([result["split"], relpath, image.fixed])
-                else:
-                    self._kept.inc()
                 record = build(image, self._class_list[label], relpath, [Box(*b) for b in boxes] if boxes else (),
                                self._class_index)
                 writer.write(record, functools.partial(reads.release, nbytes))
@@ -261,10 +258,7 @@ class WriteShard(beam.DoFn):
                     self._bad_input(result, where, e.reason, e.detail)
                     continue
                 if fixed:
-                    self._fixed.inc()
                     result["fixed"].append([split, where, fixed])
-                else:
-                    self._kept.inc()
                 seen.setdefault(label, [synset, text])
                 keyed.append((sort_key(seed, split, where), record))
         result["classes"] = [[label, *v] for label, v in sorted(seen.items())]
@@ -285,6 +279,8 @@ class WriteShard(beam.DoFn):
         result["examples"], result["bytes"] = writer.examples, writer.bytes
         tf.io.gfile.rename(tmp, path, overwrite=True)
         _write_json(_result_path(self._staging, split, shard), result)
+        self._kept.inc(result["examples"] - len(result["fixed"]))
+        self._fixed.inc(len(result["fixed"]))
         self._written.inc(result["examples"])
         self._bytes.inc(result["bytes"])
         self._shards.inc()
@@ -503,7 +499,7 @@ def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: Conv
     log.info("converting %d inputs into %d shards with Beam", total, len(pending))
     pipeline = pipeline_factory()
     _ = (pipeline
-         | "Tasks" >> beam.Create(task_paths)  # Create redistributes its elements itself (a Reshuffle)
+         | "Tasks" >> beam.Create(task_paths, reshuffle=_redistributes(pipeline))
          | "WriteShard" >> beam.ParDo(WriteShard(staging, roots, dataset.classes, options)))
     start = time.monotonic()
     with progress_lib.ProgressMonitor(os.path.join(staging, _PROGRESS), total, unit=unit):
@@ -512,6 +508,17 @@ def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: Conv
     elapsed = time.monotonic() - start
     log.info("Beam done: %s", progress_lib.format_progress(total, None, elapsed, unit))
     _log_metrics(result)
+
+
+def _redistributes(pipeline: beam.Pipeline) -> bool:
+    """Whether ``Create`` should end in a Reshuffle (its default), which spreads the tasks over the workers
+    of a distributed runner or of several local ones. One in-process worker (the local runners with
+    ``direct_num_workers=1``, the default) runs every task itself, and there the Reshuffle only adds
+    pipeline start-up time (~0.1-0.2 s)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    local = type(pipeline.runner).__name__ in ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner")
+    return not (local and pipeline.options.view_as(DirectOptions).direct_num_workers == 1)
 
 
 def _classes_from_records(results: list[dict]) -> list[ClassInfo]:
