@@ -75,3 +75,20 @@ def test_record_writer_on_ram_and_gzip(tmp_path):
                 w.write(r)
         kind = "GZIP" if compression == "gzip" else ""
         assert [r.numpy() for r in tf.data.TFRecordDataset(path, kind)] == records
+
+
+def test_record_writer_finishes_short_writes(tmp_path, monkeypatch):
+    """A write that stops short (a signal, a slow file system) is continued, not lost."""
+    from hrnet_tfx.data import records
+
+    real = records.os.writev
+    monkeypatch.setattr(records.os, "writev", lambda fd, parts: real(fd, [bytes(parts[0][:7])]))
+    records_ = [b"x" * 30, b"", b"y" * 5]
+    with RecordWriter(str(tmp_path / "short")) as w:
+        for r in records_:
+            w.write(r)
+    monkeypatch.undo()
+    with tf.io.TFRecordWriter(str(tmp_path / "tf")) as w:
+        for r in records_:
+            w.write(r)
+    assert (tmp_path / "short").read_bytes() == (tmp_path / "tf").read_bytes()

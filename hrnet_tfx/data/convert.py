@@ -17,10 +17,14 @@ Four stages:
    (:func:`hrnet_tfx.data.records.lost_records_estimate`) and count as bad inputs. Each pending shard
    task is written to its own small JSON file in the staging area.
 2. **Run** (Beam): ``Create(task files) | ParDo(WriteShard)`` (``Create`` ends in a ``Reshuffle`` that
-   spreads the tasks over the workers, unless one in-process worker runs them all). Each task reads its inputs,
-   checks and fixes them (:mod:`hrnet_tfx.data.images`), writes its shard itself in key order and renames
-   it into place, then writes a small result file (counts, skipped and fixed inputs). Only file names
-   cross the shuffle, never image bytes, so the DirectRunner's memory stays flat even for ImageNet.
+   spreads the tasks over the workers, unless one in-process worker runs them all). Each task (one Beam
+   element per shard, so Beam costs nothing per image) reads its inputs ahead in threads
+   (:class:`hrnet_tfx.data.storage.ReadAhead`), checks and fixes them (:mod:`hrnet_tfx.data.images`),
+   builds the records in key order while a writer thread writes them to the shard
+   (:class:`hrnet_tfx.data.records.RecordWriter`), renames the shard into place, then writes a small
+   result file (counts, skipped and fixed inputs). Only file names cross the shuffle, never image bytes,
+   so the DirectRunner's memory stays flat even for ImageNet; a worker holds at most the read-ahead budget
+   of input bytes per shard in flight.
 3. **Collect** (launching process): the reports (``bad_files.tsv``, ``fixed_files.tsv``) are written to the
    staging area and the bad fraction is checked.
 4. **Publish** (launching process): only now is anything outside the staging area touched; see
@@ -289,8 +293,8 @@ class WriteShard(beam.DoFn):
 
 
 class _ShardWriter:
-    """Writes a shard's records in order from a background thread: the CRC and the write calls release the
-    GIL, so they run on another core while the next image is checked and built. Each record's ``done``
+    """Writes a shard's records in order from a background thread: the CRC and (local) write calls release
+    the GIL, so they run on another core while the next image is checked and built. Each record's ``done``
     callback runs once it is written (it returns the input's bytes to the read-ahead budget). A write
     error stops the writing and is raised by the next :meth:`write` or on leaving the context."""
 

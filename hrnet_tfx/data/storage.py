@@ -8,6 +8,9 @@ UTF-8 (it takes ``str``, and ``os`` gives such names as surrogate escapes); ``os
 directories without a stat per file; and only a local file can be a FIFO, a device or a symlink loop, which
 :func:`read_input` refuses before reading (a FIFO would block a worker forever, ``/dev/zero`` never ends).
 
+Inputs are read ahead of their use by threads (:class:`ReadAhead`), within a byte budget: a local read
+releases the GIL while the kernel copies, and an object store's latency is paid by many requests at once.
+
 Listing is the expensive call on object stores, so discovery lists each directory once and never stats
 its files: Google Cloud Storage marks sub-"directories" in a listing with a trailing ``/``. Other remote
 file systems (and ``ram://``) do not, so there each listed name costs one ``isdir`` call.
