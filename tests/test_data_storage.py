@@ -45,10 +45,10 @@ def test_reads_go_ahead_up_to_the_budget_and_no_further(tmp_path):
     with storage.ReadAhead(paths, max_bytes=2 * MB, budget=3 * MB, threads=4) as reads:
         for data, error, n in reads:
             time.sleep(0.02)  # the threads read as far ahead as they may meanwhile
-            peak = max(peak, reads._budget._used)
+            peak = max(peak, reads._used)
             reads.release(n)
     assert 3 * MB <= peak <= 4 * MB
-    assert reads._budget._used == 0
+    assert reads._used == 0
 
 
 def test_the_next_file_is_read_even_when_the_consumer_holds_the_whole_budget(tmp_path):

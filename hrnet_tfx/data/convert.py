@@ -298,7 +298,7 @@ class _ShardWriter:
     callback runs once it is written (it returns the input's bytes to the read-ahead budget). A write
     error stops the writing and is raised by the next :meth:`write` or on leaving the context."""
 
-    _QUEUE = 256  # records waiting; the images' bytes are bounded by the read-ahead budget anyway
+    _QUEUE = 16  # records waiting: enough to smooth the two threads, few enough that memory is reused
 
     def __init__(self, path: str, compression: str):
         self._writer = RecordWriter(path, compression)
