@@ -30,6 +30,7 @@ setup(
         "tensorflow-serving-api>=2.16,<2.17",
         "grpcio",
         "requests",
+        "tornado>=6.5",  # the development server's REST endpoint
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "jsonschema", "kubernetes"],

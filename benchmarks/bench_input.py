@@ -9,7 +9,9 @@ pool of 1, intra-op parallelism 1), batches of 224x224 training inputs from:
 * ``full decode + same crop``: the same tf.data skeleton and augmentation, but ``tf.io.decode_jpeg`` of the
   whole image before cropping (isolates what window-only decoding saves);
 * ``plain decode_jpeg + resize``: ``tf.io.decode_jpeg`` with default options + bilinear resize to 224, the
-  simplest input a port writes (no crop, so it resizes the whole image).
+  simplest input a port writes (no crop, so it resizes the whole image), flip, and ``(x / 255 - mean) /
+  std`` written as a port writes it (:func:`naive_normalize`; ours is one multiply-add per value along
+  contiguous rows, 0.5 ms per image cheaper on one core).
 
 Each pipeline is measured --repeats times, round robin, and the median is reported as images per second
 of wall time and per CPU-second used by the process (robust when the machine is shared). Then the CPU
@@ -99,9 +101,14 @@ def prepare_shards(cache_dir: str, num_images: int) -> tuple[str, dict]:
     return os.path.join(out, "train-*"), summary
 
 
-def _flip_and_normalize(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def naive_normalize(pixels: tf.Tensor) -> tf.Tensor:
+    """torchvision's ``ToTensor`` + ``Normalize`` written the way a port writes it (three broadcasts)."""
+    return (tf.cast(pixels, tf.float32) / 255.0 - tf.constant(P.MEAN_RGB)) / tf.constant(P.STD_RGB)
+
+
+def _flip_and_normalize(image: tf.Tensor, seed: tf.Tensor, normalize=P.normalize) -> tf.Tensor:
     flip = tf.random.stateless_uniform([], seed) < P.FLIP_PROBABILITY
-    return P.normalize(tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image))
+    return normalize(tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image))
 
 
 def full_decode_same_crop(image_bytes: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -116,10 +123,11 @@ def full_decode_same_crop(image_bytes: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def plain_decode_resize(image_bytes: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """``tf.io.decode_jpeg`` with default options, bilinear resize of the whole image, flip, normalise."""
+    """``tf.io.decode_jpeg`` with default options, bilinear resize of the whole image, flip, normalise
+    (:func:`naive_normalize`)."""
     image = tf.io.decode_jpeg(image_bytes, channels=3)
     resized = tf.image.resize(image, [P.IMAGE_SIZE, P.IMAGE_SIZE], method="bilinear")
-    return _flip_and_normalize(resized, tf.cast(seed, tf.int64))
+    return _flip_and_normalize(resized, tf.cast(seed, tf.int64), naive_normalize)
 
 
 def skeleton(pattern: str, fn, batch_size: int, options: tf.data.Options) -> tf.data.Dataset:

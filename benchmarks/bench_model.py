@@ -10,20 +10,27 @@ Each timed run is ``--steps`` calls; after ``--warmup`` untimed rounds, ``--repe
 and the median images/s is printed with the min-max spread. ``--jit-compile`` adds an XLA row and
 ``--dtype-policy mixed_bfloat16`` a bfloat16 row (both need extra compile time).
 
+Rows: ``keras float32`` is the training graph (``model(x, training=False)`` for inference);
+``keras float32 folded`` is :func:`hrnet_tfx.models.inference.inference_model` (BatchNorm folded into the
+convolutions: what an export should serve), inference only; with ``--dtype-policy mixed_bfloat16`` the same
+two again in bfloat16 (the folded one with bfloat16 weights).
+
 ``--vs-timm PYTHON`` also measures ``timm.create_model(model, pretrained=False)`` (eval mode for
 inference, train mode + ``torch.optim.SGD(momentum=0.9)`` for the step; bf16 rows use
 ``torch.autocast``) in a worker process (``_timm_worker.py``) run by PYTHON, a Python with torch and
-timm. Both frameworks get the same intra-op (``--threads``) and inter-op (``--inter-threads``) thread
+timm. timm runs in ``channels_last`` memory format by default (PyTorch's fastest CPU layout and what a
+PyTorch user picks for CPU inference; ``--timm-layout nchw`` for the default contiguous format). Both frameworks get the same intra-op (``--threads``) and inter-op (``--inter-threads``) thread
 counts. Rounds are interleaved (Keras, timm, timm, Keras, ...) and strictly one at a time, so load from
 other processes on a shared machine hits both sides alike.
 
 Reading the ratio: ``ours/timm`` is Keras images/s divided by timm images/s measured in the same run;
 above 1 means ours is faster. Compare ratios between runs, not absolute images/s (those depend on
-the machine and its load; the load average is printed).
+the machine and its load; the load average is printed). Where the time goes (profiles, the levers tried
+and their effect) is written up in ``benchmarks/README.md``; ``profile_model.py`` reproduces it.
 
 Example::
 
-    .venv/bin/python benchmarks/bench_model.py --vs-timm /tmp/torchvenv/bin/python
+    .venv/bin/python benchmarks/bench_model.py --vs-timm /tmp/torchvenv/bin/python --dtype-policy mixed_bfloat16
 """
 
 from __future__ import annotations
@@ -60,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype-policy", default="float32", choices=("float32", "mixed_bfloat16"),
                    help="mixed_bfloat16 adds bfloat16 rows (Keras policy, torch.autocast)")
     p.add_argument("--vs-timm", metavar="PYTHON", help="a Python with torch and timm installed")
-    p.add_argument("--channels-last", action="store_true", help="run timm in channels_last (NHWC)")
+    p.add_argument("--timm-layout", default="channels_last", choices=("channels_last", "nchw"),
+                   help="timm's memory format (default channels_last: PyTorch's fastest on the CPU)")
     p.add_argument("--settle", type=float, default=0.3, help="idle seconds before each timed run")
     args = p.parse_args(argv)
     if args.inter_threads is None:
@@ -76,19 +84,27 @@ def parse_args(argv=None):
 
 
 class KerasRow:
-    """Our model with compiled inference and training-step functions."""
+    """Our model with compiled inference and training-step functions.
 
-    def __init__(self, label, args, tf, keras, dtype_policy, jit):
+    ``folded=True`` measures inference only, of :func:`hrnet_tfx.models.inference.inference_model` (BN
+    folded into the convolutions; bfloat16 weights when the policy is mixed_bfloat16).
+    """
+
+    def __init__(self, label, args, tf, keras, dtype_policy, jit, folded=False):
         from hrnet_tfx import models
+        from hrnet_tfx.models.inference import inference_model
 
         self.label, self.bf16 = label, dtype_policy != "float32"
+        self.ops = ("infer",) if folded else OPS
         model = models.build_model(args.model, num_classes=1000, image_size=args.image_size,
                                    dtype_policy=dtype_policy)
+        if folded:
+            model = inference_model(model)
         opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         x = tf.random.normal((args.batch, args.image_size, args.image_size, 3))
         y = tf.random.uniform((args.batch,), 0, 1000, dtype=tf.int32)
 
-        @tf.function(jit_compile=jit)
+        @tf.function(jit_compile=jit, autograph=False)
         def infer():
             return model(x, training=False)
 
@@ -120,7 +136,7 @@ class TimmWorker:
         cmd = [args.vs_timm, WORKER, "--model", args.model, "--batch", str(args.batch),
                "--image-size", str(args.image_size), "--threads", str(args.threads),
                "--inter-threads", str(args.inter_threads)]
-        if args.channels_last:
+        if args.timm_layout == "channels_last":
             cmd.append("--channels-last")
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -151,6 +167,8 @@ class TimmWorker:
 
 
 class TimmRow:
+    ops = OPS
+
     def __init__(self, label, worker, bf16):
         self.label, self.worker, self.bf16 = label, worker, bf16
 
@@ -163,14 +181,14 @@ def measure(rows, args):
     flips every round so neither framework always runs first. Returns {(label, op): [img/s, ...]}."""
     from tqdm import tqdm
 
-    results = {(r.label, op): [] for r in rows for op in OPS}
+    results = {(r.label, op): [] for r in rows for op in r.ops}
     rounds = args.warmup + args.repeats
-    bar = tqdm(total=rounds * len(rows) * len(OPS), desc="measuring", unit="run", file=sys.stderr)
+    bar = tqdm(total=rounds * len(results), desc="measuring", unit="run", file=sys.stderr)
     for k in range(rounds):
         order = rows if k % 2 == 0 else rows[::-1]
         line = []
         for row in order:
-            for op in OPS:
+            for op in row.ops:
                 time.sleep(args.settle)
                 seconds = row.run(op, args.steps)
                 ips = args.batch * args.steps / seconds
@@ -187,8 +205,8 @@ def measure(rows, args):
 
 def report(rows, results, args):
     def cell(label, op):
-        v = results[(label, op)]
-        return f"{statistics.median(v):8.2f} ({min(v):.2f}-{max(v):.2f})"
+        v = results.get((label, op))
+        return f"{statistics.median(v):8.2f} ({min(v):.2f}-{max(v):.2f})" if v else "-"
 
     print(f"{'':34s}{'inference img/s':>24s}{'train step img/s':>24s}")
     for r in rows:
@@ -197,10 +215,10 @@ def report(rows, results, args):
     for r in rows:
         ref = timm_rows.get(r.bf16)
         if isinstance(r, KerasRow) and ref is not None:
-            ratios = [statistics.median(results[(r.label, op)]) / statistics.median(results[(ref.label, op)])
-                      for op in OPS]
-            name = f"ratio ours/timm ({r.label[6:]}/{ref.label[5:]})"
-            print(f"{name:34s}{ratios[0]:>24.2f}{ratios[1]:>24.2f}")
+            ratios = [f"{statistics.median(results[(r.label, op)]) / statistics.median(results[(ref.label, op)]):.2f}"
+                      if (r.label, op) in results else "-" for op in OPS]
+            name = f"ratio ({r.label[6:]}/{ref.label[5:]})"
+            print(f"{name:34s}{ratios[0]:>24s}{ratios[1]:>24s}")
 
 
 def main(argv=None):
@@ -221,14 +239,16 @@ def main(argv=None):
     print(f"# TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}"
           + (f"; torch {worker.info['torch']}, timm {worker.info['timm']} (threads "
              f"{worker.info['threads']}/{worker.info['inter_threads']}"
-             f"{', channels_last' if args.channels_last else ''})" if worker else ""))
+             f", {args.timm_layout})" if worker else ""))
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
-    rows = [KerasRow("keras float32", args, tf, keras, "float32", False)]
+    rows = [KerasRow("keras float32", args, tf, keras, "float32", False),
+            KerasRow("keras float32 folded", args, tf, keras, "float32", False, folded=True)]
     if args.jit_compile:
         rows.append(KerasRow("keras float32 xla", args, tf, keras, "float32", True))
     if bf16:
         rows.append(KerasRow("keras bf16", args, tf, keras, "mixed_bfloat16", False))
+        rows.append(KerasRow("keras bf16 folded", args, tf, keras, "mixed_bfloat16", False, folded=True))
     if worker:
         rows.append(TimmRow("timm float32", worker, False))
         if bf16:
@@ -236,7 +256,7 @@ def main(argv=None):
     try:
         print("# tracing/compiling (first call of every function) ...", file=sys.stderr, flush=True)
         for r in rows:
-            for op in OPS:
+            for op in r.ops:
                 r.run(op, 1)
         results = measure(rows, args)
     finally:

@@ -3,19 +3,25 @@
 Exports a model with the real export code (default: the tiny test network, ``tiny.yaml`` at 64x64 with
 1000 classes, so responses carry ImageNet-sized outputs) into a temporary model base, starts the
 development server on it in a separate process (``hrnet_tfx.serving.server.serve``, loopback only), and
-times ``predict_images`` on batches of synthetic JPEGs (default 320x240) in four ways:
+times two signatures on batches of synthetic JPEGs (default 320x240): ``predict_images`` (``full``: every
+class's probability plus the top k) and ``predict_images_top_k`` (``top-k``: ids, labels and scores of the
+top k only, what :meth:`~hrnet_tfx.serving.client.Client.predict_images` asks), each in four ways:
 
-* ``in-process``: ``tf.saved_model.load(dir).signatures["predict_images"]`` in this process (the baseline);
+* ``in-process``: ``tf.saved_model.load(dir).signatures[...]`` in this process (the baseline);
 * ``in-process session``: the same signature run the way the server runs it (TF1 session over the
   MetaGraph), to tell the runtime's share of the difference from the protocol's;
-* ``grpc``: :class:`hrnet_tfx.serving.client.Client` (PredictRequest in, all outputs back);
-* ``rest``: ``POST /v1/models/hrnet:predict`` with ``{"instances": [{"b64": ...}]}`` over a keep-alive
-  ``requests.Session``, JSON parsed.
+* ``grpc``: full: ``Client.predict`` (PredictRequest in, all outputs back); top-k: ``Client.predict_images``;
+* ``rest``: full: ``POST /v1/models/hrnet:predict`` with ``{"instances": [{"b64": ...}]}`` over a keep-alive
+  ``requests.Session``, JSON parsed; top-k: ``Client(rest=True).predict_images``.
 
 One client, sequential calls: each call's latency is recorded; throughput is images per second of calls.
 Modes run in interleaved rounds (every mode once per round, the order flipping) so load from other
-processes hits all of them alike. ``ratio`` is a mode's p50 latency over the in-process p50 at the same
-batch size: the protocol overhead as a factor. Compare ratios between runs, not milliseconds.
+processes hits all of them alike. ``ratio`` is a mode's p50 latency over the in-process p50 of the same
+signature and batch size: the protocol overhead as a factor. Compare ratios between runs, not milliseconds.
+On a shared, loaded machine wall-clock latency swings with what else runs, so the CPU time each call costs
+is measured too (this process, plus the server process for gRPC and REST, from ``/proc``): ``cpu ratio`` is
+a mode's CPU time per call over the in-process one, the work the protocol adds, which load barely moves
+(with ``--server-*`` the server's CPU is not seen: this process only).
 ``--concurrency N`` adds rows where N client threads call the server at once (throughput only).
 
 Example::
@@ -48,6 +54,7 @@ import numpy as np
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 MODES = ("in-process", "in-process session", "grpc", "rest")
+SIGNATURES = {"full": "predict_images", "top-k": "predict_images_top_k"}
 
 
 def parse_args(argv=None):
@@ -134,34 +141,38 @@ def start_server(base, args, log_path):
 
 
 class Modes:
-    """One callable per mode: ``fn(batch_of_jpegs)`` returns the top-1 label of the first image."""
+    """One callable per (signature, mode): ``fn(batch_of_jpegs)`` returns the top-1 label of the first image."""
 
     def __init__(self, model_dir, grpc_address, rest_address, model_name):
         import requests
         import tensorflow as tf
 
         from hrnet_tfx.serving.client import Client
-        from hrnet_tfx.serving.servable import SavedModelServable
+        from hrnet_tfx.serving.dev.servable import SavedModelServable
 
-        signature = tf.saved_model.load(model_dir).signatures["predict_images"]
+        loaded = tf.saved_model.load(model_dir)
         session = SavedModelServable(model_name, 1, model_dir)
         self.grpc_client = Client(grpc_address, model_name=model_name, timeout=300)
+        self.rest_client = Client(rest_address, rest=True, model_name=model_name, timeout=300)
         self._session = requests.Session()
         url = f"http://{rest_address}/v1/models/{model_name}:predict"
         self.rest_address, self.grpc_address, self.model_name = rest_address, grpc_address, model_name
 
-        def in_process(batch):
-            return signature(images=tf.constant(batch))["top_k_labels"].numpy()[0, 0]
+        def in_process(name):
+            signature = loaded.signatures[name]
+            return lambda batch: signature(images=tf.constant(batch))["top_k_labels"].numpy()[0, 0]
 
-        def in_process_session(batch):
-            images = np.empty(len(batch), dtype=object)
-            images[:] = batch
-            return session.predict("predict_images", {"images": images})["top_k_labels"][0, 0]
+        def in_process_session(name):
+            def call(batch):
+                images = np.empty(len(batch), dtype=object)
+                images[:] = batch
+                return session.predict(name, {"images": images})["top_k_labels"][0, 0]
+            return call
 
-        def grpc_call(batch):
+        def grpc_full(batch):
             return self.grpc_client.predict({"images": batch}, "predict_images")["top_k_labels"][0, 0]
 
-        def rest_call(batch, http=None):
+        def rest_full(batch, http=None):
             body = json.dumps({"signature_name": "predict_images",
                                "instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in batch]})
             response = (http or self._session).post(url, data=body, headers={"Content-Type": "application/json"},
@@ -169,18 +180,50 @@ class Modes:
             response.raise_for_status()
             return response.json()["predictions"][0]["top_k_labels"][0]
 
-        self.fns = {"in-process": in_process, "in-process session": in_process_session, "grpc": grpc_call,
-                    "rest": rest_call}
+        self.fns = {}
+        for kind, name in SIGNATURES.items():
+            self.fns[(kind, "in-process")] = in_process(name)
+            self.fns[(kind, "in-process session")] = in_process_session(name)
+        self.fns[("full", "grpc")], self.fns[("full", "rest")] = grpc_full, rest_full
+        self.fns[("top-k", "grpc")] = lambda batch: self.grpc_client.predict_images(batch)[0][0][0]
+        self.fns[("top-k", "rest")] = lambda batch: self.rest_client.predict_images(batch)[0][0][0]
+
+    def factory(self, kind, mode):
+        """A new client's call for (signature, mode), for the concurrent rows."""
+        from hrnet_tfx.serving.client import Client
+
+        if kind == "top-k":
+            address = self.rest_address if mode == "rest" else self.grpc_address
+            client = Client(address, rest=mode == "rest", model_name=self.model_name, timeout=300)
+            return lambda b: client.predict_images(b)
+        if mode == "grpc":
+            client = Client(self.grpc_address, model_name=self.model_name, timeout=300)
+            return lambda b: client.predict({"images": b}, "predict_images")
+        import requests
+
+        http = requests.Session()
+        return lambda b: self.fns[("full", "rest")](b, http)
 
 
-def time_calls(fn, batch, seconds, min_calls=3):
+def process_cpu_seconds(pid):
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_calls(fn, batch, seconds, server_pid=None, min_calls=3):
+    """``(latencies, CPU seconds of this process, CPU seconds of the server process or 0)`` for calls of
+    ``fn(batch)`` during ``seconds``."""
     latencies = []
+    cpu, server_cpu = time.process_time(), process_cpu_seconds(server_pid) if server_pid else 0.0
     end = time.perf_counter() + seconds
     while len(latencies) < min_calls or time.perf_counter() < end:
         start = time.perf_counter()
         fn(batch)
         latencies.append(time.perf_counter() - start)
-    return latencies
+    server_cpu = process_cpu_seconds(server_pid) - server_cpu if server_pid else 0.0
+    return latencies, time.process_time() - cpu, server_cpu
 
 
 def concurrent_throughput(fn_factory, batch, clients, seconds):
@@ -226,54 +269,65 @@ def main(argv=None):
         modes = Modes(model_dir, grpc_address, rest_address, args.model_name)
         jpegs = synthetic_jpegs(max(args.batches), args.jpeg_size)
         print(f"# request JPEG size: mean {statistics.mean(len(j) for j in jpegs) / 1024:.1f} KiB", flush=True)
+        kinds = list(SIGNATURES)
         for batch_size in args.batches:  # warm-up, and a check that every mode gives the same answer
             answers = set()
-            for mode in MODES:
-                for _ in range(args.warmup):
-                    label = modes.fns[mode](jpegs[:batch_size])
-                answers.add(label.decode() if isinstance(label, bytes) else label)
+            for kind in kinds:
+                for mode in MODES:
+                    for _ in range(args.warmup):
+                        label = modes.fns[(kind, mode)](jpegs[:batch_size])
+                    answers.add(label.decode() if isinstance(label, bytes) else label)
             if len(answers) != 1:
                 raise SystemExit(f"error: the modes disagree on the top-1 label: {answers}")
-        per_row = args.seconds / (len(args.batches) * len(MODES) * args.rounds)
-        latencies = {(m, b): [] for m in MODES for b in args.batches}
+        rows = [(k, m) for k in kinds for m in MODES]
+        per_row = args.seconds / (len(args.batches) * len(rows) * args.rounds)
+        latencies = {(k, m, b): [] for k, m in rows for b in args.batches}
+        cpu = {(k, m, b): [0.0, 0.0] for k, m in rows for b in args.batches}  # this process, the server
+        server_pid = proc.pid if proc is not None else None
+        loads = []
         for r in range(args.rounds):
-            order = MODES if r % 2 == 0 else MODES[::-1]
+            order = rows if r % 2 == 0 else rows[::-1]
             for batch_size in args.batches:
-                for mode in order:
-                    latencies[(mode, batch_size)] += time_calls(modes.fns[mode], jpegs[:batch_size], per_row)
-            print(f"# round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+                for kind, mode in order:
+                    remote = mode in ("grpc", "rest")
+                    lat, own, server = time_calls(modes.fns[(kind, mode)], jpegs[:batch_size], per_row,
+                                                  server_pid if remote else None)
+                    latencies[(kind, mode, batch_size)] += lat
+                    cpu[(kind, mode, batch_size)][0] += own
+                    cpu[(kind, mode, batch_size)][1] += server
+            loads.append(os.getloadavg()[0])
+            print(f"# round {r + 1}/{args.rounds} done (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
 
         results = []
-        print(f"{'mode':<22}{'batch':>6}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'img/s':>9}{'ratio p50':>11}")
+        print(f"{'signature':<10}{'mode':<20}{'batch':>6}{'calls':>7}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>8}"
+              f"{'ratio p50':>10}{'cpu ms/call':>12}{'cpu ratio':>10}")
         for batch_size in args.batches:
-            base_p50 = float(np.percentile(latencies[("in-process", batch_size)], 50))
-            for mode in MODES:
-                lat = np.array(latencies[(mode, batch_size)])
-                p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-                ips = batch_size * len(lat) / lat.sum()
-                results.append({"mode": mode, "batch": batch_size, "calls": len(lat), "p50_ms": p50 * 1e3,
-                                "p99_ms": p99 * 1e3, "images_per_s": ips, "ratio_p50": p50 / base_p50})
-                print(f"{mode:<22}{batch_size:>6}{len(lat):>7}{p50 * 1e3:>10.2f}{p99 * 1e3:>10.2f}{ips:>9.1f}"
-                      f"{p50 / base_p50:>11.2f}")
+            for kind in kinds:
+                base_p50 = float(np.percentile(latencies[(kind, "in-process", batch_size)], 50))
+                base_cpu = sum(cpu[(kind, "in-process", batch_size)]) / len(latencies[(kind, "in-process", batch_size)])
+                for mode in MODES:
+                    lat = np.array(latencies[(kind, mode, batch_size)])
+                    p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+                    ips = batch_size * len(lat) / lat.sum()
+                    cpu_call = sum(cpu[(kind, mode, batch_size)]) / len(lat)
+                    results.append({"signature": SIGNATURES[kind], "mode": mode, "batch": batch_size,
+                                    "calls": len(lat), "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "images_per_s": ips,
+                                    "ratio_p50": p50 / base_p50, "cpu_ms_per_call": cpu_call * 1e3,
+                                    "cpu_ratio": cpu_call / base_cpu})
+                    print(f"{kind:<10}{mode:<20}{batch_size:>6}{len(lat):>7}{p50 * 1e3:>9.1f}{p99 * 1e3:>9.1f}"
+                          f"{ips:>8.1f}{p50 / base_p50:>10.2f}{cpu_call * 1e3:>12.1f}{cpu_call / base_cpu:>10.2f}")
         if args.concurrency:
-            import requests
-
-            from hrnet_tfx.serving.client import Client
-
             seconds = max(per_row * args.rounds, 2.0)
             print(f"# {args.concurrency} concurrent clients, {seconds:.0f} s each (throughput, img/s)")
             for batch_size in args.batches:
-                for mode in ("grpc", "rest"):
-                    def factory(mode=mode):
-                        if mode == "grpc":
-                            client = Client(grpc_address, model_name=args.model_name, timeout=300)
-                            return lambda b: client.predict({"images": b}, "predict_images")
-                        http = requests.Session()
-                        return lambda b: modes.fns["rest"](b, http)
-
-                    ips = concurrent_throughput(factory, jpegs[:batch_size], args.concurrency, seconds)
-                    results.append({"mode": f"{mode} x{args.concurrency}", "batch": batch_size, "images_per_s": ips})
-                    print(f"{mode + ' x' + str(args.concurrency):<22}{batch_size:>6}{'':>27}{ips:>9.1f}")
+                for kind in kinds:
+                    for mode in ("grpc", "rest"):
+                        ips = concurrent_throughput(lambda: modes.factory(kind, mode), jpegs[:batch_size],
+                                                    args.concurrency, seconds)
+                        results.append({"signature": SIGNATURES[kind], "mode": f"{mode} x{args.concurrency}",
+                                        "batch": batch_size, "images_per_s": ips})
+                        print(f"{kind:<10}{mode + ' x' + str(args.concurrency):<22}{batch_size:>6}{'':>27}{ips:>9.1f}")
+        print(f"# load average (1 min) after each round: {' '.join(f'{v:.2f}' for v in loads)}")
         print(f"# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         if args.json_out:
             with open(args.json_out, "w") as f:

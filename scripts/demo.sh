@@ -32,4 +32,4 @@ for _ in $(seq 120); do
 done
 
 echo "==> [4/4] where everything is"
-"$bin/python" -m hrnet_tfx.pipeline.summary "$out/pipeline" "$out/serving"
+"$bin/python" -m hrnet_tfx.pipeline.summary "$out/pipeline" "$out/serving" "$out/pipeline/metadata.sqlite"

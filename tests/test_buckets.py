@@ -65,7 +65,7 @@ def assert_complete_version(version_dir: str, source: str | None = None):
     with gfile.GFile(f"{version_dir}/assets/labels.tsv") as f:
         assert f.read().splitlines()[1] == "1\tg\tgreen"
     assert sorted(r.WhichOneof("log_type") for r in read_warmup_requests(version_dir)) == [
-        "classify_log", "predict_log", "predict_log"]
+        "classify_log", "predict_log", "predict_log", "predict_log"]
     if source:
         assert read_push_record(version_dir)["fingerprint"] == saved_model_fingerprint(source)
 

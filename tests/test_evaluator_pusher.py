@@ -114,10 +114,10 @@ def test_make_evaluator_wires_the_latest_blessed_baseline():
     assert resolver.id == "LatestBlessedModelResolver" and evaluator.id == "Evaluator"
     assert evaluator.inputs["baseline_model"] is not None
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
-    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator"  # the label check
+    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator_hooks"  # the label check
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5, max_top1_drop=None, inference_batch_size=64))
     assert resolver is None and "baseline_model" not in evaluator.inputs
-    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator"
+    assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator_hooks"
     assert all(s.inference_batch_size == 64 for s in eval_config(inference_batch_size=64).model_specs)
 
 
@@ -130,7 +130,7 @@ def assert_complete_version(version_dir: pathlib.Path):
     assert (version_dir / "assets" / "labels.tsv").read_text().splitlines()[1] == "1\tg\tgreen"
     records = list(read_warmup_requests(str(version_dir)))
     kinds = sorted(r.WhichOneof("log_type") for r in records)
-    assert kinds == ["classify_log", "predict_log", "predict_log"]
+    assert kinds == ["classify_log", "predict_log", "predict_log", "predict_log"]
 
 
 def test_push_writes_a_complete_version_and_never_reuses_one(tmp_path, models):

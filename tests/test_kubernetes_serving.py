@@ -16,7 +16,7 @@ from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.serving.batching import BatchingOptions
 from hrnet_tfx.serving.server import model_server_command
 
-from test_mpijob import check_k8s  # the Kubernetes API model checker (kubernetes client models)
+from k8s_check import check_k8s  # the Kubernetes API model checker (kubernetes client models)
 
 KINDS = {"ConfigMap": "V1ConfigMap", "Deployment": "V1Deployment", "Service": "V1Service"}
 
@@ -114,9 +114,12 @@ def test_files_for_users_get_the_usual_permissions(tmp_path, umask, mode):
     try:
         assert CliRunner().invoke(main, ["serving-manifests", "--model-base", "gs://b/s", "-o",
                                          str(tmp_path / "serve.yaml")]).exit_code == 0
+        assert CliRunner().invoke(main, ["mpijob", "--image", "img", "--model-dir", "gs://b/m", "-s",
+                                         "train_files=gs://b/t-*", "-s", "eval_files=gs://b/e-*", "-o",
+                                         str(tmp_path / "train.yaml")]).exit_code == 0
         compile_pipeline(load_config("demo", "", ["root=gs://b/p", "input_base=gs://b/in", "serving_base=gs://b/s",
                                                   "kubeflow.image=img"]), str(tmp_path / "kfp.yaml"))
     finally:
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
-    assert modes == {"serve.yaml": mode, "kfp.yaml": mode, "kfp.config.json": mode}
+    assert modes == {"serve.yaml": mode, "train.yaml": mode, "kfp.yaml": mode, "kfp.config.json": mode}

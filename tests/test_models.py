@@ -3,6 +3,7 @@ network, forward/backward, serialisation, mixed precision and XLA."""
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from hrnet_tfx import models
 from hrnet_tfx.models.config import ConfigError, HRNetConfig
 from hrnet_tfx.models.hrnet import NearestUpSampling2D
 
-# HRNET.md: trainable parameters (exact) and the official "GFLOPs" column (conv + linear MACs / 1024**3).
+# Official HRNet-Image-Classification: trainable params (exact) and its "GFLOPs" counter (conv+linear MACs / 1024**3).
 OFFICIAL = {
     "hrnet_w18_small": (13_187_464, 1.49),
     "hrnet_w18_small_v2": (15_597_464, 2.42),
@@ -80,6 +81,16 @@ def test_config_is_frozen_and_round_trips(tiny_config_path):
         (lambda d: d["stages"][1].update(block="DENSE"), "block must be one of"),
         (lambda d: d["stages"][2].update(num_channels=[4, 8]), "one entry per branch"),
         (lambda d: d.update(head_channels=[2, 4]), "head_channels: need one entry per final branch"),
+        # a file names every key: dropping these used to give a 2,298,348-parameter net instead of 181,420
+        (lambda d: [d.pop("num_features"), d.pop("head_conv_bias")],
+         r"missing key\(s\) \['num_features', 'head_conv_bias'\]: a network config names every key "
+         r"\(the official HRNet's: num_features: 2048, head_conv_bias: true\)"),
+        (lambda d: d.pop("head_channels"),
+         r"missing key\(s\) \['head_channels'\].*head_channels: \[32, 64, 128, 256\]"),
+        (lambda d: d.update(num_feature=64), r"unknown key\(s\) \['num_feature' \(did you mean 'num_features'\?\)\]; "
+         "allowed: head_channels, head_conv_bias, num_features, stages, stem_channels$"),
+        (lambda d: d["stages"][0].update(num_block=[1]),
+         r"stages\[0\]: unknown key\(s\) \['num_block' \(did you mean 'num_blocks'\?\)\]"),
     ],
 )
 def test_config_file_errors_name_the_problem(tmp_path, tiny_config_path, mutate, message):
@@ -96,6 +107,17 @@ def test_config_file_errors_name_the_problem(tmp_path, tiny_config_path, mutate,
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         models.get_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match=r"network config file not found: tiny.yml .*Did you mean 'tiny.yaml'\?"):
+        models.get_config("tiny.yml")
+
+
+def test_config_file_on_a_bucket(tiny_config_path):
+    import tensorflow as tf
+
+    path = f"ram://configs-{os.getpid()}/tiny.yaml"
+    tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+    tf.io.gfile.copy(str(tiny_config_path), path, overwrite=True)
+    assert models.get_config(path) == HRNetConfig.from_file(tiny_config_path)
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,26 @@
 Kubernetes pod API, the cluster-path and batch refusals, and ``hrnet-tfx mpijob`` writing a file."""
 
 import dataclasses
-import difflib
 import json
 import os
-import re
+import socket
+import sys
+import threading
+import time
 
 import jsonschema
-import kubernetes.client
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from hrnet_tfx.cli import main
 from hrnet_tfx.models.config import ConfigError
+from hrnet_tfx.kubernetes.mpijob import MPIJobSpec, mpijob_manifests
+from hrnet_tfx.kubernetes.objects import write_manifests
 from hrnet_tfx.training.config import TrainConfig
-from hrnet_tfx.training.mpijob import MPIJobSpec, mpijob_manifests, write_manifests
 
 from conftest import TINY_CONFIG
+from k8s_check import check_k8s
 
 # --- kubeflow.org/v2beta1 MPIJob, written from mpi-operator's pkg/apis/kubeflow/v2beta1/types.go, the CRD
 # (manifests/base/kubeflow.org_mpijobs.yaml) and the operator's admission checks
@@ -109,47 +112,6 @@ MPIJOB_SCHEMA = {
 def schema_errors(obj) -> list[str]:
     validator = jsonschema.Draft202012Validator(MPIJOB_SCHEMA)
     return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(obj)]
-
-
-# --- Kubernetes objects, checked against the kubernetes client's models (v26) ---------------------
-PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "datetime": str, "date": str}
-
-
-def check_k8s(value, type_name: str, path: str = "$") -> list[str]:
-    """Every problem of ``value`` (parsed YAML/JSON) as a ``type_name`` of the Kubernetes API: unknown
-    fields (the JSON names in each model's ``attribute_map``), wrong types, missing required fields."""
-    if type_name == "object":  # IntOrString, RawExtension: anything
-        return []
-    if m := re.fullmatch(r"list\[(.+)\]", type_name):
-        if not isinstance(value, list):
-            return [f"{path}: expected a list, got {value!r}"]
-        return [e for i, item in enumerate(value) for e in check_k8s(item, m.group(1), f"{path}[{i}]")]
-    if m := re.fullmatch(r"dict\(str, (.+)\)", type_name):
-        if not isinstance(value, dict):
-            return [f"{path}: expected a mapping, got {value!r}"]
-        return [e for k, item in value.items()
-                for e in ([f"{path}: key {k!r} is not a string"] if not isinstance(k, str) else [])
-                + check_k8s(item, m.group(1), f"{path}.{k}")]
-    if type_name in PRIMITIVES:
-        ok = isinstance(value, PRIMITIVES[type_name]) and (type_name == "bool" or not isinstance(value, bool))
-        return [] if ok else [f"{path}: expected {type_name}, got {value!r}"]
-    model = getattr(kubernetes.client, type_name)
-    if not isinstance(value, dict):
-        return [f"{path}: expected a {type_name} mapping, got {value!r}"]
-    by_json = {json_name: attr for attr, json_name in model.attribute_map.items()}
-    errors = []
-    for key, item in value.items():
-        if key in by_json:
-            errors += check_k8s(item, model.openapi_types[by_json[key]], f"{path}.{key}")
-        else:
-            hint = difflib.get_close_matches(key, by_json, n=1)
-            hint = f" (did you mean {hint[0]!r}?)" if hint else ""
-            errors.append(f"{path}.{key}: unknown field of {type_name}{hint}")
-    try:  # the model's own setters refuse a missing required field
-        model(**{by_json[k]: v for k, v in value.items() if k in by_json})
-    except ValueError as e:
-        errors.append(f"{path}: {e}")
-    return errors
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -276,6 +238,25 @@ def test_batch_not_divisible_by_all_processes_is_refused():
         manifests(workers=3, gpus_per_worker=4)
 
 
+def test_configmap_states_the_per_worker_and_the_global_batch():
+    def resolved(config, **changes):
+        config_map, _ = manifests(config, **changes)
+        saved = json.loads(config_map["data"]["train_config.json"])
+        return saved["per_worker_batch_size"], saved["global_batch_size"]
+
+    default = train_config(global_batch_size=0)  # the official 32 per GPU
+    assert resolved(default) == (32, 256)  # 2 nodes x 4 GPUs
+    assert resolved(default, workers=4, gpus_per_worker=8) == (32, 1024)
+    assert resolved(default.replace(per_worker_batch_size=64), workers=3, gpus_per_worker=4) == (64, 768)
+    assert resolved(train_config(global_batch_size=256)) == (32, 256)
+    assert resolved(train_config(global_batch_size=128)) == (16, 128)  # an explicit global batch wins
+
+
+def test_allow_changed_config_reaches_the_workers():
+    _, mpijob = mpijob_manifests(train_config(), spec(), allow_changed_config=True)
+    assert pod(mpijob, "Launcher")["containers"][0]["command"][-1] == "--allow-changed-config"
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"image": ""}, "image is required"),
     ({"workers": 0}, "workers must be >= 1"),
@@ -367,15 +348,15 @@ def test_mpijob_command_writes_configmap_and_mpijob(tmp_path):
     assert [d["kind"] for d in docs] == ["ConfigMap", "MPIJob"]
     assert schema_errors(mpijob) == []
     config = TrainConfig.from_dict(json.loads(config_map["data"]["train_config.json"]))
-    assert (config.train_files, config.label_offset, config.global_batch_size) == \
-        (str(data / "train-*-of-*"), 1, 64)
+    assert (config.train_files, config.label_offset, config.global_batch_size, config.per_worker_batch_size) == \
+        (str(data / "train-*-of-*"), 1, 64, 16)
     assert pod(mpijob, "Worker")["nodeSelector"] == {"pool": "gpu"}
     assert os.listdir(out.parent) == ["w18.yaml"]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model-dir", "runs/w18"], "model_dir 'runs/w18' is not shared storage"),
-    (["--model-dir", "gs://b/m", "--workers", "3"], "not divisible by 3"),
+    (["--model-dir", "gs://b/m", "--workers", "3", "-s", "global_batch_size=128"], "not divisible by 3"),
     (["--model-dir", "gs://b/m", "--node-selector", "pool"], "is not KEY=VALUE"),
 ])
 def test_mpijob_command_errors_are_clean(args, message):
@@ -384,3 +365,65 @@ def test_mpijob_command_errors_are_clean(args, message):
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(main, ["mpijob", "--model-dir", "gs://b/m", *files])
     assert missing.exit_code != 0 and "--image" in missing.output
+
+
+# --- data this machine cannot read ---------------------------------------------------------------
+@pytest.fixture
+def silent_proxy(monkeypatch):
+    """An HTTPS proxy that accepts connections and never answers: a bucket behind a network that drops
+    the packets. TensorFlow's GCS client (libcurl) goes through it for every request made meanwhile."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{server.getsockname()[1]}")
+    yield held
+    monkeypatch.undo()  # before the sockets close, so the abandoned read's retry does not come back here
+    server.close()
+    for conn in held:
+        conn.close()
+    # The command left its read behind (a daemon thread); it now fails fast. Wait for it: a thread that
+    # returns into Python while the interpreter shuts down aborts the process.
+    for thread in threading.enumerate():
+        if thread.name == "read --data":
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("command", ["mpijob", "train"])
+def test_data_on_an_unknown_file_system_is_one_clear_error(command, tmp_path):
+    args = ["--image", "img", "--model-dir", "gs://b/runs"] if command == "mpijob" else ["--model-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [command, "--data", "nosuch://bucket/imagenet", *args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Error: cannot read --data nosuch://bucket/imagenet: File system scheme 'nosuch' not implemented" \
+        in result.output
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in result.output  # credentials would not help
+    files_instead = "-s train_files='nosuch://bucket/imagenet/Split-train/train-*-of-*'"
+    assert (files_instead in result.output) == (command == "mpijob")  # train reads the data here anyway
+
+
+def test_data_on_a_bucket_that_does_not_answer_fails_within_the_bound(silent_proxy, monkeypatch):
+    monkeypatch.setattr(sys.modules["hrnet_tfx.cli.train"], "DATA_READ_TIMEOUT_S", 2.0)  # the module, not the command
+    start = time.monotonic()
+    result = CliRunner().invoke(main, ["mpijob", "--image", "img", "--data", "gs://bucket/imagenet",
+                                       "--model-dir", "gs://bucket/runs"])
+    took = time.monotonic() - start
+    assert silent_proxy, "the read did not go through the proxy"
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith("Error: cannot read --data gs://bucket/imagenet: no answer within 2 s. To read "
+                                    "gs://bucket/imagenet this machine needs network access to the bucket and "
+                                    "credentials for it (gs://: set GOOGLE_APPLICATION_CREDENTIALS"), result.output
+    assert "-s train_files='gs://bucket/imagenet/Split-train/train-*-of-*' -s eval_files='gs://bucket/imagenet/" \
+           "Split-eval/validation-*-of-*' -s label_map=gs://bucket/imagenet/labels.tsv" in result.output
+    assert took < 10, took  # TensorFlow alone waits 61 s per attempt and retries 10 times

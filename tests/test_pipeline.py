@@ -1,17 +1,22 @@
 """Pipeline config layers and DAG assembly (fast); the whole pipeline is in tests/test_pipeline_e2e.py."""
 
+import re
+
 import pytest
 
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.pipeline import PRESETS, load_config
 from hrnet_tfx.pipeline.pipeline import create_pipeline
 
+from conftest import TINY_CONFIG
+
 
 def test_presets_cover_every_variant_and_the_demo():
     assert "demo" in PRESETS
     assert {f"imagenet_{n}" for n in ("hrnet_w18_small", "hrnet_w18", "hrnet_w64")} <= set(PRESETS)
     official = load_config("imagenet_hrnet_w32")
-    assert official.train_config().model == "hrnet_w32" and official.train_config().peak_lr == 0.05
+    assert official.train_config().model == "hrnet_w32"
+    assert official.train_config().for_workers(4).peak_lr == 0.05  # the official 4 GPUs x 32 images
 
 
 def test_layers_preset_file_overrides(tmp_path):
@@ -48,3 +53,146 @@ def test_dag_without_optional_stages(tmp_path):
     pipeline = create_pipeline(config)
     assert [c.id for c in pipeline.components] == ["ImageExampleGen", "HorovodTrainer"]
     assert any(a.startswith("--runner=") for a in pipeline.beam_pipeline_args)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trian.epochs=2"],
+         r"unknown key\(s\) \['trian.epochs'\].*'trian' is not a section \(did you mean 'train'\?\)"),
+        (["serving_bas=/x"],
+         r"unknown key\(s\) \['serving_bas' \(did you mean 'serving_base'\?\)\]; allowed: beam_args,"),
+        (["train.epoch=2"],
+         r"pipeline config, train: unknown key\(s\) \['epoch' \(did you mean 'epochs'\?\)\]; allowed: "
+                            r"backend, .*, weight_decay$"),
+        (["kubeflow.imag=x"],
+         r"kubeflow: unknown key\(s\) \['imag' \(did you mean 'image'\?\)\]; allowed: gpu_type, image,"),
+        (["train.model=tiny.yml"],
+         r"train.model: network config file not found: tiny.yml .*Did you mean 'tiny.yaml'\?"),
+        (["train.model=hrnet_w81"], r"train.model: unknown model 'hrnet_w81'. Did you mean 'hrnet_w48'\?"),
+        (["train.train_files=/x/*"], r"train.train_files is set by the pipeline from ImageExampleGen's output"),
+    ],
+)
+def test_config_errors_suggest_the_key_and_resolve_the_model(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", "", overrides)
+
+
+def test_config_spells_out_every_setting_and_round_trips(tmp_path):
+    """What is printed and saved is what runs: every TrainConfig and KubeflowConfig field, except the counts the
+    Trainer takes from the converted data; a saved config loads back to an equal one."""
+    import json
+
+    from hrnet_tfx.pipeline.config import PipelineConfig
+    from hrnet_tfx.training.config import TrainConfig
+
+    config = load_config("demo", "", ["train.epochs=3"])
+    expected_train = {**TrainConfig().to_dict(), **PRESETS["demo"]["train"], "epochs": 3.0}
+    for key in ("train_files", "eval_files", "label_map", "model_dir", "export_dir", "num_classes",
+                "num_train_examples"):
+        del expected_train[key]
+    assert config.train == expected_train
+    assert config.kubeflow == {"image": "", "trainer_gpus": 0, "gpu_type": "nvidia.com/gpu", "trainer_cpu": 0.0,
+                               "trainer_memory_gb": 0.0, "trainer_node_selector": {}, "trainer_tolerations": []}
+    assert load_config("demo", "", ["train.num_classes=5"]).train["num_classes"] == 5  # set: kept
+    config.save(str(tmp_path / "saved.json"))
+    assert PipelineConfig.from_dict(json.loads((tmp_path / "saved.json").read_text())) == config
+    assert load_config("", str(tmp_path / "saved.json")) == config
+
+
+def test_trainer_fills_match_the_trainer_component():
+    from hrnet_tfx.components import trainer
+    from hrnet_tfx.pipeline.config import TRAINER_FILLS
+
+    assert set(TRAINER_FILLS) == set(trainer._FROM_ARTIFACTS)
+
+
+def test_local_run_config_is_absolute_and_checks_inputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "net.yaml").write_text(TINY_CONFIG.read_text())
+    config = load_config("demo", "", ["input_base=data", "train.model=net.yaml"]).for_local_run()
+    assert (config.input_base, config.root, config.serving_base, config.metadata_path) == (
+        str(tmp_path / "data"), str(tmp_path / "outputs" / "pipeline"), str(tmp_path / "outputs" / "serving"),
+        str(tmp_path / "outputs" / "pipeline" / "metadata.sqlite"))
+    assert config.train["model"] == str(tmp_path / "net.yaml")
+    assert load_config("demo", "", ["input_base=data"]).for_local_run().train["model"] == "tiny.yaml"  # packaged
+    assert config.for_local_run() == config
+    with pytest.raises(ConfigError, match=r"input_base .*/nothing does not exist or is not a directory \(the "
+                                          r"dataset: "):
+        load_config("demo", "", ["input_base=nothing"]).for_local_run()
+    with pytest.raises(ConfigError, match=r"train.init_from .*/w.pth does not exist"):
+        load_config("demo", "", ["input_base=data", "train.init_from=w.pth"]).for_local_run()
+    bucket = f"ram://local-run-{id(config)}"
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(f"{bucket}/data/train")
+    on_bucket = load_config("demo", "", [f"input_base={bucket}/data", f"root={bucket}/root",
+                                         f"metadata_path={tmp_path / 'm.sqlite'}"]).for_local_run()
+    assert (on_bucket.input_base, on_bucket.root) == (f"{bucket}/data", f"{bucket}/root")
+    with pytest.raises(ConfigError, match=r"input_base ram://.*/none does not exist"):
+        load_config("demo", "", [f"input_base={bucket}/none"]).for_local_run()
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    return CliRunner().invoke(main, ["pipeline", *args])
+
+
+def test_dry_run_prints_the_resolved_config_and_runs_nothing(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sample").mkdir()
+    result = _cli("run", "--preset", "demo", "-s", "input_base=sample", "--dry-run")
+    assert result.exit_code == 0, result.output
+    printed, note = result.output.rsplit("}\n", 1)
+    resolved = json.loads(printed + "}")
+    assert (resolved["input_base"], resolved["root"], resolved["metadata_path"]) == (
+        str(tmp_path / "sample"), str(tmp_path / "outputs" / "pipeline"),
+        str(tmp_path / "outputs" / "pipeline" / "metadata.sqlite"))
+    assert resolved["train"]["model"] == "tiny.yaml" and resolved["train"]["weight_decay"] == 1e-4
+    assert resolved["kubeflow"]["gpu_type"] == "nvidia.com/gpu"
+    assert note.strip() == ("(train.num_classes and train.num_train_examples: counted from the converted data at "
+                            "run time)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "overrides, message, printed",
+    [
+        (["input_base=missing"],
+         r"^Error: pipeline config: input_base /\S+/missing does not exist or is not a directory",
+         True),  # a dry run still shows the resolved config first
+        (["input_base=sample", "train.model=tiny.yml"],
+         r"^Error: pipeline config, train.model: network config file not found: tiny.yml", False),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_pipeline_run_refuses_bad_inputs_before_any_work(tmp_path, monkeypatch, overrides, message, printed, dry_run):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sample").mkdir()
+    args = ["run", "--preset", "demo"] + [a for o in overrides for a in ("-s", o)] + (["--dry-run"] if dry_run else [])
+    result = _cli(*args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert re.search(message, lines[-1]), result.output
+    assert len(lines) > 1 if (dry_run and printed) else len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # no metadata, no pipeline root
+
+
+def test_pipeline_run_reports_an_unreadable_dataset_in_one_line(tmp_path, monkeypatch):
+    """A dataset that exists but has no known layout fails in ImageExampleGen's driver, the first step: one line
+    from the converter, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    result = _cli("run", "--preset", "demo", "-s", "input_base=data")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: cannot tell the layout of {tmp_path / 'data'}: expected train/ and val/ folders (ImageNet or image "
+        "folders) or train-*-of-* TFRecords")
+    assert "Traceback" not in result.output

@@ -77,14 +77,20 @@ def _cached_components(store: metadata_store.MetadataStore) -> set:
             for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.CACHED}
 
 
-def test_cli_create_rejects_an_unknown_config_key(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    ("input_base={sample} train.no_such_key=1",
+     "hrnet-tfx pipeline: pipeline config, train: unknown key(s) ['no_such_key']"),
+    ("input_base={tmp}/missing", "hrnet-tfx pipeline: pipeline config: input_base {tmp}/missing does not exist"),
+])
+def test_cli_create_refuses_a_bad_config_in_one_line(tmp_path, overrides, message):
     make_sample(str(tmp_path / "sample"), num_classes=2, train_per_class=1, val_per_class=1, image_size=16)
     tfx_home = tmp_path / "tfx_home"
-    env = _env(tfx_home, f"input_base={tmp_path / 'sample'} root={tmp_path / 'root'} train.no_such_key=1")
+    env = _env(tfx_home, overrides.format(sample=tmp_path / "sample", tmp=tmp_path) + f" root={tmp_path / 'root'}")
     result = _tfx(env, tmp_path, "pipeline", "create", "--pipeline_path", str(DSL), check=False)
     assert result.returncode != 0, result.stdout
-    assert "no_such_key" in result.stdout + result.stderr, _tail(result.stderr)
-    assert not (tfx_home / PIPELINE).exists()  # nothing registered
+    assert result.stderr.strip().splitlines()[-1].startswith(message.format(tmp=tmp_path)), _tail(result.stderr)
+    assert "Traceback" not in result.stderr
+    assert not (tfx_home / PIPELINE).exists() and not (tmp_path / "root").exists()  # nothing registered or written
 
 
 @pytest.mark.e2e
@@ -101,13 +107,19 @@ def test_pipeline_through_the_tfx_cli(tmp_path):
     listed = _tfx(env, tmp_path, "pipeline", "list")
     assert PIPELINE in listed.stdout.split()
 
-    _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)
+    ran = _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)
     store = _store(root)
     for kind in ("Examples", "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel"):
         assert len(store.get_artifacts_by_type(kind)) == 1, kind
     assert [a.custom_properties["pushed"].int_value for a in store.get_artifacts_by_type("PushedModel")] == [1]
     (version,) = os.listdir(serving / "hrnet")
     assert (serving / "hrnet" / version / "saved_model.pb").exists()
+    summary = ran.stdout[ran.stdout.index(f"pipeline {PIPELINE} finished"):].splitlines()  # the run ends with it
+    assert [line.split(":")[0] for line in summary[2:]] == [
+        "TensorBoard logs", "trained model", "metrics report", "pushed model", "serve it"]
+    assert summary[1].startswith("eval top-1 ") and summary[1].endswith("(9 images, step 20)")
+    assert summary[5] == f"pushed model:      {serving / 'hrnet' / version}"
+    assert "ArtifactQuery.property_predicate" not in ran.stderr  # known noise, filtered by message
 
     _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)  # unchanged inputs: from the cache
     assert {"ImageExampleGen", "HorovodTrainer"} <= _cached_components(store)

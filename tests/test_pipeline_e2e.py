@@ -30,7 +30,7 @@ def test_whole_pipeline_caches_and_refuses_a_bad_model(tmp_path):
     overrides = [f"input_base={tmp_path / 'sample'}", f"root={tmp_path / 'root'}",
                  f"serving_base={tmp_path / 'serving'}", "train.train_steps=40", "top1_lower_bound=0.0"]
     config = load_config("demo", "", overrides)
-    run(config)
+    summary = run(config)
     store = _store(config)
     for kind in ("Examples", "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel"):
         assert len(store.get_artifacts_by_type(kind)) == 1, kind
@@ -38,9 +38,13 @@ def test_whole_pipeline_caches_and_refuses_a_bad_model(tmp_path):
     (version,) = os.listdir(tmp_path / "serving" / "hrnet")
     assert os.path.exists(tmp_path / "serving" / "hrnet" / version / "saved_model.pb")
     assert os.path.exists(tmp_path / "root" / "pipeline_config.json")
+    saved = tmp_path / "root" / "pipeline_config.json"
+    assert summary[0] == f"pipeline hrnet-tfx-demo finished; resolved config: {saved}"
+    assert summary[-2] == f"pushed model:      {tmp_path / 'serving' / 'hrnet' / version}"
 
-    run(config)  # unchanged inputs: conversion and training come from TFX's cache (the Evaluator reruns:
-    # its baseline input is now the blessed model)
+    # unchanged inputs: conversion and training come from TFX's cache (the Evaluator reruns: its baseline input
+    # is now the blessed model)
+    rerun_summary = run(config)
     cached = {store.get_execution_types_by_id([e.type_id])[0].name.rsplit(".", 1)[-1]
               for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.CACHED}
     assert {"ImageExampleGen", "HorovodTrainer"} <= cached
@@ -52,19 +56,21 @@ def test_whole_pipeline_caches_and_refuses_a_bad_model(tmp_path):
     assert rerun.custom_properties["pushed"].int_value == 1
     assert rerun.custom_properties["already_pushed"].int_value == 1
     assert rerun.custom_properties["pushed_version"].string_value == version
+    assert rerun_summary[-2].endswith(f"{version} (already the latest version: nothing new pushed)")
 
     refusing = load_config("demo", "", overrides[:-1] + ["top1_lower_bound=1.01"])
-    run(refusing)  # the trained model is reused from cache; the stricter bound refuses it
+    refused_summary = run(refusing)  # the trained model is reused from cache; the stricter bound refuses it
     assert _pushed(store)[-1] == 0
+    assert refused_summary[-1] == ("pushed model:      (not pushed: the Evaluator did not bless the model; the metrics "
+                                   "report says why)")
     assert [v for v in os.listdir(tmp_path / "serving" / "hrnet") if not v.startswith(".")] == versions
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=False, reason="needs the bucket-safe converter and trainer of the parallel branches "
-                   "(ImageExampleGen and HorovodTrainer reading and writing ram://) to be merged")
 def test_whole_pipeline_on_a_bucket(tmp_path):
     """root, input_base and serving_base on TF's in-memory ram:// file system (one process: one Horovod
     worker), ML Metadata local; the served version is complete and the rerun pushes nothing new."""
+    import ram_beam_filesystem  # noqa: F401  (Beam IO in TFMA's Evaluator reaches ram:// through tf.io.gfile)
     import tensorflow as tf
 
     from hrnet_tfx.serving import model_base

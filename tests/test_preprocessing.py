@@ -107,6 +107,24 @@ def test_normalize_matches_torchvision_and_denormalize_inverts_it():
     np.testing.assert_allclose(P.denormalize(out).numpy(), pixels, atol=1e-4)
 
 
+def test_normalize_handles_any_rank_and_keeps_static_shapes():
+    """normalize works along rows of width * 3 values (rank >= 2) or broadcasts (rank 1); same numbers."""
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 256, (2, 4, 6, 3)).astype(np.float32)
+    expected = (batch / np.float32(255) - np.float32(P.MEAN_RGB)) / np.float32(P.STD_RGB)
+    np.testing.assert_allclose(P.normalize(batch).numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(P.normalize(batch[0, 0, 0]).numpy(), expected[0, 0, 0], rtol=0, atol=1e-6)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 6, 3], tf.float32)])
+    def f(x):
+        y = P.normalize(x)
+        assert y.shape.as_list() == [None, None, 6, 3]
+        return y
+
+    np.testing.assert_allclose(f(batch).numpy(), expected, rtol=0, atol=1e-6)
+    assert P.normalize(tf.zeros([5, 224, 224, 3])).shape == (5, 224, 224, 3)
+
+
 def test_eval_output_of_a_flat_image_is_the_normalised_colour():
     colour = np.array([200, 30, 100], np.uint8)
     data = encode(np.broadcast_to(colour, (90, 120, 3)).copy(), "PNG")

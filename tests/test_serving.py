@@ -12,6 +12,7 @@ import concurrent.futures
 import io
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -35,13 +36,14 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from hrnet_tfx.data import features  # noqa: E402
-from hrnet_tfx.serving import rest_json, warmup  # noqa: E402
+from hrnet_tfx.serving import warmup  # noqa: E402
 from hrnet_tfx.serving.batching import BatchingOptions  # noqa: E402
 from hrnet_tfx.serving.client import Client  # noqa: E402
-from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions  # noqa: E402
+from hrnet_tfx.serving.dev import rest_requests  # noqa: E402
+from hrnet_tfx.serving.dev.server import DevServer, DevServerOptions  # noqa: E402
+from hrnet_tfx.serving.dev.watcher import ModelWatcher, VersionState  # noqa: E402
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError  # noqa: E402
-from hrnet_tfx.serving.model_base import (ModelWatcher, VersionState, complete_versions, latest_version,  # noqa: E402
-                                          resolve_model)
+from hrnet_tfx.serving.model_base import complete_versions, latest_version, resolve_model  # noqa: E402
 from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
@@ -127,9 +129,14 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def reference(exported, images):
+def loaded(exported):
+    """Version 1 loaded in this process (``tf.saved_model.load``)."""
+    return tf.saved_model.load(str(exported["v1"]))
+
+
+@pytest.fixture(scope="module")
+def reference(loaded, images):
     """In-process signature outputs of version 1 for ``images`` (the expected values)."""
-    loaded = tf.saved_model.load(str(exported["v1"]))
     ref = {k: v.numpy() for k, v in loaded.signatures["predict_images"](images=tf.constant(images)).items()}
     classify = loaded.signatures["serving_default"](inputs=tf.constant([example_bytes(i) for i in images]))
     ref["classes"] = classify["classes"].numpy()
@@ -143,7 +150,7 @@ def reference(exported, images):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, max_image_pixels=MAX_PIXELS, log_every=5)
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, max_image_pixels=MAX_PIXELS)
     with DevServer(str(exported["base"]), "hrnet", options) as s:
         yield s
 
@@ -183,6 +190,83 @@ def assert_matches(outputs, ref, rows=slice(None)):
     np.testing.assert_array_equal(np.asarray(outputs["top_k_labels"]).astype(bytes), ref["top_k_labels"][rows])
 
 
+def recording_predict(server):
+    """Makes the served version record the signatures it looks up and those of the Predicts it runs (they still
+    run for real); returns ``(ran, looked_up, undo)``."""
+    ran, looked_up = [], []
+    with server.core.lease("hrnet") as servable:
+        predict, signature = servable.predict, servable.signature
+
+        def recording_predict(signature_name, inputs, output_filter=()):
+            ran.append(signature_name)
+            return predict(signature_name, inputs, output_filter)
+
+        def recording_signature(name, *args, **kwargs):
+            looked_up.append(name)
+            return signature(name, *args, **kwargs)
+
+        servable.predict, servable.signature = recording_predict, recording_signature
+
+    def undo():
+        del servable.predict, servable.signature
+
+    return ran, looked_up, undo
+
+
+# -- export ----------------------------------------------------------------------------------------------
+def test_top_k_signature_is_the_top_k_of_predict_images(loaded, images, reference):
+    signature = loaded.signatures["predict_images_top_k"]
+    assert set(signature.structured_outputs) == {"top_k_ids", "top_k_labels", "top_k_scores"}
+    out = {k: v.numpy() for k, v in signature(images=tf.constant(images)).items()}
+    order = np.argsort(-reference["probabilities"], axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(out["top_k_ids"], order)
+    np.testing.assert_array_equal(out["top_k_labels"], np.array([l.encode() for l in LABELS], object)[order])
+    np.testing.assert_allclose(out["top_k_scores"], np.take_along_axis(reference["probabilities"], order, axis=1),
+                               rtol=1e-6, atol=0)
+    for key in ("top_k_ids", "top_k_labels", "top_k_scores"):  # exactly predict_images' own top k
+        np.testing.assert_array_equal(out[key], reference[key])
+
+
+def _source(module: str):
+    """The file of an hrnet_tfx module (``a/b.py`` or ``a/b/__init__.py``), or None if it is not one."""
+    base = pathlib.Path(hrnet_tfx.__file__).parent.parent.joinpath(*module.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def _imports(module: str) -> set[str]:
+    """The hrnet_tfx modules ``module`` imports anywhere in its source (function-level imports too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(_source(module).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {m for m in found if m.startswith("hrnet_tfx.") and _source(m)}
+
+
+def test_training_and_deployments_never_import_the_development_server():
+    import pkgutil
+
+    import hrnet_tfx.training
+
+    roots = [f"hrnet_tfx.training.{m.name}" for m in pkgutil.iter_modules(hrnet_tfx.training.__path__)] + [
+        f"hrnet_tfx.serving.{name}" for name in ("export", "warmup", "client", "names", "batching", "model_base")] + [
+        "hrnet_tfx.components.pusher", "hrnet_tfx.components.evaluator", "hrnet_tfx.components.trainer"]
+    seen, todo, reached = set(), list(roots), {}
+    while todo:
+        module = todo.pop()
+        for child in _imports(module) - seen:
+            seen.add(child)
+            reached[child] = module
+            todo.append(child)
+    server = sorted(m for m in seen if m.startswith(("hrnet_tfx.serving.dev", "hrnet_tfx.serving.server")))
+    assert server == [], [(m, reached[m]) for m in server]
+    assert "hrnet_tfx.serving.export" in seen and "hrnet_tfx.fs" in seen  # the walk does see imports
+
+
 # -- model base ------------------------------------------------------------------------------------------
 def _version(path, complete=True):
     path.mkdir(parents=True)
@@ -209,6 +293,15 @@ def test_model_base_discovery_counts_only_complete_versions(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no model under"):
         resolve_model(str(tmp_path / "empty"))
+    remote = "ram://serving-discovery/base/hrnet"  # a bucket-like file system, through tf.io.gfile
+    for name, complete in (("3", True), ("12", True), ("13", False), (".tmp-14", True)):
+        tf.io.gfile.makedirs(f"{remote}/{name}")
+        if complete:
+            with tf.io.gfile.GFile(f"{remote}/{name}/saved_model.pb", "wb") as f:
+                f.write(b"")
+    assert complete_versions(remote) == [3, 12] and latest_version(remote) == 12
+    assert resolve_model("ram://serving-discovery/base") == ("hrnet", remote)
+    assert complete_versions("ram://serving-discovery/missing") == []
 
 
 class _Toy:
@@ -285,34 +378,82 @@ def test_watcher_falls_back_to_the_newest_version_that_loads(tmp_path):
         watcher.stop()
 
 
+def test_watcher_retries_a_version_that_failed_to_load_with_a_growing_bounded_back_off(tmp_path):
+    model = tmp_path / "hrnet"
+    _version(model / "1")
+    attempts = []
+
+    def load(version, path):
+        attempts.append((version, time.monotonic()))
+        if version == 2 and len(attempts) < 5:  # rsync wrote saved_model.pb before the variables
+            raise OSError("variables/variables.index not found")
+        return _Toy(version)
+
+    watcher = ModelWatcher("hrnet", str(model), load, poll_seconds=0.05, max_retry_seconds=0.2).start()
+    try:
+        _version(model / "2")  # its saved_model.pb is never touched again: the retries are time-driven
+        assert watcher.wait_for_version(2, timeout=30)
+        tries = [t for v, t in attempts if v == 2]
+        assert len(tries) == 4  # 3 failures, then it loads
+        gaps = np.diff(tries)
+        assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2 and gaps.max() < 5, gaps  # 0.05, 0.1, 0.2 (cap)
+        assert watcher.statuses(2)[0].state == VersionState.AVAILABLE
+    finally:
+        watcher.stop()
+
+
+def test_a_version_switch_waits_for_the_requests_still_running_on_the_old_version(tmp_path):
+    model = tmp_path / "hrnet"
+    _version(model / "1")
+    watcher = ModelWatcher("hrnet", str(model), lambda version, path: _Toy(version), poll_seconds=0.05,
+                           unload_grace=0.1).start()
+    try:
+        with watcher.lease() as old:
+            _version(model / "2")
+            assert watcher.wait_for_version(2, timeout=10)
+            with watcher.lease() as new:
+                assert new.version == 2  # new requests go to the new version meanwhile
+            time.sleep(1.0)  # ten times unload_grace
+            assert not old.closed and watcher.statuses(1)[0].state == VersionState.UNLOADING
+        deadline = time.monotonic() + 10
+        while not old.closed:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert watcher.statuses(1)[0].state == VersionState.END
+    finally:
+        watcher.stop()
+
+
 # -- REST JSON codec -------------------------------------------------------------------------------------
 def test_rest_json_row_and_columnar_formats():
     from tensorflow.core.framework import types_pb2
 
-    arr = rest_json.json_to_array([[1, 2.5], [3, 4]], types_pb2.DT_FLOAT, "x")
-    assert arr.dtype == np.float32 and arr.shape == (2, 2)
-    strings = rest_json.json_to_array([b64(b"\x00\xff"), "text"], types_pb2.DT_STRING, "x")
-    assert strings.tolist() == [b"\x00\xff", b"text"]
-    with pytest.raises(ServingError, match="list of 1 values where the others have 2"):
-        rest_json.json_to_array([[1, 2], [3]], types_pb2.DT_FLOAT, "x")
-    with pytest.raises(ServingError, match="is not of expected type: DT_STRING"):
-        rest_json.json_to_array([1], types_pb2.DT_STRING, "x")
+    strings = rest_requests.json_to_array([b64(b"\x00\xff"), "text"], types_pb2.DT_STRING, "x")
+    assert strings.dtype == object and strings.tolist() == [b"\x00\xff", b"text"]
+    nested = rest_requests.json_to_array([["a", "b"], ["c", b64(b"d")]], types_pb2.DT_STRING, "x")
+    assert nested.shape == (2, 2) and nested.tolist() == [[b"a", b"b"], [b"c", b"d"]]
+    with pytest.raises(ServingError, match=r"x\[1\]: list of 1 values where the others have 2"):
+        rest_requests.json_to_array([["a", "b"], ["c"]], types_pb2.DT_STRING, "x")
+    with pytest.raises(ServingError, match=r"x\[0\]: JSON Value: 1 Type: int is not of expected type: DT_STRING"):
+        rest_requests.json_to_array([1], types_pb2.DT_STRING, "x")
+    with pytest.raises(ServingError, match="x: the development server takes string inputs only .* not DT_FLOAT"):
+        rest_requests.json_to_array([[1, 2.5]], types_pb2.DT_FLOAT, "x")
     outputs = {"scores": np.array([[0.1, 1 / 3]], np.float32), "labels": np.array([[b"a", b"\xff"]], object),
                "raw_bytes": np.array([b"ok"], object)}
-    text = rest_json.predict_json(outputs, row_format=True)
+    text = rest_requests.predict_json(outputs, row_format=True)
     assert b'"scores":[0.1,0.33333334]' in text  # the shortest decimal that reads back as the same float32
     row = json.loads(text)
     assert row == {"predictions": [{"scores": [0.1, 0.33333334], "labels": ["a", b64(b"\xff")],
                                     "raw_bytes": b64(b"ok")}]}
     assert np.float32(row["predictions"][0]["scores"][1]) == np.float32(1 / 3)
-    special = json.loads(rest_json.predict_json({"x": np.array([np.nan, -np.inf, 1e-7], np.float32)}, False))
+    special = json.loads(rest_requests.predict_json({"x": np.array([np.nan, -np.inf, 1e-7], np.float32)}, False))
     assert np.isnan(special["outputs"][0]) and special["outputs"][1:] == [-np.inf, 1e-7]
     ints = {"y": np.array([[1, 2]], np.int32)}
-    assert json.loads(rest_json.predict_json(ints, row_format=True)) == {"predictions": [[1, 2]]}
-    assert json.loads(rest_json.predict_json(ints, row_format=False)) == {"outputs": [[1, 2]]}
+    assert json.loads(rest_requests.predict_json(ints, row_format=True)) == {"predictions": [[1, 2]]}
+    assert json.loads(rest_requests.predict_json(ints, row_format=False)) == {"outputs": [[1, 2]]}
     with pytest.raises(ServingError, match="inconsistent batch size"):
-        rest_json.predict_json({"a": np.zeros((2, 3)), "b": np.zeros((3,))}, row_format=True)
-    name, examples = rest_json.parse_classify({"context": {"shared": 7}, "examples": [
+        rest_requests.predict_json({"a": np.zeros((2, 3)), "b": np.zeros((3,))}, row_format=True)
+    name, examples = rest_requests.parse_classify({"context": {"shared": 7}, "examples": [
         {"image/encoded": b64(b"jpeg"), "weight": 0.5, "flag": True, "tags": ["a", "b"]}]})
     example = tf.train.Example.FromString(examples[0])
     feature = example.features.feature
@@ -320,7 +461,19 @@ def test_rest_json_row_and_columnar_formats():
     assert feature["image/encoded"].bytes_list.value == [b"jpeg"] and feature["tags"].bytes_list.value == [b"a", b"b"]
     assert feature["weight"].float_list.value == [0.5] and feature["flag"].int64_list.value == [1]
     with pytest.raises(ServingError, match="Unexpected element type"):
-        rest_json.parse_classify({"examples": [{"mixed": [1, "a"]}]})
+        rest_requests.parse_classify({"examples": [{"mixed": [1, "a"]}]})
+
+
+def test_rest_json_reads_base64_with_or_without_padding_and_nothing_else():
+    from hrnet_tfx.serving.rest_json import decode_b64
+
+    for data in (b"", b"\x00", b"\xff\xfe", b"abc", bytes(range(256))):
+        text = base64.b64encode(data).decode("ascii")
+        assert decode_b64({"b64": text}, "x") == data
+        assert decode_b64({"b64": text.rstrip("=")}, "x") == data
+    for bad in ("ab=c", "a===", "abc!", "ab cd", "abcde", "ab\u00e9c", "-_-_"):  # urlsafe alphabet refused too
+        with pytest.raises(ServingError, match="x: Unable to base64 decode"):
+            decode_b64({"b64": bad}, "x")
 
 
 # -- gRPC ------------------------------------------------------------------------------------------------
@@ -360,7 +513,8 @@ def test_grpc_metadata_and_status(server, stub):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signatures)
     defs = signatures.signature_def
-    assert {"serving_default", "predict_images", "predict_examples"} <= set(defs)
+    assert set(defs) - {"__saved_model_init_op"} == {"serving_default", "predict_images", "predict_examples",
+                                                     "predict_images_top_k"}
     assert set(defs["serving_default"].inputs) == {"inputs"}
     assert set(defs["serving_default"].outputs) == {"classes", "scores"}
     assert defs["predict_images"].inputs["images"].dtype == tf.string.as_datatype_enum
@@ -417,7 +571,7 @@ def test_a_taken_port_is_a_clear_error_before_any_model_loads(exported, server):
         start = time.monotonic()
         with pytest.raises(OSError, match=f"cannot bind {name} to 127.0.0.1:{grpc_port or rest_port}"):
             other.start()
-        assert other.core.watchers["hrnet"].statuses() == []  # failed before loading anything
+        assert other.core.watcher.statuses() == []  # failed before loading anything
         assert time.monotonic() - start < 30
     assert Client(server.grpc_address).status()[0]["state"] == "AVAILABLE"  # the first server is unharmed
 
@@ -515,6 +669,17 @@ def test_rest_bad_requests_get_400_or_404_and_the_server_keeps_serving(server, i
                                rtol=1e-5, atol=1e-6)
 
 
+def test_rest_top_k_signature_answers_k_values_per_image(server, images, reference):
+    answer = requests.post(rest_url(server, ":predict"), json={"signature_name": "predict_images_top_k",
+                                                               "instances": [b64(i) for i in images]}, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [set(p) for p in predictions] == [{"top_k_ids", "top_k_labels", "top_k_scores"}] * len(images)
+    np.testing.assert_array_equal([p["top_k_ids"] for p in predictions], reference["top_k_ids"])
+    assert [p["top_k_labels"] for p in predictions] == [[l.decode() for l in row] for row in reference["top_k_labels"]]
+    np.testing.assert_allclose([p["top_k_scores"] for p in predictions], reference["top_k_scores"], rtol=1e-6)
+
+
 # -- concurrency -----------------------------------------------------------------------------------------
 def test_a_burst_of_concurrent_grpc_and_rest_requests_is_all_answered(server, images, reference):
     total, workers = 40, 8
@@ -580,6 +745,40 @@ def test_client_names_the_address_it_cannot_reach(rest):
     assert address in str(err.value) and "connection refused" in str(err.value)
 
 
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_client_asks_the_top_k_signature(server, images, reference, rest):
+    ran, _, undo = recording_predict(server)
+    try:
+        with Client(server.rest_address if rest else server.grpc_address, rest=rest, timeout=TIMEOUT) as client:
+            top = client.predict_images(images, top_k=5)
+    finally:
+        undo()
+    assert ran == ["predict_images_top_k"]
+    assert [[label for label, _ in ranking] for ranking in top] == [
+        [label.decode() for label in row] for row in reference["top_k_labels"]]
+    np.testing.assert_allclose([[score for _, score in ranking] for ranking in top], reference["top_k_scores"],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_client_falls_back_to_predict_images_for_a_model_exported_without_the_top_k_signature(server, images,
+                                                                                              reference, rest):
+    with server.core.lease("hrnet") as servable:
+        top_k = servable.signature_defs.pop("predict_images_top_k")  # as a model exported before it existed
+    ran, looked_up, undo = recording_predict(server)
+    try:
+        with Client(server.rest_address if rest else server.grpc_address, rest=rest, timeout=TIMEOUT) as client:
+            first = client.predict_images(images[:2], top_k=3)
+            second = client.predict_images(images[2:3], top_k=3)
+    finally:
+        undo()
+        servable.signature_defs["predict_images_top_k"] = top_k
+    assert ran == ["predict_images", "predict_images"]
+    assert looked_up.count("predict_images_top_k") == 1  # asked for once, then remembered
+    assert [[label for label, _ in ranking] for ranking in first + second] == [
+        [label.decode() for label in row[:3]] for row in reference["top_k_labels"][:3]]
+
+
 # -- warm-up ---------------------------------------------------------------------------------------------
 def test_warmup_file_parses_as_prediction_logs_and_replays(exported, stub):
     path = warmup.warmup_file(str(exported["v1"]))
@@ -587,13 +786,14 @@ def test_warmup_file_parses_as_prediction_logs_and_replays(exported, stub):
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
     kinds = [(r.WhichOneof("log_type"), (r.predict_log.request if r.HasField("predict_log")
                                           else r.classify_log.request).model_spec.signature_name) for r in records]
-    assert kinds == [("predict_log", "predict_images"), ("classify_log", "serving_default"),
-                     ("predict_log", "predict_examples")]
+    assert kinds == [("predict_log", "predict_images"), ("predict_log", "predict_images_top_k"),
+                     ("classify_log", "serving_default"), ("predict_log", "predict_examples")]
     images_tensor = records[0].predict_log.request.inputs["images"]
     assert images_tensor.dtype == tf.string.as_datatype_enum and len(images_tensor.string_val) == 2
     assert Image.open(io.BytesIO(images_tensor.string_val[0])).format == "JPEG"
-    assert len(records[1].classify_log.request.input.example_list.examples) == 2
-    assert warmup.replay_warmup_requests(str(exported["v1"]), stub, "hrnet", timeout=TIMEOUT) == 3
+    assert records[1].predict_log.request.inputs["images"] == images_tensor  # what the client sends
+    assert len(records[2].classify_log.request.input.example_list.examples) == 2
+    assert warmup.replay_warmup_requests(str(exported["v1"]), stub, "hrnet", timeout=TIMEOUT) == 4
     with pytest.raises(ValueError, match="at least one image"):
         warmup.write_warmup_requests(str(exported["v1"]), images=[])
 
@@ -612,7 +812,7 @@ def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images
         np.testing.assert_allclose(first["probabilities"], reference["probabilities"][:2], rtol=1e-5, atol=1e-6)
         (base / "hrnet" / "3").mkdir()  # an incomplete version (no saved_model.pb) is never loaded
         os.rename(staged, base / "hrnet" / "2")  # the push: one atomic rename
-        assert server.core.watchers["hrnet"].wait_for_version(2, timeout=300)
+        assert server.core.watcher.wait_for_version(2, timeout=300)
         deadline = time.monotonic() + 60
         while client.status()[-1]["state"] != "END":
             assert time.monotonic() < deadline
@@ -629,39 +829,72 @@ def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images
         assert err.value.code == Code.NOT_FOUND
 
 
-def test_batching_merges_concurrent_requests_and_stop_finishes_requests_in_flight(exported, images, reference):
-    batching = BatchingOptions(max_batch_size=8, batch_timeout_micros=1_500_000, num_batch_threads=1)
-    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, batching=batching, warmup=False)
+def hold_runs(server):
+    """Makes the served version's session runs wait for ``release`` (they then run for real); ``started``
+    counts the runs waiting."""
+    started, release = threading.Semaphore(0), threading.Event()
+    with server.core.lease("hrnet") as servable:
+        run = servable._run
+
+        def held_run(feeds, fetches):
+            started.release()
+            release.wait(TIMEOUT)
+            return run(feeds, fetches)
+
+        servable._run = held_run
+    return started, release
+
+
+def test_requests_in_flight_are_capped_and_finished_at_stop(exported, images, reference):
+    options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, warmup=False, max_concurrent_requests=1)
     server = DevServer(str(exported["base"]), "hrnet", options).start()
-    client = Client(server.grpc_address, timeout=TIMEOUT)
+    client, rest = Client(server.grpc_address, timeout=TIMEOUT), Client(server.rest_address, rest=True, timeout=TIMEOUT)
+    started, release = hold_runs(server)
     try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 x 2 rows fill one batch of 8 at once
-            start = time.monotonic()
-            results = list(pool.map(lambda i: client.predict({"images": images[i:i + 2]}, "predict_images"),
-                                    range(4)))
-            merged_in = time.monotonic() - start
-        for i, out in enumerate(results):
-            np.testing.assert_allclose(out["probabilities"], reference["probabilities"][i:i + 2],
-                                       rtol=1e-5, atol=1e-6)
-        with server.core.lease("hrnet") as servable:
-            counts = servable.batching_stats()
-        assert counts["requests"] == 4 and counts["batches"] < 4, counts  # merged, yet each got its own rows
-        assert merged_in < TIMEOUT
-        # A lone request waits the batch timeout (1.5 s) in the batcher: stop the server meanwhile.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(client.predict, {"images": images[:1]}, "predict_images")
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(c.predict, {"images": images[:1]}, "predict_images") for c in (client, rest)]
+            assert started.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+            for busy in (client, rest):  # one request in flight per protocol: the next is refused at once
+                with pytest.raises(ServingError) as err:
+                    busy.predict({"images": images[:1]}, "predict_images")
+                assert err.value.code == Code.RESOURCE_EXHAUSTED, err.value
+            assert err.value.http_status == 429 and "1 requests in flight" in err.value.message
+            stopping = pool.submit(server.stop, 60)
             time.sleep(0.5)
-            stopped_at = time.monotonic()
-            server.stop(grace=60)
-            stop_took = time.monotonic() - stopped_at
-            np.testing.assert_allclose(pending.result(timeout=TIMEOUT)["probabilities"],
-                                       reference["probabilities"][:1], rtol=1e-5, atol=1e-6)
-        assert stop_took < 60
+            assert not stopping.done()  # stop() waits for the requests in flight
+            release.set()
+            for future in pending:
+                np.testing.assert_allclose(np.asarray(future.result(timeout=TIMEOUT)["probabilities"], np.float32),
+                                           reference["probabilities"][:1], rtol=1e-5, atol=1e-6)
+            stopping.result(timeout=TIMEOUT)
         with pytest.raises(ServerUnavailableError):
             Client(server.grpc_address, timeout=10).predict_images(images[:1])
     finally:
+        release.set()
         client.close()
+        rest.close()
         server.stop()
+
+
+def test_internal_errors_reach_the_client_as_a_generic_message_and_are_logged(server, images, caplog):
+    from hrnet_tfx.serving.dev.core import INTERNAL_MESSAGE
+
+    with server.core.lease("hrnet") as servable:
+        run = servable._run
+
+        def broken(feeds, fetches):
+            raise RuntimeError("secret detail at /srv/models/hrnet")
+
+        servable._run = broken
+    try:
+        for address, rest in ((server.grpc_address, False), (server.rest_address, True)):
+            with pytest.raises(ServingError) as err, Client(address, rest=rest, timeout=TIMEOUT) as client:
+                client.predict_images(images[:1])
+            assert err.value.code == Code.INTERNAL and err.value.message == INTERNAL_MESSAGE
+            assert err.value.http_status == 500
+    finally:
+        servable._run = run
+    assert caplog.text.count("RuntimeError: secret detail at /srv/models/hrnet") == 2  # details stay in the log
 
 
 # -- launcher and CLI ------------------------------------------------------------------------------------
@@ -711,6 +944,45 @@ def test_predict_command_prints_labels(server, images, reference, tmp_path):
     assert bad.exit_code != 0 and "connection refused" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_predict_command_names_a_bad_file_and_still_answers_the_others(server, images, reference, tmp_path, rest):
+    from hrnet_tfx.cli.serving import predict
+
+    paths = {name: tmp_path / f"{name}.jpg" for name in ("a", "b", "bad", "c")}
+    for i, name in enumerate(("a", "b", "c")):
+        paths[name].write_bytes(images[i])
+    paths["bad"].write_bytes(b"<html>not an image</html>")
+    address = server.rest_address if rest else server.grpc_address
+    for batch_size in ("1", "2", "4"):  # bad.jpg is request 3 / item 1 of request 2 / item 2 of request 1
+        args = ["--server", address, "--batch-size", batch_size] + (["--rest"] if rest else [])
+        result = CliRunner().invoke(predict, args + [str(p) for p in paths.values()])
+        assert result.exit_code == 1, result.output
+        assert f"error: {paths['bad']}: not a decodable image" in result.stderr, result.stderr
+        assert "images[" not in result.output and "Traceback" not in result.output
+        assert "1 of 4 images could not be classified" in result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0::6] == [str(paths[n]) for n in ("a", "b", "c")], result.stdout  # the others are answered
+        for block, row in zip((lines[1], lines[7], lines[13]), (0, 1, 2)):
+            assert block.split()[-1] == reference["top_k_labels"][row][0].decode()
+    as_json = CliRunner().invoke(predict, args + ["--json", str(paths["bad"]), str(paths["a"])])
+    answers = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert as_json.exit_code == 1 and answers[0]["image"] == str(paths["bad"])
+    assert answers[0]["error"].startswith("not a decodable image") and answers[1]["image"] == str(paths["a"])
+
+
+def test_predict_command_says_which_port_it_probably_reached(server, images, tmp_path):
+    from hrnet_tfx.cli.serving import predict
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(images[0])
+    grpc_at_rest = CliRunner().invoke(predict, ["--server", server.rest_address, str(image)])
+    assert grpc_at_rest.exit_code == 1 and "is this the REST port? use --rest" in grpc_at_rest.output, \
+        grpc_at_rest.output
+    rest_at_grpc = CliRunner().invoke(predict, ["--server", server.grpc_address, "--rest", str(image)])
+    assert rest_at_grpc.exit_code == 1 and "is this the gRPC port? drop --rest" in rest_at_grpc.output, \
+        rest_at_grpc.output
+
+
 CLI = ("from hrnet_tfx.cli import main; from hrnet_tfx.cli.serving import serve, predict; "
        "[main.add_command(c) for c in (serve, predict) if c.name not in main.commands]; main()")
 
@@ -750,4 +1022,4 @@ def test_serve_command_runs_the_dev_server_and_stops_cleanly_on_sigterm(exported
             process.kill()
             process.wait()
     text = log_path.read_text()
-    assert "shutting down" in text and "stopped after" in text
+    assert "shutting down" in text and "development server: stopped" in text

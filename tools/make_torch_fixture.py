@@ -1,7 +1,8 @@
 """Writes the PyTorch reference fixture for the weight-import tests (run OUTSIDE the project venv).
 
-Needs a Python with torch, timm and safetensors (torch must never enter the project venv; see
-STACK.md), for example::
+Needs a Python with torch, timm and safetensors. torch must never enter the project venv: on Python 3.10
+(the project's) pip picks a multi-GB CUDA build of torch, and the project reads PyTorch weights without
+it. A Python 3.11 venv gets the CPU wheels, for example::
 
     python3.11 -m venv /tmp/torchvenv
     /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm safetensors numpy pyyaml

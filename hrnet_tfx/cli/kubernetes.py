@@ -1,11 +1,21 @@
 """``hrnet-tfx serving-manifests``: Kubernetes manifests (ConfigMap + Deployment + Service) that serve the
-Pusher's model base with the real TF Serving image; see :mod:`hrnet_tfx.kubernetes.serving`."""
+Pusher's model base with the real TF Serving image; see :mod:`hrnet_tfx.kubernetes.serving`. Also the
+option parsing the manifest commands share (``hrnet-tfx mpijob`` too)."""
 
 from __future__ import annotations
 
 import click
 
-from hrnet_tfx.cli.mpijob import _pairs
+
+def key_value_pairs(items, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` option values (``--env``, ``--node-selector``) as a dict; ``what`` names the option."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        out[key] = value
+    return out
 
 
 @click.command("serving-manifests")
@@ -43,10 +53,10 @@ def serving_manifests(model_base, model_name, image, gpus, replicas, cpu, memory
     Example: hrnet-tfx serving-manifests --model-base gs://BUCKET/serving --model-name hrnet --gpus 1
     -o serve.yaml; then kubectl apply -f serve.yaml and kubectl port-forward svc/hrnet-serving 8500 8501.
     """
+    from hrnet_tfx.kubernetes.objects import write_manifests
     from hrnet_tfx.kubernetes.serving import ServingSpec, serving_manifests as manifests
     from hrnet_tfx.models.config import ConfigError
     from hrnet_tfx.serving.batching import BatchingOptions
-    from hrnet_tfx.yaml_io import write_yaml_documents
 
     try:
         batching = None if no_batching else BatchingOptions(max_batch_size=max_batch_size,
@@ -55,10 +65,10 @@ def serving_manifests(model_base, model_name, image, gpus, replicas, cpu, memory
             model_base=model_base, model_name=model_name, name=name, namespace=namespace, image=image,
             replicas=replicas, gpus=gpus, cpu=cpu, memory=memory, batching=batching, poll_seconds=poll_seconds,
             service_type=service_type, service_account=service_account,
-            node_selector=_pairs(node_selector, "--node-selector"), env=_pairs(env, "--env"), pvc=pvc,
-            mount_path=mount_path)
-        write_yaml_documents(manifests(spec), output,
-                             header=f"# TF Serving ({spec.image}) for {spec.model_dir}, written by hrnet-tfx\n")
+            node_selector=key_value_pairs(node_selector, "--node-selector"), env=key_value_pairs(env, "--env"),
+            pvc=pvc, mount_path=mount_path)
+        write_manifests(manifests(spec), output,
+                        header=f"# TF Serving ({spec.image}) for {spec.model_dir}, written by hrnet-tfx\n")
     except (ConfigError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if output != "-":

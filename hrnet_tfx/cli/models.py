@@ -24,13 +24,12 @@ def list_cmd() -> None:
         click.echo(name)
 
 
-@models.command()
+@models.command(help="Parameters, multiply-adds, official GFLOPs and layer counts of NAME (" + NAME_HELP + ").")
 @click.argument("name")
 @click.option("--image-size", default=224, show_default=True, help="Input height and width.")
 @click.option("--num-classes", default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def summary(name: str, image_size: int, num_classes: int, as_json: bool) -> None:
-    """Parameters, multiply-adds, official GFLOPs and layer counts of NAME (""" + NAME_HELP + ")."""
     from hrnet_tfx.models import ConfigError, model_summary
 
     try:
@@ -50,42 +49,140 @@ def summary(name: str, image_size: int, num_classes: int, as_json: bool) -> None
         click.echo(f"    {kind:<24} {count:>15,}")
 
 
+CHECKPOINT_PREFIX = "ckpt"
+MODEL_INFO_FILE = "hrnet_model.json"
+
+
 @models.command("import-weights")
 @click.argument("name")
-@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Directory to write.")
-@click.option("--num-classes", default=1000, show_default=True)
-@click.option("--image-size", default=224, show_default=True, help="Input size recorded in the SavedModel.")
+@click.argument("weights")
+@click.option("--output", "-o", required=True,
+              help="Directory to write (must not exist or be empty; local or a bucket).")
+@click.option("--labels", "labels_path", default=None,
+              help="Label map (labels.tsv: index<TAB>id<TAB>name, as 'hrnet-tfx data convert' writes) for the "
+                   "exported model's class names [default: class_<i>].")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="Classifier size [default: the classifier's in WEIGHTS].")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=32),
+              help="Input height and width of the serving signatures.")
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["savedmodel", "checkpoint"]),
     default="savedmodel",
     show_default=True,
-    help="savedmodel: a Keras SavedModel (serving, eval, fine-tuning); checkpoint: TF weights "
-    "(model.load_weights after build_model).",
+    help="savedmodel: the serving SavedModel the Trainer exports (serve it, evaluate or fine-tune from it "
+    "with train --init-from); checkpoint: a TF checkpoint of the model (train --init-from, or "
+    "tf.train.Checkpoint(model=model).restore).",
 )
-def import_weights(name: str, weights: str, output: str, num_classes: int, image_size: int, fmt: str) -> None:
-    """Import official/timm PyTorch WEIGHTS (.pth or .safetensors) into NAME and write it to --output."""
-    from hrnet_tfx.models import ConfigError, WeightImportError, build_model, load_pytorch_weights
+def import_weights(name: str, weights: str, output: str, labels_path: str | None, num_classes: int | None,
+                   image_size: int, fmt: str) -> None:
+    """Import official/timm PyTorch WEIGHTS (.pth or .safetensors) into NAME and write it to --output.
 
-    if os.path.exists(output) and os.listdir(output):
-        raise click.ClickException(f"output directory is not empty: {output}")
+    NAME is a registered variant or a network config file. The output is what the rest of hrnet-tfx reads:
+    'hrnet-tfx train --model NAME --init-from OUTPUT' fine-tunes or (--eval-only) evaluates it (a different
+    class count re-initialises only the classifier), and the savedmodel format is also a model version that
+    'hrnet-tfx serve' serves (write it as BASE/MODEL_NAME/1).
+    """
+    import tensorflow as tf
+
+    from hrnet_tfx.models import ConfigError, WeightImportError, build_model, load_pytorch_weights, read_state_dict
+
     try:
+        _check_output(output)
+        state = read_state_dict(weights)
+        num_classes = _num_classes(state, num_classes, weights)
+        labels = _labels(labels_path, num_classes, weights)
         model = build_model(name, num_classes=num_classes, image_size=image_size)
-        count = load_pytorch_weights(model, weights)
-    except (ConfigError, WeightImportError, ValueError) as e:
+        count = load_pytorch_weights(model, state)
+        if fmt == "savedmodel":
+            from hrnet_tfx.serving.export import export_saved_model
+
+            export_saved_model(model, output, labels, image_size=image_size, label_map_path=labels_path)
+        else:
+            _write_checkpoint(model, output, {"model": name, "num_classes": num_classes, "image_size": image_size,
+                                              "labels": labels, "weights": weights})
+    except (ConfigError, WeightImportError, ValueError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
-    tmp = output.rstrip("/") + ".partial"
+    except tf.errors.OpError as e:
+        raise click.ClickException(f"cannot write {output}: {e.message}") from None
+    what = "the serving SavedModel" if fmt == "savedmodel" else "a TF checkpoint"
+    click.echo(f"imported {count} tensors from {weights} into {name} ({num_classes} classes"
+               f"{', labels from ' + labels_path if labels_path else ''}); wrote {what} to {output}")
+    click.echo(f"  fine-tune: hrnet-tfx train --model {name} --init-from {output} --data DATA --model-dir DIR")
+    click.echo(f"  evaluate:  hrnet-tfx train --model {name} --init-from {output} --data DATA --model-dir DIR "
+               "--eval-only")
     if fmt == "savedmodel":
-        model.save(tmp, save_format="tf", include_optimizer=False)
-    else:
-        os.makedirs(tmp, exist_ok=True)
-        model.save_weights(os.path.join(tmp, "ckpt"))
-    with open(os.path.join(tmp, "hrnet_model.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": name, "num_classes": num_classes, "image_size": image_size,
-                   "weights": os.path.abspath(weights), "format": fmt}, f, indent=2)
-    if os.path.exists(output):
-        os.rmdir(output)
-    os.replace(tmp, output)  # complete outputs only: nothing half-written appears at --output
-    click.echo(f"imported {count} tensors from {weights} into {name}; wrote {fmt} to {output}")
+        click.echo("  serve:     write it as BASE/MODEL_NAME/VERSION (e.g. --output serving/hrnet/1), then "
+                   "hrnet-tfx serve BASE")
+
+
+def _check_output(output: str) -> None:
+    """Refuses a non-empty --output; removes an empty one (the export publishes a new directory)."""
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(output):
+        if not tf.io.gfile.isdir(output) or tf.io.gfile.listdir(output):
+            raise click.ClickException(f"output directory is not empty: {output}")
+        tf.io.gfile.rmtree(output)
+
+
+def _num_classes(state: dict, requested: int | None, weights: str) -> int:
+    classifier = state.get("classifier.weight")
+    found = int(classifier.shape[0]) if classifier is not None else None
+    if requested is not None and found is not None and requested != found:
+        raise click.ClickException(
+            f"--num-classes {requested}, but the classifier in {weights} has {found} classes. Import them as "
+            f"they are, then fine-tune on your classes: hrnet-tfx train --init-from OUTPUT -s num_classes="
+            f"{requested} ... re-initialises only the classifier")
+    if requested is None and found is None:
+        raise click.ClickException(f"{weights} has no classifier.weight: pass --num-classes")
+    return requested or found
+
+
+def _labels(path: str | None, num_classes: int, weights: str) -> list[str]:
+    """The class names the export carries (the Trainer's rule: the label map's names, else class_<i>)."""
+    from hrnet_tfx.data.labels import DataError, read_label_map
+    from hrnet_tfx.training.config import TrainConfig
+    from hrnet_tfx.training.loop import label_strings
+
+    if path:
+        try:
+            count = len(read_label_map(path))
+        except DataError as e:
+            raise click.ClickException(f"--labels: {e}") from None
+        if count != num_classes:
+            raise click.ClickException(f"--labels {path} has {count} classes, but the classifier in {weights} has "
+                                       f"{num_classes}")
+    return label_strings(TrainConfig(num_classes=num_classes, label_map=path or ""))
+
+
+def _write_checkpoint(model, output: str, info: dict) -> None:
+    """A ``tf.train.Checkpoint(model=model)`` in ``output`` (what ``train --init-from`` restores), with
+    ``hrnet_model.json``; staged beside ``output`` and published complete (the ``checkpoint`` index last)."""
+    import posixpath
+    import uuid
+
+    import tensorflow as tf
+
+    from hrnet_tfx.fs import is_uri
+    from hrnet_tfx.serving.export import copy_tree, remove_tree, renames_atomically
+
+    parent = posixpath.dirname(output.rstrip("/")) if is_uri(output) else os.path.dirname(os.path.abspath(output))
+    staging = (posixpath.join if is_uri(output) else os.path.join)(
+        parent, f".import-{os.path.basename(output.rstrip('/'))}-{uuid.uuid4().hex[:12]}")
+    try:
+        tf.io.gfile.makedirs(staging)
+        tf.train.CheckpointManager(tf.train.Checkpoint(model=model), staging, max_to_keep=1,
+                                   checkpoint_name=CHECKPOINT_PREFIX).save()
+        with tf.io.gfile.GFile(f"{staging}/{MODEL_INFO_FILE}", "w") as f:
+            f.write(json.dumps(info, indent=2) + "\n")
+        if renames_atomically(output):
+            tf.io.gfile.rename(staging, output, overwrite=False)
+        else:
+            copy_tree(staging, output, last=("checkpoint",))  # latest_checkpoint() sees nothing before the end
+            remove_tree(staging)
+    except BaseException:
+        if tf.io.gfile.exists(staging):
+            remove_tree(staging)
+        raise

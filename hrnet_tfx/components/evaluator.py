@@ -52,11 +52,11 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from hrnet_tfx.data import features
+from hrnet_tfx.serving.export import OUTPUT_SCORES as PREDICTION_KEY
+from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY as SIGNATURE
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"
-PREDICTION_KEY = "scores"
-SIGNATURE = "serving_default"
 
 TOP1 = "sparse_categorical_accuracy"
 TOP5 = "sparse_top_k_categorical_accuracy"
@@ -65,6 +65,10 @@ EXAMPLE_COUNT = "example_count"
 METRIC_LABELS = {TOP1: "top-1 accuracy", TOP5: "top-5 accuracy", LOSS: "loss (cross-entropy)",
                  EXAMPLE_COUNT: "examples"}
 """TFMA metric names of :func:`eval_config` -> what the report calls them."""
+
+
+HOOKS_MODULE = "hrnet_tfx.components.evaluator_hooks"
+"""The Evaluator's ``module_path``: a module holding only :func:`custom_extractors`, because TFX reloads it."""
 
 
 def _check_fraction(name: str, value: float, allow_above_one: bool = True) -> float:
@@ -206,7 +210,7 @@ def make_evaluator(
         baseline_model=baseline,
         eval_config=config,
         example_splits=list(example_splits),
-        module_path=__name__,  # custom_extractors: label check, fixed inference batches
+        module_path=HOOKS_MODULE,  # custom_extractors: label check, fixed inference batches
     ).with_id(f"{id_prefix}Evaluator")
     return resolver, evaluator
 
@@ -247,8 +251,8 @@ def custom_extractors(eval_shared_model, eval_config, tensor_adapter_config=None
     """TFMA's extractors plus the label check (:func:`check_labels`) after the predictions, and, when
     ``ModelSpec.inference_batch_size`` is set, inference in fixed batches of that size.
 
-    The stock Evaluator calls this (``module_path='hrnet_tfx.components.evaluator'``, set by
-    :func:`make_evaluator`). Fixed batches: TFMA's default predictions extractor calls the model on
+    The stock Evaluator calls this (``module_path`` :data:`HOOKS_MODULE`, set by :func:`make_evaluator`).
+    Fixed batches: TFMA's default predictions extractor calls the model on
     whatever batch Beam's adaptive batching produced (up to 1000 records, which on a fast GPU can be too
     many 224x224 images for its memory; TFMA then retries one example at a time), while tfx_bsl's
     RunInference extractor batches to exactly ``inference_batch_size``.

@@ -28,8 +28,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
-from hrnet_tfx.data import layout
-from hrnet_tfx.data.features import LABEL_MAP_FILENAME
+from hrnet_tfx.data.training_data import training_data_settings
 from hrnet_tfx.training import TrainConfig, launch
 from hrnet_tfx.training.loop import CONFIG_FILE, METRICS_FILE, TENSORBOARD_SUBDIR
 
@@ -63,20 +62,9 @@ def resolve_config(train_config: Dict[str, Any], examples_uri: str, model_run_ur
     # Checkpoints outlive a failed execution: same inputs and config -> same directory -> resume.
     key = hashlib.sha256(json.dumps([examples_uri, base_model_uri, train_config], sort_keys=True).encode())
     component_dir = os.path.dirname(os.path.dirname(model_run_uri.rstrip("/")))
-    label_map = os.path.join(examples_uri, LABEL_MAP_FILENAME)
-    settings = dict(train_config)
-    settings.update(
-        train_files=layout.split_file_pattern(examples_uri, "train"),
-        eval_files=layout.split_file_pattern(examples_uri, "eval"),
-        label_map=label_map if tf.io.gfile.exists(label_map) else "",
-        export_dir=path_utils.serving_model_dir(model_uri),
-    )
-    try:
-        manifest = layout.load_manifest(examples_uri)
-        settings.setdefault("num_train_examples", manifest["splits"]["train"]["num_examples"])
-        settings.setdefault("num_classes", manifest["num_classes"])
-    except layout.IncompleteOutputError:
-        pass  # Examples from another ExampleGen: counts come from the records
+    # Examples from another ExampleGen have no manifest: their records are counted by the launcher.
+    settings = {"label_map": "", **training_data_settings(examples_uri, require_manifest=False), **train_config}
+    settings["export_dir"] = path_utils.serving_model_dir(model_uri)
     if base_model_uri and "init_from" not in settings:
         settings["init_from"] = path_utils.serving_model_path(base_model_uri)
     settings["model_dir"] = os.path.join(component_dir, "checkpoints", key.hexdigest()[:16])

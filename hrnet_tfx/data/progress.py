@@ -10,6 +10,7 @@ the end; the files give live numbers for every direct running mode (in-memory, t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -103,11 +104,22 @@ class ProgressMonitor:
             bar.close()
 
 
+def format_duration(seconds: float) -> str:
+    """``0:00:42``, ``23:59:59``, ``1d 03:46:40``, ``15d 00:00:00``; ``?`` for NaN, infinity or a negative
+    value. The one duration format of the package (progress lines and ETAs)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    total = int(round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}" if days else f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def format_progress(done: int, total: int | None, elapsed: float, unit: str = "img") -> str:
     """``1234/5000 img (24.7%), 812.3 img/s, ETA 0:00:04``."""
     rate = done / elapsed if elapsed > 0 else 0.0
     if not total:
         return f"{done} {unit}, {rate:.1f} {unit}/s"
     eta = (total - done) / rate if rate > 0 else float("nan")
-    eta_s = f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}" if eta == eta else "?"
-    return f"{done}/{total} {unit} ({100.0 * done / total:.1f}%), {rate:.1f} {unit}/s, ETA {eta_s}"
+    return f"{done}/{total} {unit} ({100.0 * done / total:.1f}%), {rate:.1f} {unit}/s, ETA {format_duration(eta)}"

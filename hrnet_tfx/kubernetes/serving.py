@@ -27,10 +27,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import posixpath
-import types
 from typing import Any, Mapping, Sequence
 
-from hrnet_tfx.kubernetes.objects import ENV_NAME, check_name, check_quantity, cpu_cores
+from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.serving.batching import BatchingOptions
 from hrnet_tfx.serving.names import check_model_name
@@ -44,6 +43,10 @@ GRPC_PORT = 8500
 REST_PORT = 8501
 CONFIG_DIR = "/etc/hrnet-tfx-serving"
 BATCHING_FILE = "batching_parameters.txt"
+BATCHING_SUFFIX = "-batching"
+"""The batching ConfigMap is ``<name>-batching``."""
+BATCHING_VOLUME = "batching"
+MODELS_VOLUME = "models"
 _URI_SCHEMES = ("gs://", "s3://", "hdfs://")
 
 
@@ -92,8 +95,8 @@ class ServingSpec:
 
     def __post_init__(self):
         for key in ("node_selector", "env"):
-            object.__setattr__(self, key, types.MappingProxyType({str(k): str(v) for k, v in getattr(self, key).items()}))
-        object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
+            object.__setattr__(self, key, objects.frozen_strings(getattr(self, key)))
+        object.__setattr__(self, "tolerations", objects.frozen_tolerations(self.tolerations))
         object.__setattr__(self, "model_base", self.model_base.rstrip("/"))
         if not self.image:
             object.__setattr__(self, "image", TF_SERVING_GPU_IMAGE if self.gpus else TF_SERVING_IMAGE)
@@ -101,25 +104,20 @@ class ServingSpec:
             check_model_name(self.model_name)
         except ValueError as e:
             raise ConfigError(f"serving: {e}") from None
-        check_name("serving: name", self.name, max_length=63 - len("-batching"))
+        objects.check_name("serving: name", self.name, max_length=objects.MAX_NAME - len(BATCHING_SUFFIX))
         if self.replicas < 1 or self.gpus < 0 or self.poll_seconds < 1:
             raise ConfigError("serving: replicas and poll_seconds must be >= 1, gpus >= 0")
-        check_quantity("serving: cpu", self.cpu)
-        check_quantity("serving: memory", self.memory)
+        objects.check_quantity("serving: cpu", self.cpu)
+        objects.check_quantity("serving: memory", self.memory)
         if self.service_type not in ("ClusterIP", "LoadBalancer", "NodePort"):
             raise ConfigError(f"serving: service_type {self.service_type!r} is not ClusterIP, LoadBalancer or NodePort")
-        bad_env = [k for k in self.env if not ENV_NAME.match(k)]
-        if bad_env:
-            raise ConfigError(f"serving: invalid environment variable name(s) {bad_env}")
+        objects.check_env_names("serving", self.env)
         if self.model_base.startswith(_URI_SCHEMES):
             return
         if "://" in self.model_base:
             raise ConfigError(f"serving: model base {self.model_base!r}: TF Serving reads {', '.join(_URI_SCHEMES)} "
                               "URIs or paths on a mounted volume")
-        mount = posixpath.normpath(self.mount_path)
-        inside = posixpath.isabs(self.model_base) and posixpath.commonpath(
-            [posixpath.normpath(self.model_base), mount]) == mount
-        if not (self.pvc and inside):
+        if not (self.pvc and objects.under_mount(self.model_base, self.mount_path)):
             raise ConfigError(
                 f"serving: model base {self.model_base!r} is not where the pods can read it: use a bucket URI "
                 f"(gs://BUCKET/serving, the pipeline's serving_base) or --pvc with a path under --mount-path "
@@ -134,82 +132,76 @@ class ServingSpec:
         """``batching`` with ``num_batch_threads`` resolved for the pod (its CPU count, at least 1)."""
         if self.batching is None or self.batching.num_batch_threads:
             return self.batching
-        threads = max(1, math.ceil(cpu_cores(self.cpu))) if self.cpu else 4
+        threads = max(1, math.ceil(objects.cpu_cores(self.cpu))) if self.cpu else 4
         return dataclasses.replace(self.batching, num_batch_threads=threads)
 
 
 def serving_manifests(spec: ServingSpec) -> list[dict]:
     """The ConfigMap (batching parameters), Deployment and Service serving ``spec`` (see the module docstring)."""
-    labels = {"app.kubernetes.io/name": "hrnet-tfx-serving", "app.kubernetes.io/instance": spec.name}
+    labels = objects.app_labels("hrnet-tfx-serving", spec.name)
     batching = spec.batching_options()
-    config_map_name = f"{spec.name}-batching"
+    config_map_name = spec.name + BATCHING_SUFFIX
+    manifests = []
+    if batching:
+        manifests.append(objects.config_map(config_map_name, spec.namespace, labels,
+                                            {BATCHING_FILE: batching.to_text_proto()}))
+    pod = _pod(spec, config_map_name if batching else "")
+    return manifests + [_deployment(spec, labels, pod), _service(spec, labels)]
+
+
+def _server_container(spec: ServingSpec, batching: bool) -> dict:
+    """``tensorflow_model_server`` on the model base: ports, probes, resources, the config mounts."""
     command = model_server_command(
         MODEL_SERVER, spec.model_name, spec.model_dir, grpc_port=GRPC_PORT, rest_port=REST_PORT,
         poll_seconds=spec.poll_seconds,
         batching_parameters_file=posixpath.join(CONFIG_DIR, BATCHING_FILE) if batching else None)
-    resources: dict[str, dict] = {}
-    amounts = {k: v for k, v in (("cpu", spec.cpu), ("memory", spec.memory)) if v}
-    if amounts:
-        resources = {"requests": dict(amounts), "limits": dict(amounts)}
-    if spec.gpus:
-        resources.setdefault("limits", {})[spec.gpu_resource] = str(spec.gpus)
-    container: dict[str, Any] = {
-        "name": "tf-serving",
-        "image": spec.image,
-        "command": command[:1],
-        "args": command[1:],
-        "ports": [{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "http", "containerPort": REST_PORT}],
-        "readinessProbe": {"httpGet": {"path": f"/v1/models/{spec.model_name}/metadata", "port": "http"},
-                           "initialDelaySeconds": 5, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"tcpSocket": {"port": "grpc"}, "initialDelaySeconds": 15, "periodSeconds": 10,
-                          "failureThreshold": 6},
-        "resources": resources,
-    }
-    if spec.env:
-        container["env"] = [{"name": k, "value": v} for k, v in spec.env.items()]
-    mounts, volumes = [], []
-    if batching:
-        mounts.append({"name": "batching", "mountPath": CONFIG_DIR, "readOnly": True})
-        volumes.append({"name": "batching", "configMap": {"name": config_map_name}})
+    mounts = [objects.mount(BATCHING_VOLUME, CONFIG_DIR, read_only=True)] if batching else []
     if spec.pvc:
-        mounts.append({"name": "models", "mountPath": spec.mount_path, "readOnly": True})
-        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": spec.pvc, "readOnly": True}})
-    if mounts:
-        container["volumeMounts"] = mounts
-    pod: dict[str, Any] = {"containers": [container]}
-    if volumes:
-        pod["volumes"] = volumes
-    if spec.service_account:
-        pod["serviceAccountName"] = spec.service_account
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod["tolerations"] = [dict(t) for t in spec.tolerations]
+        mounts.append(objects.mount(MODELS_VOLUME, spec.mount_path, read_only=True))
+    return objects.container(
+        "tf-serving", spec.image, command[:1], args=command[1:], env=spec.env,
+        resources=objects.resources(spec.cpu, spec.memory, gpus=spec.gpus, gpu_resource=spec.gpu_resource),
+        mounts=mounts,
+        ports=[{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "http", "containerPort": REST_PORT}],
+        readinessProbe={"httpGet": {"path": f"/v1/models/{spec.model_name}/metadata", "port": "http"},
+                        "initialDelaySeconds": 5, "periodSeconds": 5, "failureThreshold": 3},
+        livenessProbe={"tcpSocket": {"port": "grpc"}, "initialDelaySeconds": 15, "periodSeconds": 10,
+                       "failureThreshold": 6},
+    )
 
-    meta = {"namespace": spec.namespace, "labels": labels}
-    objects = []
-    if batching:
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": config_map_name, **meta},
-                        "data": {BATCHING_FILE: batching.to_text_proto()}})
-    objects.append({
+
+def _pod(spec: ServingSpec, batching_config_map: str) -> dict:
+    """The server's pod spec; ``batching_config_map`` (empty: no batching) is mounted at :data:`CONFIG_DIR`."""
+    volumes = [objects.config_map_volume(BATCHING_VOLUME, batching_config_map)] if batching_config_map else []
+    if spec.pvc:
+        volumes.append(objects.claim_volume(MODELS_VOLUME, spec.pvc, read_only=True))
+    return objects.pod_spec([_server_container(spec, bool(batching_config_map))], volumes,
+                            service_account=spec.service_account, node_selector=spec.node_selector,
+                            tolerations=spec.tolerations)
+
+
+def _deployment(spec: ServingSpec, labels: Mapping[str, str], pod: dict) -> dict:
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": spec.name, **meta},
+        "metadata": objects.metadata(spec.name, spec.namespace, labels),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": dict(labels)},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+            "template": objects.pod_template(labels, pod),
         },
-    })
-    objects.append({
+    }
+
+
+def _service(spec: ServingSpec, labels: Mapping[str, str]) -> dict:
+    return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": spec.name, **meta},
+        "metadata": objects.metadata(spec.name, spec.namespace, labels),
         "spec": {
             "type": spec.service_type,
             "selector": dict(labels),
             "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
                       {"name": "http", "port": REST_PORT, "targetPort": "http"}],
         },
-    })
-    return objects
+    }

@@ -19,7 +19,7 @@ from typing import Any
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from hrnet_tfx.models.config import ConfigError, HRNetConfig, StageConfig, regular_config
 from hrnet_tfx.models.registry import get_config, list_models, register
-from hrnet_tfx.models.weights import WeightImportError, load_pytorch_weights, read_state_dict
+from hrnet_tfx.models.weights import WeightImportError, WeightsFileError, load_pytorch_weights, read_state_dict
 
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -29,6 +29,7 @@ __all__ = [
     "HRNetConfig",
     "StageConfig",
     "WeightImportError",
+    "WeightsFileError",
     "build_model",
     "get_config",
     "list_models",

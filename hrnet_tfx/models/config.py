@@ -3,7 +3,8 @@
 A network is fully described by an :class:`HRNetConfig`: the stem, four (or more) stages of
 high-resolution modules, and the classification head. The registered variants are built from it in
 :mod:`hrnet_tfx.models.registry`; custom variants come from a YAML or JSON file through
-:meth:`HRNetConfig.from_file`, with unknown or missing keys rejected.
+:meth:`HRNetConfig.from_file`, which must name every key (unknown or missing keys are errors; only
+configs built in Python, like the registry's, take the official values as defaults).
 
 Reference: Wang et al., "Deep High-Resolution Representation Learning for Visual Recognition",
 TPAMI 2020 (arXiv:1908.07919), and the official HRNet/HRNet-Image-Classification code.
@@ -12,8 +13,9 @@ TPAMI 2020 (arXiv:1908.07919), and the official HRNet/HRNet-Image-Classification
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 BLOCK_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 """Output channels of a block divided by its ``planes``, per block type."""
@@ -24,16 +26,22 @@ class ConfigError(ValueError):
 
 
 def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
-    """A YAML (or JSON, a subset of YAML) file holding a mapping; clear errors for a missing file, a parse
-    error or a non-mapping. An empty file is an empty mapping."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{what} file not found: {path}")
+    """A YAML (or JSON, a subset of YAML) file holding a mapping, local or on a bucket (``gs://...``, read
+    with ``tf.io.gfile``); clear errors for a missing file, a parse error or a non-mapping. An empty file is
+    an empty mapping."""
+    import tensorflow as tf
     import yaml
 
+    path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+            raise ConfigError(f"{what} file not found: {path}")
+        with tf.io.gfile.GFile(path, "r") as f:
+            text = f.read()
+    except tf.errors.OpError as e:  # e.g. a bucket without credentials
+        raise ConfigError(f"cannot read {what} file {path}: {e.message}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: cannot parse: {e}") from None
     if data is None:
@@ -41,6 +49,20 @@ def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str,
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of {what} settings, got {type(data).__name__}")
     return data
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``name``, or '' when none is close."""
+    hint = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def unknown_keys_error(where: str, unknown: Iterable[str], allowed: Iterable[str]) -> ConfigError:
+    """The error for keys a config does not have: each unknown key with the closest allowed one, then every
+    allowed key. ``where`` starts the message (``"pipeline config, train"``)."""
+    allowed = sorted(allowed)
+    named = ", ".join(f"{key!r}{did_you_mean(key, allowed)}" for key in sorted(unknown))
+    return ConfigError(f"{where}: unknown key(s) [{named}]; allowed: {', '.join(allowed)}")
 
 
 def _as_int_tuple(value: Any, where: str) -> tuple[int, ...]:
@@ -53,23 +75,28 @@ def _as_int_tuple(value: Any, where: str) -> tuple[int, ...]:
 
 
 def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+    """Refuses keys ``cls`` does not have and requires every key it has: a file names the whole network,
+    so nothing silently takes a default."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    required = {
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    unknown = sorted(set(data) - fields)
-    missing = sorted(required - set(data))
-    problems = []
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        problems.append(f"unknown key(s) {unknown} (allowed: {sorted(fields)})")
+        raise unknown_keys_error(where, unknown, fields)
+    missing = [name for name in fields if name not in data]
     if missing:
-        problems.append(f"missing key(s) {missing}")
-    if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
+        official = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        hint = ", ".join(f"{k}: {_yaml_value(official[k])}" for k in missing if k in official)
+        raise ConfigError(f"{where}: missing key(s) {missing}: a network config names every key"
+                          + (f" (the official HRNet's: {hint})" if hint else ""))
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +205,8 @@ class HRNetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HRNetConfig":
-        """Builds a config from a plain mapping; unknown or missing keys raise :class:`ConfigError`."""
+        """Builds a config from a plain mapping that names every key (as :meth:`to_dict` writes it); unknown
+        or missing keys raise :class:`ConfigError` naming them."""
         _check_keys(data, cls, "config")
         fields = dict(data)
         stages_raw = fields.get("stages")

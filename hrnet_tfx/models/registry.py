@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 
+from hrnet_tfx.fs import is_uri
 from hrnet_tfx.models.config import ConfigError, HRNetConfig, StageConfig, regular_config
 
 _REGISTRY: dict[str, HRNetConfig] = {}
@@ -30,25 +31,42 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
+def packaged_configs() -> list[str]:
+    """File names of the network configs shipped with the package (``tiny.yaml``)."""
+    return sorted(n for n in os.listdir(PACKAGED_CONFIGS) if n.endswith(CONFIG_SUFFIXES))
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def get_config(name_or_path: str | os.PathLike | HRNetConfig) -> HRNetConfig:
-    """Resolves a registered name, a config file path (.yaml/.yml/.json; a bare file name that does not
-    exist in the working directory also resolves among :data:`PACKAGED_CONFIGS`) or a config."""
+    """Resolves a registered name, a config file path (.yaml/.yml/.json, local or a bucket URI; a bare file
+    name that does not exist in the working directory also resolves among :data:`PACKAGED_CONFIGS`) or a
+    config. A failed lookup names the closest known model or packaged config and lists them."""
     if isinstance(name_or_path, HRNetConfig):
         return name_or_path
     key = os.fspath(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key]
-    if key.endswith((".yaml", ".yml", ".json")) or os.sep in key:
-        packaged = os.path.join(PACKAGED_CONFIGS, key)
-        if not os.path.exists(key) and os.sep not in key and os.path.isfile(packaged):
-            return HRNetConfig.from_file(packaged)
+    if key.endswith(CONFIG_SUFFIXES) or os.sep in key or is_uri(key):
+        bare = os.sep not in key and not is_uri(key)
+        if bare and not os.path.exists(key):
+            if key in packaged_configs():
+                return HRNetConfig.from_file(os.path.join(PACKAGED_CONFIGS, key))
+            raise ConfigError(f"network config file not found: {key} (not in the working directory, nor "
+                              f"packaged).{_suggest(key)} {_known()}")
         return HRNetConfig.from_file(key)
-    hint = difflib.get_close_matches(key, _REGISTRY, n=1)
-    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
-    raise ConfigError(
-        f"unknown model {key!r}.{suggestion} Known models: {', '.join(_REGISTRY)}; "
-        "or pass a network config file (.yaml/.json)."
-    )
+    raise ConfigError(f"unknown model {key!r}.{_suggest(key)} {_known()}")
+
+
+def _suggest(key: str) -> str:
+    hint = difflib.get_close_matches(key, list(_REGISTRY) + packaged_configs(), n=1)
+    return f" Did you mean {hint[0]!r}?" if hint else ""
+
+
+def _known() -> str:
+    return (f"Known models: {', '.join(_REGISTRY)}; packaged configs: {', '.join(packaged_configs())}; "
+            "or pass a network config file (.yaml/.json).")
 
 
 register(

@@ -15,8 +15,9 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from hrnet_tfx.models.config import ConfigError, read_config_file
-from hrnet_tfx.models.registry import list_models
+from hrnet_tfx.fs import is_uri
+from hrnet_tfx.models.config import ConfigError, did_you_mean, read_config_file, unknown_keys_error
+from hrnet_tfx.models.registry import get_config, list_models
 from hrnet_tfx.training.config import TrainConfig, coerce_field, parse_overrides
 
 
@@ -71,14 +72,55 @@ _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
 def _checked(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``data`` with unknown keys refused and scalars checked against ``cls``'s field types."""
+    """``data`` with unknown keys refused (naming the closest known key, and all of them) and scalars
+    checked against ``cls``'s field types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}")
+        raise _unknown_keys(where, unknown, fields)
     scalars = ("bool", "int", "float", "str")
     return {key: coerce_field(key, value, fields[key].type, where) if str(fields[key].type) in scalars else value
             for key, value in data.items()}
+
+
+def _unknown_keys(where: str, unknown: Sequence[str], fields) -> ConfigError:
+    """The unknown-keys error; a dotted override of a section that does not exist (``trian.epochs``)
+    gets the section's suggestion."""
+    error = unknown_keys_error(where, unknown, fields)
+    for key in unknown:
+        section, dot, rest = key.partition(".")
+        if dot and section not in _SECTIONS:
+            hint = did_you_mean(section, _SECTIONS)
+            return ConfigError(f"{error}. {key!r}: {section!r} is not a section{hint}; sections: "
+                               f"{', '.join(_SECTIONS)}")
+    return error
+
+
+TRAINER_FILLS = ("train_files", "eval_files", "label_map", "model_dir", "export_dir")
+"""TrainConfig fields the HorovodTrainer takes from its artifacts (its ``_FROM_ARTIFACTS``): refused in ``train``."""
+
+FROM_DATA = ("num_classes", "num_train_examples")
+"""TrainConfig fields the HorovodTrainer counts from ImageExampleGen's manifest unless ``train`` sets them."""
+
+
+def resolve_path(path: str) -> str:
+    """An absolute local path, or a URI (``gs://``, ``s3://``, ``ram://`` ...) as it is."""
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def _require(path: str, key: str, *, directory: bool, hint: str) -> None:
+    import tensorflow as tf
+
+    try:
+        found = tf.io.gfile.isdir(path) if directory else (
+            tf.io.gfile.exists(path) or bool(tf.io.gfile.glob(path + ".index")))
+    except tf.errors.OpError as e:  # e.g. a bucket without credentials
+        raise ConfigError(f"pipeline config: cannot read {key} {path}: {e.message}") from None
+    if not found:
+        what = "directory" if directory else "path"
+        raise ConfigError(f"pipeline config: {key} {path} does not exist or is not a {what} ({hint})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +170,25 @@ class PipelineConfig:
             if not isinstance(getattr(self, section), Mapping):
                 raise ConfigError(f"pipeline config: {section} must be a mapping, got {getattr(self, section)!r}")
             object.__setattr__(self, section, dict(getattr(self, section)))
-        if self.train_config().label_offset:  # unknown or bad training keys fail here too
+        filled = sorted(set(self.train) & set(TRAINER_FILLS))
+        if filled:
+            raise ConfigError(f"pipeline config: train.{filled[0]} is set by the pipeline from ImageExampleGen's "
+                              f"output and the Trainer's artifacts (so are {', '.join(TRAINER_FILLS)}); remove it")
+        train = self.train_config()  # unknown or bad training keys fail here too
+        if train.label_offset:
             raise ConfigError(
                 f"pipeline config: train.label_offset={self.train['label_offset']} but ImageExampleGen writes "
                 "0-based labels (it shifts inception's 1-based ones itself); remove it")
-        self.kubeflow_config()
+        try:
+            get_config(train.model)
+        except ConfigError as e:
+            raise ConfigError(f"pipeline config, train.model: {e}") from None
+        # Every setting spelled out (what is printed and saved is what runs), except what the data decides.
+        object.__setattr__(self, "train", {k: v for k, v in train.to_dict().items()
+                                           if k not in TRAINER_FILLS and (k not in FROM_DATA or k in self.train)})
+        kubeflow = dataclasses.asdict(self.kubeflow_config())
+        kubeflow["trainer_tolerations"] = list(kubeflow["trainer_tolerations"])
+        object.__setattr__(self, "kubeflow", kubeflow)
         if self.beam_workers < 0:
             raise ConfigError("pipeline config: beam_workers must be >= 0")
         self.beam_pipeline_args()  # an unsupported runner/workers combination fails now
@@ -143,6 +199,11 @@ class PipelineConfig:
                 raise ConfigError(f"pipeline config: {key} must not be empty")
 
     def train_config(self) -> TrainConfig:
+        """The Trainer's settings (without the paths and counts it takes from its input artifacts)."""
+        fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in TRAINER_FILLS]
+        unknown = sorted(set(self.train) - set(fields))
+        if unknown:
+            raise unknown_keys_error("pipeline config, train", unknown, fields)
         try:
             return TrainConfig.from_dict(self.train)
         except ConfigError as e:
@@ -150,6 +211,36 @@ class PipelineConfig:
 
     def kubeflow_config(self) -> KubeflowConfig:
         return KubeflowConfig.from_dict(self.kubeflow)
+
+    def local_paths(self) -> "PipelineConfig":
+        """This config as a local run (LocalDagRunner) uses it: local paths made absolute (``root``,
+        ``input_base``, ``serving_base``, ``metadata_path``, which gets its default ``ROOT/metadata.sqlite``,
+        a network config file in ``train.model`` and ``train.init_from``). Bucket URIs stay as they are."""
+        train = dict(self.train)
+        if not is_uri(train["model"]) and os.path.isfile(train["model"]):  # else packaged or registered
+            train["model"] = os.path.abspath(train["model"])
+        if train["init_from"]:
+            train["init_from"] = resolve_path(train["init_from"])
+        return dataclasses.replace(self, root=resolve_path(self.root), input_base=resolve_path(self.input_base),
+                                   serving_base=resolve_path(self.serving_base),
+                                   metadata_path=resolve_path(self.metadata), train=train)
+
+    def for_local_run(self) -> "PipelineConfig":
+        """:meth:`local_paths`, after :meth:`check_inputs`: raises :class:`ConfigError` naming a missing input
+        before any work starts."""
+        local = self.local_paths()
+        local.check_inputs()
+        return local
+
+    def check_inputs(self) -> None:
+        """Raises :class:`ConfigError` unless ``input_base`` is a directory and ``train.init_from`` (when
+        set) exists; bucket paths are checked with ``tf.io.gfile``."""
+        _require(self.input_base, "input_base", directory=True,
+                 hint="the dataset: ImageNet as extracted, train/ and val/ image folders, or inception TFRecords; "
+                      "'hrnet-tfx data make-sample DIR' makes a small one")
+        if self.train["init_from"]:
+            _require(self.train["init_from"], "train.init_from", directory=False,
+                     hint="PyTorch weights (.pth/.safetensors), a SavedModel directory or a TF checkpoint")
 
     def beam_pipeline_args(self, setup_file: str = "") -> list[str]:
         """Beam options for ExampleGen and Evaluator: runner, worker count, then ``beam_args``.
@@ -193,7 +284,7 @@ class PipelineConfig:
         sqlite needs a local file: with ``root`` on a bucket, ``metadata_path`` must name a local path.
         """
         path = self.metadata_path or os.path.join(self.root, "metadata.sqlite")
-        if "://" in path:
+        if is_uri(path):
             raise ConfigError(f"pipeline config: metadata_path {path!r} is not a local path (ML Metadata's sqlite "
                               "file must be local); with root on a bucket, set metadata_path to a local file")
         return path
@@ -212,7 +303,7 @@ class PipelineConfig:
         whole or not at all: written beside it, then renamed over it."""
         import tensorflow as tf
 
-        directory = path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
+        directory = path.rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(os.path.abspath(path))
         tf.io.gfile.makedirs(directory)
         tmp = f"{path}.tmp-{os.getpid()}"
         with tf.io.gfile.GFile(tmp, "w") as f:
@@ -227,7 +318,7 @@ _BEAM_WORKER_FLAGS = {
     "FlinkRunner": ("--parallelism={n}",),
 }
 
-_OFFICIAL_TRAIN = {"image_size": 224, "global_batch_size": 128, "epochs": 100}
+_OFFICIAL_TRAIN = {"image_size": 224, "per_worker_batch_size": 32, "epochs": 100}  # 32 per GPU, lr scaled
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
@@ -235,7 +326,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "input_base": "outputs/sample",
         "train_shards": 4,
         "eval_shards": 2,
-        "train": {"model": "tiny.yaml", "image_size": 64, "global_batch_size": 8, "train_steps": 60,
+        "train": {"model": "tiny.yaml", "image_size": 64, "per_worker_batch_size": 8, "train_steps": 60,
                   "base_lr": 1.6, "lr_decay_epochs": [4.0], "log_every_steps": 10,
                   "checkpoint_every_steps": 20},
         "num_workers": 1,

@@ -22,6 +22,7 @@ from typing import Any
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
+from hrnet_tfx.fs import is_uri
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.pipeline.config import PipelineConfig
 from hrnet_tfx.pipeline.pipeline import create_pipeline
@@ -36,7 +37,7 @@ def _check_paths(config: PipelineConfig) -> None:
     fields = ["root", "input_base"] + (["serving_base"] if config.push else [])
     for key in fields:
         value = getattr(config, key)
-        if "://" not in value and not os.path.isabs(value):
+        if not is_uri(value) and not os.path.isabs(value):
             raise ConfigError(
                 f"kubeflow: {key}={value!r} is a relative local path, which the pipeline's pods cannot see; "
                 "use a bucket URI (gs://..., s3://..., minio://...) or an absolute path on a mounted volume")

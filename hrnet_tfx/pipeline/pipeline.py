@@ -13,12 +13,7 @@ from tfx import v1 as tfx
 
 from hrnet_tfx.components.image_example_gen import ImageExampleGen
 from hrnet_tfx.components.trainer import HorovodTrainer
-from hrnet_tfx.pipeline.config import PipelineConfig
-
-
-def resolve_path(path: str) -> str:
-    """An absolute local path, or a URI (``gs://``, ``s3://``, ``hdfs://`` ...) as it is."""
-    return path if "://" in path else os.path.abspath(path)
+from hrnet_tfx.pipeline.config import PipelineConfig, resolve_path
 
 
 def create_pipeline(config: PipelineConfig, local: bool = True) -> tfx.dsl.Pipeline:

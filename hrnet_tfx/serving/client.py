@@ -10,14 +10,16 @@ Works against ``tensorflow_model_server`` and the development server alike::
     Client("localhost:8501", rest=True).predict_images([jpeg_bytes])        # REST
 
 Errors: a server that cannot be reached raises :class:`~hrnet_tfx.serving.errors.ServerUnavailableError`
-naming the address; an error answer raises :class:`~hrnet_tfx.serving.errors.ServingError` with the
-server's code (``INVALID_ARGUMENT``, ``NOT_FOUND``, ...) and message.
+naming the address (and, when the port speaks the other protocol, saying which port it probably is); an
+error answer raises :class:`~hrnet_tfx.serving.errors.ServingError` with the server's code
+(``INVALID_ARGUMENT``, ``NOT_FOUND``, ...) and message. The REST JSON is written and read by
+:mod:`hrnet_tfx.serving.rest_json`, which the development server builds on.
 """
 
 from __future__ import annotations
 
-import base64
 import json
+import logging
 import os
 import urllib.parse
 from typing import Any, Mapping, Sequence
@@ -27,10 +29,11 @@ import numpy as np
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from hrnet_tfx.serving import rest_json
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError, code_from_http
+from hrnet_tfx.serving.export import (INPUT_IMAGES, OUTPUT_TOP_K_LABELS, OUTPUT_TOP_K_SCORES, SIGNATURE_CLASSIFY,
+                                      SIGNATURE_IMAGES, SIGNATURE_TOP_K)
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto
 
-SIGNATURE_IMAGES = "predict_images"
-SIGNATURE_CLASSIFY = "serving_default"
+log = logging.getLogger(__name__)
 
 
 def read_images(images: Sequence[bytes | str | os.PathLike]) -> list[bytes]:
@@ -70,21 +73,6 @@ def _example(item: Any):
     raise TypeError(f"cannot make a tf.Example from {type(item).__name__}")
 
 
-def _example_json(example) -> dict:
-    out = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        if kind == "bytes_list":
-            out[name] = [{"b64": base64.b64encode(v).decode("ascii")} for v in feature.bytes_list.value]
-        elif kind == "int64_list":
-            out[name] = list(feature.int64_list.value)
-        elif kind == "float_list":
-            out[name] = list(feature.float_list.value)
-        else:
-            out[name] = []
-    return out
-
-
 def _as_array(value: Any) -> np.ndarray:
     """``value`` as an array; sequences of bytes/str become object arrays (numpy's fixed-width bytes dtype
     would drop trailing NUL bytes of binary data)."""
@@ -95,33 +83,6 @@ def _as_array(value: Any) -> np.ndarray:
     if isinstance(value, (bytes, str)):
         return np.array(value.encode("utf-8") if isinstance(value, str) else value, dtype=object)
     return np.asarray(value)
-
-
-def _json_value(array: np.ndarray):
-    array = np.asarray(array)
-    if array.dtype == object or array.dtype.kind == "S":
-        flat = np.empty(array.size, dtype=object)
-        flat[:] = [{"b64": base64.b64encode(v if isinstance(v, bytes) else str(v).encode()).decode("ascii")}
-                   for v in array.ravel()]
-        return flat.reshape(array.shape).tolist()
-    return array.tolist()
-
-
-def _from_json(value: Any) -> np.ndarray:
-    def leaf(v):
-        if isinstance(v, dict) and "b64" in v:
-            return base64.b64decode(v["b64"])
-        if isinstance(v, str):
-            return v.encode("utf-8")
-        if isinstance(v, list):
-            return [leaf(x) for x in v]
-        return v
-
-    converted = leaf(value)
-    probe = converted
-    while isinstance(probe, list) and probe:
-        probe = probe[0]
-    return np.array(converted, dtype=object if isinstance(probe, bytes) else None)
 
 
 class Client:
@@ -151,6 +112,7 @@ class Client:
         self.address, self.rest, self.model_name = address, rest, model_name
         self.version, self.timeout = version, timeout
         self._channel = self._session = None
+        self._top_k_signature = SIGNATURE_TOP_K
         if rest:
             import requests
 
@@ -179,6 +141,10 @@ class Client:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
             code, details = e.code(), e.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and "HTTP/2" in details:
+                raise ServerUnavailableError(
+                    f"{self.address} does not speak gRPC (it answered in HTTP/1.x): is this the REST port? use "
+                    "--rest (Client(..., rest=True)), or the gRPC port (TF Serving's default is 8500)") from None
             if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "DNS" in details):
                 reason = "connection refused" if "refused" in details.lower() else details
                 raise ServerUnavailableError(
@@ -194,16 +160,20 @@ class Client:
             url += f"/versions/{self.version}"
         return url + suffix
 
-    def _http(self, method: str, suffix: str, body: dict | None = None) -> dict:
+    def _http(self, method: str, suffix: str, body: dict | bytes | None = None) -> dict:
         import requests
 
         url = self._url(suffix)
         try:
-            data = None if body is None else json.dumps(body).encode("utf-8")
+            data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode("utf-8")
             response = self._session.request(method, url, data=data, timeout=self.timeout,
                                              headers={"Content-Type": "application/json"} if data else None)
         except requests.ConnectionError as e:
             reason = getattr(e.args[0], "reason", e) if e.args else e
+            if "BadStatusLine" in str(e) and "\\x00" in str(e):  # an HTTP/2 frame where a status line should be
+                raise ServerUnavailableError(
+                    f"{self.address} does not speak HTTP/1.1 REST (it answered in HTTP/2): is this the gRPC port? "
+                    "drop --rest (rest=False), or use the REST port (TF Serving's default is 8501)") from None
             text = "connection refused" if "refused" in str(reason).lower() else str(reason)
             raise ServerUnavailableError(f"cannot reach a model server at {self.address} over REST ({url}): {text}") \
                 from None
@@ -241,41 +211,37 @@ class Client:
             request.output_filter.extend(output_filter)
             response = self._grpc(self._predict_stub.Predict, request)
             return {name: to_ndarray(tensor, name) for name, tensor in response.outputs.items()}
-        body = {"signature_name": signature_name, "inputs": {n: _json_value(_as_array(v)) for n, v in inputs.items()}}
+        body = {"signature_name": signature_name,
+                "inputs": {n: rest_json.array_to_json(_as_array(v)) for n, v in inputs.items()}}
         outputs = self._http("POST", ":predict", body)["outputs"]
         if not isinstance(outputs, dict):  # a single-output signature answers the bare tensor, without its name
-            return {output_filter[0] if output_filter else "output": _from_json(outputs)}
-        return {k: _from_json(v) for k, v in outputs.items() if not output_filter or k in output_filter}
+            return {output_filter[0] if output_filter else "output": rest_json.json_to_untyped_array(outputs)}
+        return {k: rest_json.json_to_untyped_array(v) for k, v in outputs.items()
+                if not output_filter or k in output_filter}
 
     def predict_images(self, images: Sequence[bytes | str | os.PathLike],
                        top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``top_k`` labels and scores of each image (encoded bytes or file paths), best first.
 
-        Uses the ``predict_images`` signature, which returns the model's export-time top k; for a larger
-        ``top_k`` the full distribution is fetched with the Classify API instead.
+        Uses the ``predict_images_top_k`` signature, whose answer holds the model's export-time top k (5)
+        instead of every class's probability (over REST that JSON would cost more than the model); models
+        exported without it are asked with ``predict_images``. For a larger ``top_k`` the full distribution is
+        fetched with the Classify API instead.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         data = read_images(images)
         if not data:
             return []
-        if self.rest:
-            body = {"signature_name": SIGNATURE_IMAGES,
-                    "instances": [{"b64": base64.b64encode(d).decode("ascii")} for d in data]}
-            rows = self._http("POST", ":predict", body)["predictions"]
-            labels = [row["top_k_labels"] for row in rows]
-            scores = [row["top_k_scores"] for row in rows]
-        else:
-            from tensorflow_serving.apis import predict_pb2
-
-            request = predict_pb2.PredictRequest()
-            self._spec(request.model_spec, SIGNATURE_IMAGES)
-            request.inputs["images"].CopyFrom(to_tensor_proto(np.array(data, dtype=object)))
-            request.output_filter.extend(["top_k_labels", "top_k_scores"])
-            response = self._grpc(self._predict_stub.Predict, request)
-            labels = [[v.decode("utf-8", "replace") for v in row]
-                      for row in to_ndarray(response.outputs["top_k_labels"]).tolist()]
-            scores = to_ndarray(response.outputs["top_k_scores"]).tolist()
+        try:
+            labels, scores = self._top_k(self._top_k_signature, data)
+        except ServingError as e:
+            if self._top_k_signature != SIGNATURE_TOP_K or f'"{SIGNATURE_TOP_K}" not found' not in e.message:
+                raise
+            log.info("%s: the model has no %s signature (exported before it existed); using %s", self.address,
+                     SIGNATURE_TOP_K, SIGNATURE_IMAGES)
+            self._top_k_signature = SIGNATURE_IMAGES
+            labels, scores = self._top_k(SIGNATURE_IMAGES, data)
         if labels and top_k > len(labels[0]):
             from hrnet_tfx.serving.warmup import image_example
 
@@ -283,6 +249,23 @@ class Client:
             return [sorted(ranking, key=lambda pair: -pair[1])[:top_k] for ranking in full]
         return [[(label, float(score)) for label, score in zip(ls[:top_k], ss[:top_k])]
                 for ls, ss in zip(labels, scores)]
+
+    def _top_k(self, signature: str, data: list[bytes]) -> tuple[list[list[str]], list[list[float]]]:
+        """``(labels, scores)`` of the export-time top k of each image, from ``signature``. Every output is
+        asked for, as in the warm-up requests: an ``output_filter`` makes the server build another pruned graph
+        on its first use (~5 s for the tiny test network in the development server, 2 loaded cores)."""
+        if self.rest:
+            rows = self._http("POST", ":predict", rest_json.b64_instances(signature, data))["predictions"]
+            return [row[OUTPUT_TOP_K_LABELS] for row in rows], [row[OUTPUT_TOP_K_SCORES] for row in rows]
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature)
+        request.inputs[INPUT_IMAGES].CopyFrom(to_tensor_proto(np.array(data, dtype=object)))
+        response = self._grpc(self._predict_stub.Predict, request)
+        labels = [[v.decode("utf-8", "replace") for v in row]
+                  for row in to_ndarray(response.outputs[OUTPUT_TOP_K_LABELS]).tolist()]
+        return labels, to_ndarray(response.outputs[OUTPUT_TOP_K_SCORES]).tolist()
 
     def classify_examples(self, examples: Sequence[Any], signature_name: str = SIGNATURE_CLASSIFY,
                           context: Any = None) -> list[list[tuple[str, float]]]:
@@ -297,9 +280,9 @@ class Client:
         """
         items = [_example(e) for e in examples]
         if self.rest:
-            body = {"signature_name": signature_name, "examples": [_example_json(e) for e in items]}
+            body = {"signature_name": signature_name, "examples": [rest_json.example_to_json(e) for e in items]}
             if context is not None:
-                body["context"] = _example_json(_example(context))
+                body["context"] = rest_json.example_to_json(_example(context))
             results = self._http("POST", ":classify", body)["results"]
             return [[(str(label), float(score)) for label, score in ranking] for ranking in results]
         from tensorflow_serving.apis import classification_pb2

@@ -1,4 +1,4 @@
-"""Status codes and errors shared by the development server and the client.
+"""Status codes and the errors the client raises (and the development server answers with).
 
 The codes are gRPC's (the same numbers TensorFlow's ``tf.errors`` use), and the HTTP mapping is TF
 Serving's REST one (``INVALID_ARGUMENT`` and ``FAILED_PRECONDITION`` -> 400, ``NOT_FOUND`` -> 404, ...), so a
@@ -54,7 +54,8 @@ _HTTP_STATUS = {
 
 _FROM_HTTP = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED,
               404: Code.NOT_FOUND, 409: Code.ABORTED, 413: Code.INVALID_ARGUMENT, 429: Code.RESOURCE_EXHAUSTED,
-              499: Code.CANCELLED, 501: Code.UNIMPLEMENTED, 503: Code.UNAVAILABLE, 504: Code.DEADLINE_EXCEEDED}
+              499: Code.CANCELLED, 500: Code.INTERNAL, 501: Code.UNIMPLEMENTED, 503: Code.UNAVAILABLE,
+              504: Code.DEADLINE_EXCEEDED}
 
 
 def http_status_for(code: Code) -> int:
@@ -75,7 +76,12 @@ class ServingError(Exception):
     ``http_status`` is the REST status the code maps to (or the one the server actually sent).
     """
 
+    MAX_MESSAGE = 2000
+    """Longer messages are cut (they may quote what a client sent: names, lists of inputs)."""
+
     def __init__(self, code: Code, message: str, http_status: int | None = None):
+        if len(message) > self.MAX_MESSAGE:
+            message = message[: self.MAX_MESSAGE] + "..."
         super().__init__(message)
         self.code = Code(code)
         self.message = message
@@ -95,25 +101,3 @@ class ServerUnavailableError(ServingError):
 def invalid(message: str) -> ServingError:
     """An ``INVALID_ARGUMENT`` error (HTTP 400)."""
     return ServingError(Code.INVALID_ARGUMENT, message)
-
-
-def not_found(message: str) -> ServingError:
-    """A ``NOT_FOUND`` error (HTTP 404)."""
-    return ServingError(Code.NOT_FOUND, message)
-
-
-def from_tf_error(error: Exception, limit: int = 2000) -> ServingError:
-    """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature.
-
-    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it);
-    the message is TensorFlow's, without the Python-side "Graph execution error" traceback noise.
-    """
-    code = getattr(error, "error_code", Code.INTERNAL)
-    try:
-        code = Code(code)
-    except ValueError:
-        code = Code.INTERNAL
-    message = getattr(error, "message", None) or str(error)
-    lines = [ln for ln in message.splitlines() if ln.strip() and not ln.startswith(("Detected at node", "<stack"))]
-    text = " ".join(ln.strip() for ln in lines) or type(error).__name__
-    return ServingError(code, text[:limit])

@@ -11,10 +11,13 @@ send encoded images or tf.Examples, never pixels):
     ``probabilities`` [N, C], ``top_k_ids`` [N, k] int32, ``top_k_labels`` [N, k] string and
     ``top_k_scores`` [N, k] float32: what a client calling Predict wants.
 ``predict_examples``: the same four outputs for serialized tf.Examples (input ``examples``).
+``predict_images_top_k``: input ``images``; only ``top_k_ids``, ``top_k_labels`` and ``top_k_scores``. What
+    the client uses: over REST, the JSON for [32, 1000] probabilities took 40-55% of the CPU time of the tiny
+    test network itself (``benchmarks/bench_serving.py``).
 
 The label map file travels in ``assets/`` and the label strings are also constants in the graph.
 ``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation, fine-tuning), and
-``model_variables`` holds the weights in ``model.variables`` order (see :func:`load_weights_into`).
+``model_variables`` holds the weights, named as in the Keras model (see :func:`load_weights_into`).
 
 Publishing (:func:`export_saved_model`, and the Pusher through :func:`publish_directory`): every file goes
 through ``tf.io.gfile``, so ``export_dir`` may be a bucket (``gs://``, ``s3://``) as well as a local path.
@@ -27,6 +30,7 @@ not taken for a SavedModel by TF Serving, TFMA or :mod:`hrnet_tfx.serving.model_
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import uuid
@@ -35,15 +39,31 @@ from typing import Sequence
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from hrnet_tfx import quiet
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
+from hrnet_tfx.fs import is_uri
 
 SAVED_MODEL_PB = "saved_model.pb"
 STAGING_PREFIX = ".export-"
-SIGNATURE_CLASSIFY = "serving_default"
+# The serving contract's names (clients, warm-up, TFMA and the development server import them from here).
+SIGNATURE_CLASSIFY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default": TFMA, Classify API
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURE_EXAMPLES = "predict_examples"
+SIGNATURE_TOP_K = "predict_images_top_k"
+INPUT_CLASSIFY = tf.saved_model.CLASSIFY_INPUTS  # "inputs": serialized tf.Examples
+INPUT_IMAGES = "images"
+INPUT_EXAMPLES = "examples"
+OUTPUT_SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES  # "scores"
+OUTPUT_CLASSES = tf.saved_model.CLASSIFY_OUTPUT_CLASSES  # "classes"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_TOP_K_IDS = "top_k_ids"
+OUTPUT_TOP_K_LABELS = "top_k_labels"
+OUTPUT_TOP_K_SCORES = "top_k_scores"
+TOP_K_OUTPUTS = (OUTPUT_TOP_K_IDS, OUTPUT_TOP_K_LABELS, OUTPUT_TOP_K_SCORES)
 TOP_K = 5
+
+log = logging.getLogger(__name__)
 
 
 def _predictions(logits_fn, images, labels: tf.Tensor, top_k: int) -> dict[str, tf.Tensor]:
@@ -51,17 +71,17 @@ def _predictions(logits_fn, images, labels: tf.Tensor, top_k: int) -> dict[str, 
     k = min(top_k, int(labels.shape[0]))
     top = tf.math.top_k(probabilities, k=k)
     return {
-        "probabilities": probabilities,
-        "top_k_ids": top.indices,
-        "top_k_labels": tf.gather(labels, top.indices),
-        "top_k_scores": top.values,
+        OUTPUT_PROBABILITIES: probabilities,
+        OUTPUT_TOP_K_IDS: top.indices,
+        OUTPUT_TOP_K_LABELS: tf.gather(labels, top.indices),
+        OUTPUT_TOP_K_SCORES: top.values,
     }
 
 
 class ServingModule(tf.Module):
     """What the SavedModel holds: the model's variables (``model_variables``, in ``model.variables``
     order), ``logits`` (normalised images -> logits, traced once and shared by every signature) and
-    the three signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs
+    the serving signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs
     no Keras."""
 
     def __init__(self, model, labels: Sequence[str], image_size: int = IMAGE_SIZE, top_k: int = TOP_K):
@@ -85,33 +105,36 @@ class ServingModule(tf.Module):
         return eval_transform_batch(encoded, self.image_size)
 
     def signatures(self) -> dict:
-        """The three serving signatures as concrete functions."""
+        """The serving signatures as concrete functions."""
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_CLASSIFY)])
         def classify(inputs):
             out = _predictions(self.logits, self._decode_examples(inputs), self.label_strings, self.top_k)
             batch = tf.shape(inputs)[0]
-            return {"scores": out["probabilities"], "classes": tf.tile(self.label_strings[tf.newaxis], [batch, 1])}
+            return {OUTPUT_SCORES: out[OUTPUT_PROBABILITIES],
+                    OUTPUT_CLASSES: tf.tile(self.label_strings[tf.newaxis], [batch, 1])}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_IMAGES)])
         def predict_images(images):
             pixels = eval_transform_batch(images, self.image_size)
             return _predictions(self.logits, pixels, self.label_strings, self.top_k)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_EXAMPLES)])
         def predict_examples(examples):
             return _predictions(self.logits, self._decode_examples(examples), self.label_strings, self.top_k)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_IMAGES)])
+        def predict_images_top_k(images):
+            out = _predictions(self.logits, eval_transform_batch(images, self.image_size), self.label_strings,
+                               self.top_k)
+            return {key: out[key] for key in TOP_K_OUTPUTS}
 
         return {
             SIGNATURE_CLASSIFY: classify.get_concrete_function(),
             SIGNATURE_IMAGES: predict_images.get_concrete_function(),
             SIGNATURE_EXAMPLES: predict_examples.get_concrete_function(),
+            SIGNATURE_TOP_K: predict_images_top_k.get_concrete_function(),
         }
-
-
-def is_uri(path: str) -> bool:
-    """Whether ``path`` names a file system by scheme (``gs://b/x``, ``ram://x``), not a local path."""
-    return "://" in path
 
 
 def _join(parent: str, name: str) -> str:
@@ -224,7 +247,8 @@ def export_saved_model(
     staging = _join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     try:
         tf.io.gfile.makedirs(staging)
-        tf.saved_model.save(module, staging, signatures=module.signatures())
+        with quiet.known_noise_dropped():  # TF lists every captured variable of each signature (~9 KB apiece)
+            tf.saved_model.save(module, staging, signatures=module.signatures())
         if label_map_path:
             tf.io.gfile.makedirs(_join(staging, "assets"))
             tf.io.gfile.copy(label_map_path, _join(_join(staging, "assets"), features.LABEL_MAP_FILENAME),
@@ -237,15 +261,44 @@ def export_saved_model(
     return export_dir
 
 
-def load_weights_into(model, export_dir: str) -> None:
-    """Copies the weights of an exported SavedModel into ``model`` (built with the same network)."""
+CLASSIFIER_PREFIX = "classifier/"
+"""Variable names of the classification head's final Dense layer (PyTorch's ``classifier``)."""
+
+
+def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) -> list[str]:
+    """Copies the weights of an exported SavedModel (:func:`export_saved_model`, ``hrnet-tfx models
+    import-weights``) into ``model``, built with the same network, matching variables by name.
+
+    When only the classifier's shape differs (fine-tuning on another class count) and ``new_classifier``
+    is true, every other weight is copied and the classifier keeps its fresh initialisation. Nothing is
+    assigned unless everything else matches. Returns the names of the variables left as they were
+    (the classifier's, or none); raises ``ValueError`` naming what differs.
+    """
     loaded = tf.saved_model.load(export_dir)
     source = getattr(loaded, "model_variables", None)
     if source is None:
-        raise ValueError(f"{export_dir} is not a SavedModel exported by hrnet-tfx (no model_variables)")
-    shapes = [tuple(v.shape) for v in source]
-    wanted = [tuple(v.shape) for v in model.variables]
-    if shapes != wanted:
-        raise ValueError(f"{export_dir} holds a different network: {len(shapes)} variables vs {len(wanted)} "
-                         "expected, or their shapes differ")
-    model.set_weights([v.numpy() for v in source])
+        raise ValueError(f"{export_dir} is not a SavedModel exported by hrnet-tfx (no model_variables): "
+                         "export it with hrnet_tfx.serving.export or 'hrnet-tfx models import-weights'")
+    by_name = {v.name: v for v in source}
+    wanted = {v.name: v for v in model.variables}
+    missing, unused = sorted(set(wanted) - set(by_name)), sorted(set(by_name) - set(wanted))
+    if missing or unused or len(by_name) != len(source):
+        raise ValueError(f"{export_dir} holds a different network: {len(source)} variables vs {len(wanted)}"
+                         f" expected; missing {_some(missing)}, unused {_some(unused)}")
+    shapes = {n: (tuple(by_name[n].shape), tuple(v.shape)) for n, v in wanted.items()}
+    differ = sorted(n for n, (have, want) in shapes.items() if have != want)
+    skipped = [n for n in differ if n.startswith(CLASSIFIER_PREFIX)] if new_classifier else []
+    if set(differ) - set(skipped):
+        raise ValueError(f"{export_dir} holds a different network: " + "; ".join(
+            f"{n} is {list(shapes[n][0])}, expected {list(shapes[n][1])}" for n in differ[:5]))
+    for name, variable in wanted.items():
+        if name not in skipped:
+            variable.assign(by_name[name])
+    if skipped:
+        log.warning("loaded %s except its classifier (%s classes there, %s here), which starts from random "
+                    "weights (fine-tuning)", export_dir, shapes[skipped[0]][0][-1], shapes[skipped[0]][1][-1])
+    return skipped
+
+
+def _some(names: list[str]) -> str:
+    return "none" if not names else ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")

@@ -1,4 +1,4 @@
-"""TF Serving model base paths: find a model's versions and keep the latest one loaded.
+"""TF Serving model base paths: find a model's versions (the Pusher, ``serve`` and the development server).
 
 Layout (what ``tensorflow_model_server --model_base_path`` expects, and what the Pusher writes)::
 
@@ -8,67 +8,29 @@ Layout (what ``tensorflow_model_server --model_base_path`` expects, and what the
 A version counts only when it is *complete*: its directory name is all digits and ``saved_model.pb`` (or
 ``saved_model.pbtxt``) is present. Writers copy ``saved_model.pb`` last or rename the whole directory into
 place, so a half-copied version is never picked up; hidden or temporary directories (``.export-*``,
-``3.partial``, ``tmp``) are ignored.
-
-It implements TF Serving's default version policy (serve the latest complete version only):
-:class:`ModelWatcher` polls the model directory, loads a newer version in the background while the current
-one keeps serving, switches over once it has loaded, then unloads the old one when its in-flight requests
-finish. A version that fails to load is skipped (the newest loadable version is served) until its
-``saved_model.pb`` changes.
+``3.partial``, ``tmp``) are ignored. Paths may be local or bucket URIs (everything goes through
+``tf.io.gfile``). The development server's version policy is :mod:`hrnet_tfx.serving.dev.watcher`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import enum
-import logging
 import os
-import threading
-import time
-from typing import Any, Callable, Iterator
 
-from hrnet_tfx.serving.errors import Code, ServingError
-
-log = logging.getLogger(__name__)
+from hrnet_tfx.fs import is_uri
+from hrnet_tfx.serving.names import check_model_name
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+def _gfile():
+    """``tf.io.gfile`` (local paths, ``gs://``, ``s3://``, ``ram://``...), imported when first needed."""
+    import tensorflow as tf
+
+    return tf.io.gfile
 
 
 def _listdir(path: str) -> list[str]:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-    return os.listdir(path)
-
-
-def _isdir(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _mtime(path: str) -> float:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.stat(path).mtime_nsec / 1e9
-    return os.stat(path).st_mtime
+    return [name.rstrip("/") for name in _gfile().listdir(path)]
 
 
 def parse_version(name: str) -> int | None:
@@ -76,7 +38,7 @@ def parse_version(name: str) -> int | None:
 
     Like TF Serving: a non-negative int64 written in ASCII digits.
     """
-    if not name or not name.isascii() or not name.isdigit():
+    if not name or len(name) > 19 or not name.isascii() or not name.isdigit():
         return None
     version = int(name)
     return version if version < 2**63 else None
@@ -86,9 +48,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     """All version directories of a model (complete or not): ``{version: path}``. Empty if no directory."""
     try:
         names = _listdir(model_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except Exception as e:  # remote file systems raise their own NotFound errors
+    except Exception as e:  # tf.errors.NotFoundError (imported lazily, hence matched by name)
         if type(e).__name__ == "NotFoundError":
             return {}
         raise
@@ -96,7 +56,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     for name in names:
         version = parse_version(name)
         path = os.path.join(model_dir, name)
-        if version is not None and _isdir(path):
+        if version is not None and _gfile().isdir(path):
             found[version] = path
     return found
 
@@ -105,7 +65,7 @@ def saved_model_file(version_dir: str) -> str | None:
     """Path of the version's ``saved_model.pb`` (or ``.pbtxt``), or None while the version is incomplete."""
     for name in SAVED_MODEL_FILES:
         path = os.path.join(version_dir, name)
-        if _exists(path):
+        if _gfile().exists(path):
             return path
     return None
 
@@ -137,22 +97,20 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
     Raises:
       ValueError: no name was given and none can be inferred; the message lists what was found.
     """
-    base = model_base if _is_remote(model_base) else os.path.abspath(model_base)
+    base = model_base if is_uri(model_base) else os.path.abspath(model_base)
     base = base.rstrip("/") or "/"
     base_is_model = bool(version_dirs(base))
     if model_name:
-        if "/" in model_name or model_name in (".", ".."):
-            raise ValueError(f"invalid model name {model_name!r}")
+        check_model_name(model_name)
         candidate = os.path.join(base, model_name)
-        if base_is_model and not _isdir(candidate):
+        if base_is_model and not _gfile().isdir(candidate):
             return model_name, base
         return model_name, candidate
     if base_is_model:
         return os.path.basename(base), base
-    if not _isdir(base):
+    if not _gfile().isdir(base):
         raise ValueError(f"model base {model_base!r} does not exist; pass --model-name to wait for a first push")
-    models = sorted(n for n in _listdir(base)
-                    if not n.startswith(".") and _isdir(os.path.join(base, n)) and version_dirs(os.path.join(base, n)))
+    models = sorted(n for n in _listdir(base) if not n.startswith(".") and version_dirs(os.path.join(base, n)))
     if len(models) == 1:
         return models[0], os.path.join(base, models[0])
     if not models:
@@ -160,224 +118,3 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
             f"no model under {model_base!r}: expected <base>/<model_name>/<version>/saved_model.pb or "
             f"<model_dir>/<version>/saved_model.pb; pass --model-name to wait for a first push")
     raise ValueError(f"{model_base!r} holds several models ({', '.join(models)}); choose one with --model-name")
-
-
-class VersionState(enum.IntEnum):
-    """A version's state, numbered like ``tensorflow.serving.ModelVersionStatus.State``."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionStatus:
-    """One version's state and, if its load failed, the error (``error_code``/``error_message``)."""
-
-    version: int
-    state: VersionState
-    error_code: Code = Code.OK
-    error_message: str = ""
-
-
-class _Loaded:
-    """A loaded version and the number of requests using it."""
-
-    def __init__(self, version: int, servable: Any):
-        self.version = version
-        self.servable = servable
-        self.inflight = 0
-
-
-class ModelWatcher:
-    """Keeps the latest complete version of one model loaded, polling its directory for new versions.
-
-    Args:
-      name: the model name clients ask for.
-      model_dir: the directory holding ``<version>/`` directories (see :func:`resolve_model`).
-      load: ``load(version, path)`` returns the servable for a version (any object; if it has ``close()``,
-        that is called when the version is unloaded). It may raise; the version is then reported as END with
-        the error, the previous version keeps serving, and the load is retried only if the version's
-        ``saved_model.pb`` changes.
-      poll_seconds: seconds between scans (TF Serving's ``--file_system_poll_wait_seconds``).
-      unload_grace: seconds an old version waits for its in-flight requests before it is closed anyway.
-
-    Use :meth:`lease` to get a servable for a request: it is never unloaded while leased.
-    """
-
-    def __init__(self, name: str, model_dir: str, load: Callable[[int, str], Any], *, poll_seconds: float = 1.0,
-                 unload_grace: float = 30.0):
-        if poll_seconds <= 0:
-            raise ValueError(f"poll_seconds must be > 0, got {poll_seconds}")
-        self.name = name
-        self.model_dir = model_dir
-        self.poll_seconds = poll_seconds
-        self._load = load
-        self._unload_grace = unload_grace
-        self._cond = threading.Condition()
-        self._current: _Loaded | None = None
-        self._states: dict[int, VersionStatus] = {}
-        self._failed: dict[int, float] = {}  # version -> mtime of the saved_model.pb that failed to load
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._poll_lock = threading.Lock()
-        self._waiting_logged = False
-
-    # -- state -----------------------------------------------------------------------------------------
-    def _set_state(self, version: int, state: VersionState, error: ServingError | None = None) -> None:
-        with self._cond:
-            self._states[version] = VersionStatus(version, state, error.code if error else Code.OK,
-                                                  error.message if error else "")
-            self._cond.notify_all()
-
-    def statuses(self, version: int | None = None) -> list[VersionStatus]:
-        """Every version this watcher has seen, newest first (or just ``version``; [] if never seen)."""
-        with self._cond:
-            if version is not None:
-                return [self._states[version]] if version in self._states else []
-            return [self._states[v] for v in sorted(self._states, reverse=True)]
-
-    @property
-    def current_version(self) -> int | None:
-        """The version being served, or None."""
-        with self._cond:
-            return self._current.version if self._current else None
-
-    def wait_for_version(self, version: int | None = None, timeout: float = 60.0) -> bool:
-        """Blocks until ``version`` (or any version, if None) is being served; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                current = self._current.version if self._current else None
-                if current is not None and (version is None or current == version):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.5))
-
-    @contextlib.contextmanager
-    def lease(self, version: int | None = None) -> Iterator[Any]:
-        """The servable for ``version`` (None: the latest), held for the duration of the ``with`` block.
-
-        Raises:
-          ServingError: NOT_FOUND when that version is not being served (TF Serving's message).
-        """
-        with self._cond:
-            loaded = self._current
-            if loaded is None or (version is not None and loaded.version != version):
-                request = f"Latest({self.name})" if version is None else f"Specific({self.name}, {version})"
-                serving = f"version {loaded.version} is being served" if loaded else "no version is loaded yet"
-                raise ServingError(Code.NOT_FOUND, f"Servable not found for request: {request} ({serving})")
-            loaded.inflight += 1
-        try:
-            yield loaded.servable
-        finally:
-            with self._cond:
-                loaded.inflight -= 1
-                if loaded.inflight == 0:
-                    self._cond.notify_all()
-
-    # -- polling ---------------------------------------------------------------------------------------
-    def poll(self) -> None:
-        """One scan: loads the latest complete version if it is not the one being served."""
-        with self._poll_lock:
-            versions = version_dirs(self.model_dir)
-            complete = {v: p for v, p in versions.items() if saved_model_file(p)}
-            current = self.current_version
-            if not complete:
-                if current is not None:
-                    log.info("%s: no complete version left under %s; unloading version %d", self.name,
-                             self.model_dir, current)
-                    self._swap(None)
-                elif not self._waiting_logged:
-                    log.info("%s: no complete version under %s yet; waiting for one", self.name, self.model_dir)
-                    self._waiting_logged = True
-                return
-            # The newest version that has not failed to load (a broken push must not stop an older one).
-            for version in sorted(complete, reverse=True):
-                if version == current:
-                    return
-                pb = saved_model_file(complete[version])
-                try:
-                    mtime = _mtime(pb)
-                except OSError:  # removed between the scan and now
-                    continue
-                if self._failed.get(version) == mtime:
-                    continue
-                if self._load_version(version, complete[version], mtime):
-                    return
-
-    def _load_version(self, version: int, path: str, mtime: float) -> bool:
-        log.info("%s: loading version %d from %s", self.name, version, path)
-        self._set_state(version, VersionState.START)
-        self._set_state(version, VersionState.LOADING)
-        start = time.monotonic()
-        try:
-            servable = self._load(version, path)
-        except Exception as e:  # a bad version must not take the server down
-            error = e if isinstance(e, ServingError) else ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
-            log.error("%s: version %d failed to load (the previous version, if any, keeps serving): %s",
-                      self.name, version, error.message)
-            self._failed[version] = mtime
-            self._set_state(version, VersionState.END, error)
-            return False
-        self._failed.pop(version, None)
-        log.info("%s: version %d loaded in %.1f s; now serving it", self.name, version, time.monotonic() - start)
-        self._swap(_Loaded(version, servable))
-        return True
-
-    def _swap(self, new: _Loaded | None) -> None:
-        with self._cond:
-            old, self._current = self._current, new
-            if new is not None:
-                self._states[new.version] = VersionStatus(new.version, VersionState.AVAILABLE)
-            self._cond.notify_all()
-        if old is not None:
-            self._unload(old)
-
-    def _unload(self, loaded: _Loaded) -> None:
-        self._set_state(loaded.version, VersionState.UNLOADING)
-        deadline = time.monotonic() + self._unload_grace
-        with self._cond:
-            while loaded.inflight > 0 and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
-            if loaded.inflight:
-                log.warning("%s: closing version %d with %d requests still running after %.0f s", self.name,
-                            loaded.version, loaded.inflight, self._unload_grace)
-        close = getattr(loaded.servable, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as e:  # unloading is best effort
-                log.warning("%s: error while unloading version %d: %s", self.name, loaded.version, e)
-        self._set_state(loaded.version, VersionState.END)
-        log.info("%s: unloaded version %d", self.name, loaded.version)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.poll()
-            except Exception:  # keep watching whatever the file system does
-                log.exception("%s: error while scanning %s", self.name, self.model_dir)
-
-    def start(self) -> "ModelWatcher":
-        """Scans once (loading the latest version before returning), then keeps polling in a thread."""
-        self.poll()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, unload: bool = True) -> None:
-        """Stops polling and (by default) unloads the version being served."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if unload:
-            with self._poll_lock:
-                self._swap(None)

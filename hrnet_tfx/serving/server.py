@@ -1,23 +1,28 @@
 """``serve()``: run TF Serving's ``tensorflow_model_server`` on a model base when it is installed, else the
-protocol-compatible development server (:mod:`hrnet_tfx.serving.dev_server`).
+protocol-compatible development server (:mod:`hrnet_tfx.serving.dev`), meant for development, tests and the
+demo.
 
 Both serve the latest version of one model, pick up versions the Pusher adds, listen on the same gRPC and
-REST ports, and stop cleanly on SIGINT/SIGTERM. The log says which one runs.
+REST ports, and stop cleanly on SIGINT/SIGTERM. The log says which one runs. Server-side batching
+(:class:`BatchingOptions`) is TF Serving's; the development server runs each request on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from hrnet_tfx.serving.batching import BatchingOptions
-from hrnet_tfx.serving.image_guard import DEFAULT_MAX_IMAGE_PIXELS
 from hrnet_tfx.serving.model_base import resolve_model
+
+if TYPE_CHECKING:
+    from hrnet_tfx.serving.dev.server import DevServerOptions
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ def run_model_server(command: Sequence[str]) -> int:
 def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500, rest_port: int = 8501, *,
           host: str = "0.0.0.0", poll_seconds: float = 1.0, batching: BatchingOptions | None = None,
           use_model_server: bool | None = None, model_server_binary: str | None = None,
-          max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, extra_model_server_args: Sequence[str] = (),
+          dev_options: "DevServerOptions | None" = None, extra_model_server_args: Sequence[str] = (),
           grace: float = 10.0) -> int:
     """Serves the latest version of a model from a TF Serving model base until SIGINT/SIGTERM.
 
@@ -92,11 +97,13 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
       grpc_port, rest_port: the two endpoints (``rest_port=0``: no REST endpoint, as in TF Serving).
       host: interface the development server binds (``tensorflow_model_server`` binds every interface).
       poll_seconds: how often to look for new versions.
-      batching: server-side batching (``--enable_batching`` with these parameters); None: off.
+      batching: TF Serving's batching (``--enable_batching`` with these parameters); None: off. The
+        development server does not batch (it logs a warning and serves each request on its own).
       use_model_server: True: require ``tensorflow_model_server``; False: always the development server;
         None: the model server when it is on PATH.
       model_server_binary: the model server executable (default: ``tensorflow_model_server`` on PATH).
-      max_image_pixels: development server only: largest image accepted (width x height).
+      dev_options: development server only: its limits (host, ports and poll interval are set from the
+        arguments above).
       extra_model_server_args: more ``tensorflow_model_server`` flags.
       grace: development server only: seconds in-flight requests get at shutdown.
 
@@ -124,13 +131,16 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
             if params:
                 os.unlink(params)
 
-    from hrnet_tfx.serving.dev_server import DevServerOptions, run_dev_server
+    from hrnet_tfx.serving.dev.server import DevServerOptions, run_dev_server
 
     if use_model_server is None:
         log.info("%s is not on PATH: serving model '%s' from %s with the development server (same gRPC and REST "
                  "protocols)", model_server_binary or MODEL_SERVER, name, model_dir)
     else:
         log.info("serving model '%s' from %s with the development server", name, model_dir)
-    options = DevServerOptions(host=host, grpc_port=grpc_port, rest_port=rest_port or None, poll_seconds=poll_seconds,
-                               batching=batching, max_image_pixels=max_image_pixels)
+    if batching is not None:
+        log.warning("batching is done by tensorflow_model_server; the development server runs each request on "
+                    "its own")
+    options = dataclasses.replace(dev_options or DevServerOptions(), host=host, grpc_port=grpc_port,
+                                  rest_port=rest_port or None, poll_seconds=poll_seconds)
     return run_dev_server(model_base, name, options, grace=grace)

@@ -1,4 +1,4 @@
-"""Conversions between TF Serving's protos and numpy: TensorProto <-> ndarray, Input -> serialized Examples.
+"""Conversions between TF Serving's TensorProto and numpy arrays (the client and the development server).
 
 Output tensors are written the way ``tensorflow_model_server`` writes them (``Tensor::AsProtoField``: the
 typed repeated fields ``float_val``, ``int_val``, ``string_val``, ...), so client code that reads
@@ -103,40 +103,73 @@ def to_tensor_proto(array) -> tensor_pb2.TensorProto:
     return proto
 
 
+MAX_RANK = 32
+"""Most dimensions a tensor may declare (numpy's limit)."""
+
+
+def declared_shape(proto: tensor_pb2.TensorProto, name: str = "tensor") -> tuple[int, ...]:
+    """The shape a TensorProto declares, checked: known rank (at most :data:`MAX_RANK`), no negative size.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT naming the tensor.
+    """
+    if proto.tensor_shape.unknown_rank:
+        raise invalid(f"{name}: the tensor's shape has an unknown rank; send its dimensions")
+    dims = proto.tensor_shape.dim
+    if len(dims) > MAX_RANK:
+        raise invalid(f"{name}: {len(dims)} dimensions, more than {MAX_RANK}")
+    shape = tuple(int(d.size) for d in dims)
+    if any(size < 0 for size in shape):
+        raise invalid(f"{name}: shape {list(shape)} has a negative dimension")
+    return shape
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """The number of elements of ``shape`` (exact: Python ints do not overflow)."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def value_count(proto: tensor_pb2.TensorProto) -> int:
+    """How many values a TensorProto carries (without converting them)."""
+    if proto.dtype == types_pb2.DT_STRING:
+        return len(proto.string_val)
+    if proto.tensor_content:
+        return len(proto.tensor_content) // numpy_dtype(proto.dtype).itemsize
+    field = "half_val" if proto.dtype == types_pb2.DT_HALF else _FIELD.get(proto.dtype)
+    return len(getattr(proto, field)) if field else 0
+
+
 def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
     """A TensorProto as a numpy array (``DT_STRING`` -> object array of bytes).
 
+    The declared shape is checked against the values the proto carries *before* anything is allocated:
+    TensorFlow fills a short tensor with its last value, so a 40-byte proto could declare a 1 GiB tensor;
+    here every element must be sent (``tensor_content`` of exactly the right length, or one typed value per
+    element).
+
     Raises:
-      ServingError: INVALID_ARGUMENT if the proto is malformed (wrong number of values for its shape).
+      ServingError: INVALID_ARGUMENT for an unsupported dtype, a bad shape or a value count that does not
+        match the shape.
     """
-    import tensorflow as tf
-
-    if proto.dtype == types_pb2.DT_STRING:  # the common case here, done without TensorFlow
-        shape = tuple(d.size for d in proto.tensor_shape.dim)
-        values = list(proto.string_val)
-        count = int(np.prod(shape)) if shape else 1
-        if len(values) != count:
-            raise invalid(f"{name}: a string tensor of shape {list(shape)} needs {count} values, got {len(values)}")
+    shape = declared_shape(proto, name)
+    count = element_count(shape)
+    np_dtype = numpy_dtype(proto.dtype)
+    if proto.dtype != types_pb2.DT_STRING and proto.tensor_content:
+        if len(proto.tensor_content) != count * np_dtype.itemsize:
+            raise invalid(f"{name}: a {dtype_name(proto.dtype)} tensor of shape {list(shape)} needs "
+                          f"{count * np_dtype.itemsize:,} bytes of tensor_content, got {len(proto.tensor_content):,}")
+    elif value_count(proto) != count:
+        raise invalid(f"{name}: a {dtype_name(proto.dtype)} tensor of shape {list(shape)} needs {count:,} values, "
+                      f"got {value_count(proto):,}")
+    if proto.dtype == types_pb2.DT_STRING:
         out = np.empty(count, dtype=object)
-        out[:] = values
+        out[:] = list(proto.string_val)
         return out.reshape(shape)
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as e:
-        raise invalid(f"{name}: cannot read the tensor ({dtype_name(proto.dtype)}): {e}") from None
-
-
-def input_to_serialized_examples(request_input) -> list[bytes]:
-    """The serialized ``tf.Example`` s of a ``tensorflow.serving.Input`` (Classify/Regress request input).
-
-    With ``example_list_with_context`` the context's features are merged into every example (an example's
-    own feature wins on a name clash), which is what TF Serving does by concatenating the two serialized
-    messages.
-    """
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        return [e.SerializeToString() for e in request_input.example_list.examples]
-    if kind == "example_list_with_context":
-        context = request_input.example_list_with_context.context.SerializeToString()
-        return [context + e.SerializeToString() for e in request_input.example_list_with_context.examples]
-    return []
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=np_dtype.newbyteorder("<")).astype(np_dtype).reshape(shape)
+    if proto.dtype == types_pb2.DT_HALF:
+        return np.array(proto.half_val, dtype=np.uint16).view(np.float16).reshape(shape)
+    return np.array(getattr(proto, _FIELD[proto.dtype]), dtype=np_dtype).reshape(shape)

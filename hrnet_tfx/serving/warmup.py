@@ -7,7 +7,9 @@ and kernel initialisation; a version whose warm-up fails is not served. The Push
 
 Records written (for the signatures of :mod:`hrnet_tfx.serving.export` the model has):
 
-* ``predict_images``: a PredictRequest with the images as encoded bytes;
+* ``predict_images`` and ``predict_images_top_k``: PredictRequests with the images as encoded bytes, for
+  every output (as the client asks: a Predict with an ``output_filter`` runs another pruned graph, built on
+  its first use);
 * ``serving_default``: a ClassifyRequest with the images in ``image/encoded`` of tf.Examples;
 * ``predict_examples``: a PredictRequest with the same serialized tf.Examples.
 """
@@ -22,8 +24,9 @@ import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from hrnet_tfx.data import features
-from hrnet_tfx.serving.errors import Code, ServingError
-from hrnet_tfx.serving.tensors import input_to_serialized_examples, to_ndarray, to_tensor_proto
+from hrnet_tfx.serving.export import (INPUT_EXAMPLES, INPUT_IMAGES, SIGNATURE_CLASSIFY, SIGNATURE_EXAMPLES,
+                                      SIGNATURE_IMAGES, SIGNATURE_TOP_K)
+from hrnet_tfx.serving.tensors import to_tensor_proto
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
@@ -31,10 +34,6 @@ MAX_RECORDS = 1000
 """TF Serving reads at most this many warm-up records."""
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 """Largest warm-up image accepted (read no further)."""
-
-SIGNATURE_IMAGES = "predict_images"
-SIGNATURE_CLASSIFY = "serving_default"
-SIGNATURE_EXAMPLES = "predict_examples"
 
 
 def warmup_file(saved_model_dir: str) -> str:
@@ -109,12 +108,15 @@ def build_warmup_records(signatures: set[str], images: Sequence[bytes], model_na
     from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
     examples = [image_example(image) for image in images]
-    records = []
-    if SIGNATURE_IMAGES in signatures:
+
+    def predict(signature: str, input_name: str, values: list[bytes]):
         request = predict_pb2.PredictRequest()
-        request.model_spec.name, request.model_spec.signature_name = model_name, SIGNATURE_IMAGES
-        request.inputs["images"].CopyFrom(to_tensor_proto(np.array(images, dtype=object)))
-        records.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+        request.model_spec.name, request.model_spec.signature_name = model_name, signature
+        request.inputs[input_name].CopyFrom(to_tensor_proto(np.array(values, dtype=object)))
+        return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+    records = [predict(signature, INPUT_IMAGES, images) for signature in (SIGNATURE_IMAGES, SIGNATURE_TOP_K)
+               if signature in signatures]
     if SIGNATURE_CLASSIFY in signatures:
         request = classification_pb2.ClassificationRequest()
         request.model_spec.name, request.model_spec.signature_name = model_name, SIGNATURE_CLASSIFY
@@ -123,10 +125,7 @@ def build_warmup_records(signatures: set[str], images: Sequence[bytes], model_na
         records.append(prediction_log_pb2.PredictionLog(
             classify_log=prediction_log_pb2.ClassifyLog(request=request)))
     if SIGNATURE_EXAMPLES in signatures:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name, request.model_spec.signature_name = model_name, SIGNATURE_EXAMPLES
-        request.inputs["examples"].CopyFrom(to_tensor_proto(np.array(examples, dtype=object)))
-        records.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+        records.append(predict(SIGNATURE_EXAMPLES, INPUT_EXAMPLES, examples))
     return records
 
 
@@ -154,8 +153,8 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes | str | o
     signatures = _signature_names(saved_model_dir)
     records = build_warmup_records(signatures, images, model_name)
     if not records:
-        raise ValueError(f"{saved_model_dir} has none of the signatures {SIGNATURE_IMAGES}, {SIGNATURE_CLASSIFY}, "
-                         f"{SIGNATURE_EXAMPLES} (it has {sorted(signatures)})")
+        raise ValueError(f"{saved_model_dir} has none of the signatures {SIGNATURE_IMAGES}, {SIGNATURE_TOP_K}, "
+                         f"{SIGNATURE_CLASSIFY}, {SIGNATURE_EXAMPLES} (it has {sorted(signatures)})")
     path = warmup_file(saved_model_dir)
     tf.io.gfile.makedirs(os.path.dirname(path))
     tmp = path + ".tmp"
@@ -175,20 +174,6 @@ def read_warmup_requests(saved_model_dir: str) -> Iterator:
         if i >= MAX_RECORDS:
             return
         yield prediction_log_pb2.PredictionLog.FromString(data)
-
-
-def run_record(servable, record) -> None:
-    """Runs one warm-up record on a loaded servable (Predict and Classify logs; others are refused)."""
-    kind = record.WhichOneof("log_type")
-    if kind == "predict_log":
-        request = record.predict_log.request
-        inputs = {name: to_ndarray(tensor, name) for name, tensor in request.inputs.items()}
-        servable.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
-    elif kind == "classify_log":
-        request = record.classify_log.request
-        servable.classify(request.model_spec.signature_name, input_to_serialized_examples(request.input))
-    else:
-        raise ServingError(Code.UNIMPLEMENTED, f"warm-up records of type {kind} are not supported here")
 
 
 def replay_warmup_requests(saved_model_dir: str, stub, model_name: str, timeout: float = 30.0) -> int:

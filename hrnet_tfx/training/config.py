@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from hrnet_tfx.models.config import ConfigError, read_config_file
 
@@ -20,7 +20,9 @@ BACKENDS = ("auto", "horovod", "tf_distribute")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training or evaluation run needs (HRNET.md: the official recipe).
+    """Everything a training or evaluation run needs; the defaults are the official recipe, read from the
+    official HRNet-Image-Classification repository's ``experiments/cls_hrnet_*.yaml`` (the same for all
+    nine variants) and ``tools/train.py``, as in the paper (Wang et al., TPAMI 2020).
 
     Model: ``model`` is a registered variant or a network config file; ``init_from`` starts from
     official PyTorch weights (.pth/.safetensors; the classifier is skipped when the class count differs),
@@ -31,12 +33,19 @@ class TrainConfig:
     ``labels.tsv`` written beside them (label strings for the exported model); ``label_offset`` 1 reads
     inception records (1-based labels) as they are.
 
-    Budget: ``epochs`` of ``num_train_examples`` (0: counted from the files), or ``train_steps`` when > 0.
+    Budget: ``epochs`` of ``num_train_examples`` (0: counted once from the files by the launcher, or by
+    rank 0 under an outside launcher), or ``train_steps`` when > 0.
+
+    Batch: ``per_worker_batch_size`` images per worker (one worker per GPU; official: 32 per GPU, 4 GPUs
+    x 32 = 128), so the global batch is ``per_worker_batch_size`` x workers; or set ``global_batch_size``
+    to fix the global batch whatever the worker count (the per-worker batch is then derived).
+    :meth:`for_workers` resolves both numbers, and the resolved config (``train_config.json``) holds both.
 
     Optimisation (official): SGD, Nesterov momentum 0.9, lr ``base_lr`` per ``base_batch`` images scaled
-    linearly with ``global_batch_size``, weight decay 1e-4 on every parameter (added to each gradient, as
-    PyTorch's SGD does), lr x``lr_decay_rate`` at ``lr_decay_epochs``. ``warmup_epochs`` (linear warm-up,
-    Goyal et al. 2017) defaults to 5 when the global batch exceeds 256, else 0.
+    linearly with the global batch (0.05 per 128 images), weight decay 1e-4 on every parameter (added to
+    each gradient, as PyTorch's SGD does), lr x``lr_decay_rate`` at ``lr_decay_epochs``.
+    ``warmup_epochs`` (linear warm-up, Goyal et al. 2017) defaults to 5 when the global batch exceeds
+    256, else 0.
     """
 
     model: str = "hrnet_w18"
@@ -49,7 +58,8 @@ class TrainConfig:
     model_dir: str = ""
     export_dir: str = ""
     init_from: str = ""
-    global_batch_size: int = 128
+    per_worker_batch_size: int = 32
+    global_batch_size: int = 0
     eval_batch_size: int = 0
     epochs: float = 100.0
     train_steps: int = 0
@@ -81,7 +91,8 @@ class TrainConfig:
         checks = [
             (self.num_classes >= 1, "num_classes must be >= 1"),
             (self.image_size > 0 and self.image_size % 32 == 0, "image_size must be a positive multiple of 32"),
-            (self.global_batch_size >= 1, "global_batch_size must be >= 1"),
+            (self.per_worker_batch_size >= 1, "per_worker_batch_size must be >= 1"),
+            (self.global_batch_size >= 0, "global_batch_size must be >= 0 (0: per_worker_batch_size x workers)"),
             (self.epochs > 0 or self.train_steps > 0, "set epochs > 0 or train_steps > 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.backend in BACKENDS, f"backend must be one of {BACKENDS}"),
@@ -94,19 +105,37 @@ class TrainConfig:
                 raise ConfigError(f"training config: {message}")
 
     # -- derived values --------------------------------------------------------------------------
+    def for_workers(self, workers: int) -> "TrainConfig":
+        """This config with both batch numbers set for ``workers`` data-parallel workers: an explicit
+        ``global_batch_size`` wins (it must divide by ``workers``), else the global batch is
+        ``per_worker_batch_size * workers``. Idempotent for the same worker count."""
+        if self.global_batch_size:
+            if self.global_batch_size % workers:
+                raise ConfigError(f"global_batch_size {self.global_batch_size} is not divisible by {workers} workers "
+                                  "(or drop it: the global batch is then per_worker_batch_size x workers)")
+            return self.replace(per_worker_batch_size=self.global_batch_size // workers)
+        return self.replace(global_batch_size=self.per_worker_batch_size * workers)
+
+    @property
+    def batch(self) -> int:
+        """The global batch; needs :meth:`for_workers` (or an explicit ``global_batch_size``)."""
+        if not self.global_batch_size:
+            raise ConfigError("training config: the global batch is not resolved yet (TrainConfig.for_workers)")
+        return self.global_batch_size
+
     @property
     def peak_lr(self) -> float:
         """``base_lr`` scaled linearly with the global batch (Goyal et al.)."""
-        return self.base_lr * self.global_batch_size / self.base_batch
+        return self.base_lr * self.batch / self.base_batch
 
     @property
     def resolved_warmup_epochs(self) -> float:
         if self.warmup_epochs >= 0:
             return self.warmup_epochs
-        return 5.0 if self.global_batch_size > 256 else 0.0
+        return 5.0 if self.batch > 256 else 0.0
 
     def steps_per_epoch(self, num_train_examples: int) -> int:
-        return max(1, num_train_examples // self.global_batch_size)
+        return max(1, num_train_examples // self.batch)
 
     def total_steps(self, num_train_examples: int) -> int:
         if self.train_steps > 0:
@@ -140,9 +169,56 @@ class TrainConfig:
         return cls.from_dict({**data, **parse_overrides(overrides)})
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        """Writes the config as JSON to ``path`` (any ``tf.io.gfile`` file system, atomically)."""
+        write_json(path, self.to_dict())
+
+    def changes_from(self, saved: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+        """``"key: old -> new"`` for each of ``keys`` whose value in ``saved`` (a saved config's dict)
+        differs from this config's; keys ``saved`` does not hold are skipped."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes = []
+        for key in keys:
+            if key not in saved:
+                continue
+            try:
+                old = coerce_field(key, saved[key], fields[key].type)
+            except ConfigError:
+                old = saved[key]
+            if old != getattr(self, key):
+                changes.append(f"{key}: {_show(old)} -> {_show(getattr(self, key))}")
+        return changes
+
+
+# What a resumed run must share with the run that wrote its checkpoints (the rest may change freely:
+# logging, checkpoint and eval intervals, where exports go, speed options and the data order).
+MODEL_FIELDS = ("model", "num_classes", "image_size", "dtype_policy")
+RESUME_FIELDS = MODEL_FIELDS + (
+    "train_files", "eval_files", "label_map", "label_offset", "num_train_examples",  # data
+    "per_worker_batch_size", "global_batch_size",  # batch
+    "epochs", "train_steps", "base_lr", "base_batch", "momentum", "nesterov", "weight_decay", "schedule",
+    "lr_decay_epochs", "lr_decay_rate", "warmup_epochs", "label_smoothing",  # schedule and loss
+)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON to ``path`` on any ``tf.io.gfile`` file system: to a temporary name beside
+    it, then renamed over it, so readers never see a half-written file (and file systems whose writers
+    append to an existing file, like ``ram://``, still replace it)."""
+    import uuid
+
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

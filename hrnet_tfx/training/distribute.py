@@ -54,7 +54,7 @@ class HorovodBackend:
         return self.hvd.DistributedGradientTape(tape, compression=self.compression)
 
     def broadcast(self, variables) -> None:
-        """Rank 0's values (fresh init or restored checkpoint) to every worker."""
+        """Rank 0's values (fresh init, restored checkpoint, BatchNorm statistics) to every worker."""
         self.hvd.broadcast_variables(variables, root_rank=0)
 
     def run(self, fn: Callable, *args):
@@ -71,6 +71,11 @@ class HorovodBackend:
         """Every worker's ``values`` (same length everywhere), in rank order."""
         rows = self.hvd.allgather(tf.constant([values], tf.float64), name="gather_values")
         return rows.numpy().tolist()
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel workers (one per process): what the per-worker batch multiplies."""
+        return self.size
 
     def describe(self) -> str:
         return f"Horovod {self.size} worker(s), rank {self.rank} (local {self.local_rank})"
@@ -107,6 +112,11 @@ class TFDistributeBackend:
 
     def gather(self, values: list[float]) -> list[list[float]]:
         return [list(values)]
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel workers (one per device): what the per-worker batch multiplies."""
+        return self.gradient_replicas
 
     def describe(self) -> str:
         return f"tf.distribute.MirroredStrategy with {self.gradient_replicas} replica(s) (Horovod not used)"

@@ -1,7 +1,8 @@
-"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.core.ServingCore`.
+"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.dev.core.ServingCore`.
 
 ``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata (Regress and
-MultiInference answer UNIMPLEMENTED); ``tensorflow.serving.ModelService``: GetModelStatus. The request
+MultiInference answer UNIMPLEMENTED, grpc's default); ``tensorflow.serving.ModelService``: GetModelStatus
+(HandleReloadConfigRequest: UNIMPLEMENTED). The request
 and response messages are tensorflow-serving-api's, so any TF Serving client works unchanged.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 import grpc
 
@@ -17,10 +17,11 @@ import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow load
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from hrnet_tfx.serving.core import ServingCore
+from hrnet_tfx.serving.dev.core import ServingCore, internal
+from hrnet_tfx.serving.dev.servable import input_to_serialized_examples
 from hrnet_tfx.serving.errors import ServingError, invalid
-from hrnet_tfx.serving.servable import DEFAULT_SIGNATURE
-from hrnet_tfx.serving.tensors import input_to_serialized_examples, to_ndarray, to_tensor_proto
+from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY
+from hrnet_tfx.serving.tensors import to_tensor_proto
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +49,18 @@ def signature_def_map(servable):
     return result
 
 
-class _Calls:
-    """Runs a handler body: ServingError -> that gRPC status; anything else -> INTERNAL (logged)."""
-
-    def __init__(self, core: ServingCore):
-        self.core = core
-
-    @contextlib.contextmanager
-    def handle(self, context, api: str, items: int = 0):
-        start, ok = time.monotonic(), False
-        try:
-            yield
-            ok = True
-        except ServingError as e:
-            log.debug("gRPC %s failed: %s", api, e)
-            context.abort(grpc.StatusCode[e.code.name], e.message)
-        except Exception as e:  # a bug: report it to the caller and keep serving
-            log.exception("gRPC %s: internal error", api)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-        finally:
-            self.core.stats.record(items, time.monotonic() - start, ok)
+@contextlib.contextmanager
+def _handle(context, api: str):
+    """Runs a handler body: ServingError -> that gRPC status; anything else -> INTERNAL with a generic
+    message (the details are logged, never sent)."""
+    try:
+        yield
+    except ServingError as e:
+        log.debug("gRPC %s failed: %s", api, e)
+        context.abort(grpc.StatusCode[e.code.name], e.message)
+    except Exception:  # a bug, or memory ran out: tell the caller little, log the rest, keep serving
+        e = internal(f"gRPC {api}")
+        context.abort(grpc.StatusCode[e.code.name], e.message)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -75,18 +68,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, core: ServingCore):
         self._core = core
-        self._calls = _Calls(core)
 
     def Predict(self, request, context):
-        """Runs the requested signature on ``request.inputs`` (TF Serving's Predict)."""
-        first = next(iter(request.inputs.values()), None)
-        items = first.tensor_shape.dim[0].size if first is not None and first.tensor_shape.dim else 0
-        with self._calls.handle(context, "Predict", items):
+        """Runs the requested signature on ``request.inputs`` (TF Serving's Predict). The model is looked up
+        first, then the inputs are checked against its signature, and only then converted."""
+        with _handle(context, "Predict"):
             name, version, label = _spec(request.model_spec)
             with self._core.lease(name, version, label) as servable:
-                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-                inputs = {alias: to_ndarray(tensor, f"input '{alias}'") for alias, tensor in request.inputs.items()}
-                outputs = servable.predict(signature_name, inputs, list(request.output_filter))
+                signature_name = request.model_spec.signature_name or SIGNATURE_CLASSIFY
+                outputs = servable.predict_protos(signature_name, dict(request.inputs), list(request.output_filter))
                 response = predict_pb2.PredictResponse()
                 _fill_spec(response.model_spec, name, servable.version, signature_name)
                 for alias, value in outputs.items():
@@ -94,12 +84,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 return response
 
     def Classify(self, request, context):
-        """Classifies tf.Examples with a ``classes``/``scores`` signature (TF Serving's Classify)."""
-        examples = input_to_serialized_examples(request.input)
-        with self._calls.handle(context, "Classify", len(examples)):
+        """Classifies tf.Examples with a ``classes``/``scores`` signature (TF Serving's Classify). The model is
+        looked up, and the example count and merged size checked, before the context is merged in."""
+        with _handle(context, "Classify"):
             name, version, label = _spec(request.model_spec)
             with self._core.lease(name, version, label) as servable:
-                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                signature_name = request.model_spec.signature_name or SIGNATURE_CLASSIFY
+                examples = input_to_serialized_examples(request.input, servable.max_items,
+                                                        self._core.max_request_bytes)
                 classes, scores = servable.classify(signature_name, examples)
                 response = classification_pb2.ClassificationResponse()
                 _fill_spec(response.model_spec, name, servable.version, signature_name)
@@ -116,7 +108,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         """The model's SignatureDefs (``metadata["signature_def"]``, a packed ``SignatureDefMap``)."""
-        with self._calls.handle(context, "GetModelMetadata"):
+        with _handle(context, "GetModelMetadata"):
             if not request.HasField("model_spec"):
                 raise invalid("Missing ModelSpec")
             if not request.metadata_field:
@@ -130,15 +122,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _fill_spec(response.model_spec, name, servable.version)
                 response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(servable))
                 return response
-
-    def Regress(self, request, context):
-        """UNIMPLEMENTED."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by the development server "
-                      "(the HRNet signatures are classifiers)")
-
-    def MultiInference(self, request, context):
-        """UNIMPLEMENTED."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the development server")
 
 
 def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:
@@ -158,20 +141,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def __init__(self, core: ServingCore):
         self._core = core
-        self._calls = _Calls(core)
 
     def GetModelStatus(self, request, context):
         """Version states of a model (all versions seen, or the one asked for)."""
-        with self._calls.handle(context, "GetModelStatus"):
+        with _handle(context, "GetModelStatus"):
             if not request.HasField("model_spec"):
                 raise invalid("Missing ModelSpec")
             name, version, _ = _spec(request.model_spec)
             return model_status_response(self._core.status(name, version))
-
-    def HandleReloadConfigRequest(self, request, context):
-        """UNIMPLEMENTED: the development server serves the model base it was started on."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the development server serves one model base; restart it "
-                      "to serve another")
 
 
 def add_services(server: grpc.Server, core: ServingCore) -> None:

@@ -4,20 +4,26 @@
 It serves the latest version of one model from a TF Serving model base, picks up new versions as they are
 pushed, and answers the same requests with the same messages and status codes as the real server:
 gRPC ``PredictionService`` (Predict, Classify, GetModelMetadata) and ``ModelService`` (GetModelStatus) on
-one port, REST ``/v1/models/...`` on another. It is meant for development, tests and small deployments;
-production should run ``tensorflow_model_server`` (``hrnet-tfx serve`` does when it is on PATH).
+one port, REST ``/v1/models/...`` on another (:mod:`~hrnet_tfx.serving.dev.rest_server`, on tornado). It is
+meant for development, tests and the demo; deployments should run ``tensorflow_model_server``
+(``hrnet-tfx serve`` does when it is on PATH).
 
 Example::
 
-    from hrnet_tfx.serving.dev_server import DevServer, DevServerOptions
+    from hrnet_tfx.serving.dev.server import DevServer, DevServerOptions
 
     with DevServer("/models", "hrnet", DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0)) as server:
         print(server.grpc_address, server.rest_address)   # the ports picked
         ...
 
-What it adds over TF Serving: image headers are checked before the graph runs (undecodable bytes and
-images over ``max_image_pixels`` get INVALID_ARGUMENT), and a request body over ``max_request_bytes`` is
-refused. What it lacks: version labels, multi-model config files, Regress/MultiInference, Prometheus.
+What it adds over TF Serving, so that a hostile request costs bounded memory and time: image headers
+are checked before the graph runs (:mod:`~hrnet_tfx.serving.dev.image_guard`: undecodable bytes, animated
+GIFs, too many pixels, extreme aspect ratios), requests are bounded in size, images/examples, declared
+tensor shapes (checked against the bytes sent and the signature before anything is allocated), requests
+in flight (RESOURCE_EXHAUSTED beyond) and, over REST, connections and the time to send a request; internal
+errors reach the client as a generic message (the details are logged). What it lacks: batching (TF
+Serving's ``--enable_batching``), version labels, more than one model, Regress/MultiInference, REST inputs
+other than strings (the HRNet signatures take none), monitoring.
 """
 
 from __future__ import annotations
@@ -30,48 +36,51 @@ import threading
 import time
 from concurrent import futures
 
-import grpc
-
-import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from hrnet_tfx.serving.batching import BatchingOptions
-from hrnet_tfx.serving.core import LoadOptions, ServingCore
-from hrnet_tfx.serving.image_guard import DEFAULT_MAX_IMAGE_PIXELS
+from hrnet_tfx.serving.dev.core import ServingCore
+from hrnet_tfx.serving.dev.image_guard import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 from hrnet_tfx.serving.model_base import resolve_model
-from hrnet_tfx.serving.rest_server import DEFAULT_MAX_REQUEST_BYTES, RestServer
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class DevServerOptions:
-    """Development server settings.
+    """Development server settings (most are ``hrnet-tfx serve`` flags of the same names).
 
     Attributes:
       host: address to bind (``0.0.0.0``: every interface, like TF Serving; ``127.0.0.1``: this machine).
       grpc_port: gRPC port (0: pick a free one).
       rest_port: REST port (0: pick a free one; None: no REST endpoint).
       poll_seconds: seconds between scans for new versions (``--file_system_poll_wait_seconds``).
-      grpc_threads: gRPC worker threads (requests handled at once).
+      threads: worker threads, shared by gRPC and REST (requests processed at once).
       max_image_pixels: largest width x height accepted per image (None/0: no limit).
-      max_request_bytes: largest request accepted (gRPC message or REST body).
-      batching: merge concurrent requests (TF Serving's ``--enable_batching``); None: off.
-      intra_op_threads, inter_op_threads: TensorFlow session thread pools (0: TensorFlow's default).
+      max_aspect_ratio: largest long side / short side accepted per image (None/0: no limit).
+      max_items_per_request: most images/examples in one request (None: no limit). TF Serving's batching
+        refuses requests larger than its batch size; 128 is four of its default batches.
+      max_request_bytes: largest request accepted (gRPC message or REST body). Parsing may cost ~20x this
+        in memory (a protobuf of a million empty strings, a JSON list of empty objects), per worker thread.
+      max_concurrent_requests: requests being received (REST), processed or waiting for a thread, per
+        protocol; more get RESOURCE_EXHAUSTED (HTTP 429). With the default request size, at most 512 MiB of
+        request bodies are held at once per protocol.
+      max_connections: open REST connections; more are answered 503 and closed.
+      request_timeout: seconds a REST client has to send a request's headers, and again its body (also how
+        long an idle keep-alive connection stays open).
       warmup: replay ``assets.extra/tf_serving_warmup_requests`` when a version loads.
-      log_every: seconds between request-rate log lines (only when there was traffic).
     """
 
     host: str = "0.0.0.0"
     grpc_port: int = 8500
     rest_port: int | None = 8501
     poll_seconds: float = 1.0
-    grpc_threads: int = max(8, 4 * (os.cpu_count() or 1))
+    threads: int = max(4, 2 * (os.cpu_count() or 1))
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    batching: BatchingOptions | None = None
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO
+    max_items_per_request: int | None = 128
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_concurrent_requests: int = 32
+    max_connections: int = 128
+    request_timeout: float = 30.0
     warmup: bool = True
-    log_every: float = 60.0
 
 
 def _host_port(host: str, port: int) -> str:
@@ -91,17 +100,11 @@ class DevServer:
     def __init__(self, model_base: str, model_name: str | None = None, options: DevServerOptions = DevServerOptions()):
         self.model_name, self.model_dir = resolve_model(model_base, model_name)
         self.options = options
-        load = LoadOptions(max_image_pixels=options.max_image_pixels, batching=options.batching,
-                           intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads,
-                           warmup=options.warmup)
-        self.core = ServingCore({self.model_name: self.model_dir}, poll_seconds=options.poll_seconds,
-                                load_options=load)
-        self._grpc: grpc.Server | None = None
-        self._rest: RestServer | None = None
+        self.core = ServingCore(self.model_name, self.model_dir, options)
+        self._executor: futures.ThreadPoolExecutor | None = None
+        self._grpc = self._rest = None
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
-        self._stats_stop = threading.Event()
-        self._stats_thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
     @property
@@ -132,21 +135,23 @@ class DevServer:
         except BaseException:
             self._close_endpoints(0)
             self._grpc = self._rest = None
-            self.core.stop()
+            self.core.stop(grace=0)
             raise
-        self._stats_thread = threading.Thread(target=self._log_stats, name="serving-stats", daemon=True)
-        self._stats_thread.start()
         rest = f"REST at http://{_host_port(opts.host, self.rest_port)}" if self._rest else "no REST endpoint"
         log.info("development server for model '%s' (%s): gRPC at %s, %s; started in %.1f s", self.model_name,
                  self.model_dir, _host_port(opts.host, self.grpc_port), rest, time.monotonic() - start)
         return self
 
     def _bind(self) -> None:
-        opts = self.options
-        from hrnet_tfx.serving.grpc_service import add_services
+        import grpc  # here, not at the top: the CLI imports this module for DevServerOptions
 
+        from hrnet_tfx.serving.dev.grpc_service import add_services
+        from hrnet_tfx.serving.dev.rest_server import RestServer
+
+        opts = self.options
+        self._executor = futures.ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="serving")
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=opts.grpc_threads, thread_name_prefix="grpc"),
+            self._executor, maximum_concurrent_rpcs=opts.max_concurrent_requests,
             options=[("grpc.max_receive_message_length", opts.max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])  # with reuse, a second server would share a taken port silently
@@ -161,19 +166,10 @@ class DevServer:
         if opts.rest_port is not None:
             address = _host_port(opts.host, opts.rest_port)
             try:
-                self._rest = RestServer((opts.host, opts.rest_port), self.core,
-                                        max_request_bytes=opts.max_request_bytes)
+                self._rest = RestServer((opts.host, opts.rest_port), self.core, self._executor)
             except OSError as e:
                 raise OSError(f"cannot bind REST to {address}: {e.strerror or e}") from None
             self.rest_port = self._rest.server_address[1]
-
-    def _log_stats(self) -> None:
-        while not self._stats_stop.wait(self.options.log_every):
-            s = self.core.stats.take()
-            if s["requests"]:
-                log.info("%d requests in %.0f s (%.1f req/s, %.1f items/s, %d errors); serving version %s",
-                         s["requests"], s["interval"], s["requests"] / s["interval"], s["items"] / s["interval"],
-                         s["errors"], self.core.watchers[self.model_name].current_version)
 
     def _close_endpoints(self, grace: float) -> None:
         waiters = []
@@ -183,22 +179,18 @@ class DevServer:
             self._rest.stop(grace)
         for event in waiters:
             event.wait(grace + 1)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops accepting requests, lets in-flight ones finish (up to ``grace`` s), unloads the model."""
         if self._stopped.is_set():
             return
         log.info("development server: shutting down (finishing requests in flight, up to %.0f s)", grace)
-        self._stats_stop.set()
         self._close_endpoints(grace)
-        self.core.stop()
+        self.core.stop(grace=grace)
         self._stopped.set()
-        log.info("development server: stopped after %d requests (%d errors)", self.core.stats.total_requests,
-                 self.core.stats.total_errors)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Blocks until :meth:`stop` has finished; False on timeout."""
-        return self._stopped.wait(timeout)
+        log.info("development server: stopped")
 
     def __enter__(self) -> "DevServer":
         return self.start()

@@ -4,8 +4,8 @@
 :func:`mpijob_manifests` turns a resolved :class:`TrainConfig` and an :class:`MPIJobSpec` (image, nodes,
 GPUs, volumes) into two objects: a ConfigMap holding the config as ``train_config.json`` and the MPIJob
 whose launcher runs ``mpirun ... python -m hrnet_tfx.training.worker --config <that file>`` on every
-worker slot. :func:`write_manifests` writes them as one multi-document YAML for ``kubectl apply -f``.
-Nothing here talks to a cluster or reads the training data.
+worker slot. :func:`hrnet_tfx.kubernetes.objects.write_manifests` writes them as one multi-document YAML
+for ``kubectl apply -f``. Nothing here talks to a cluster or reads the training data.
 """
 
 from __future__ import annotations
@@ -19,23 +19,20 @@ import types
 from typing import Any, Mapping, Sequence
 
 import hrnet_tfx  # noqa: F401
+from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.training.config import TrainConfig
 from hrnet_tfx.training.launcher import worker_command
-from hrnet_tfx.yaml_io import write_yaml_documents
 
 API_VERSION = "kubeflow.org/v2beta1"
 CONFIG_DIR = "/etc/hrnet-tfx"
 CONFIG_FILE = "train_config.json"
+CONFIG_VOLUME = "train-config"
+DATA_VOLUME = "data"
 HOSTFILE = "/etc/mpi/hostfile"  # written and mounted by mpi-operator v2 (ConfigMap <job>-config)
 WORKER_COMMAND = ("/usr/sbin/sshd", "-De")  # foreground sshd (the Dockerfile configures it)
 DEFAULT_NCCL_ENV = types.MappingProxyType({"NCCL_DEBUG": "WARN"})
-
-# Kubernetes resource quantity (the pattern of the apimachinery Quantity type): "8", "500m", "64Gi".
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _URI = re.compile(r"^(?!file://)[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # shared storage, not file://
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,26 +77,20 @@ class MPIJobSpec:
 
     def __post_init__(self):
         for key in ("node_selector", "nccl_env", "env"):
-            frozen = types.MappingProxyType({str(k): str(v) for k, v in getattr(self, key).items()})
-            object.__setattr__(self, key, frozen)
-        object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
+            object.__setattr__(self, key, objects.frozen_strings(getattr(self, key)))
+        object.__setattr__(self, "tolerations", objects.frozen_tolerations(self.tolerations))
         if not self.image:
             raise ConfigError("mpijob: image is required (a container image with hrnet-tfx, Horovod and OpenMPI)")
         if self.workers < 1:
             raise ConfigError(f"mpijob: workers must be >= 1, got {self.workers}")
         if self.gpus_per_worker < 0:
             raise ConfigError(f"mpijob: gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        last_pod = f"{self.name}-worker-{self.workers - 1}"
-        if not _DNS1035.match(self.name) or len(last_pod) > 63:
-            raise ConfigError(f"mpijob: name {self.name!r} must be a lowercase DNS label (a-z, 0-9, '-', starting "
-                              f"with a letter) short enough for pod name {last_pod!r} (<= 63 characters)")
+        pod_suffix = f"-worker-{self.workers - 1}"  # the operator names the last worker pod <name><suffix>
+        objects.check_name("mpijob: name", self.name, max_length=objects.MAX_NAME - len(pod_suffix),
+                           why=f", so that pod name '{self.name}{pod_suffix}' fits in {objects.MAX_NAME}")
         for key in ("cpu", "memory", "launcher_cpu", "launcher_memory"):
-            value = getattr(self, key)
-            if value and not _QUANTITY.match(value):
-                raise ConfigError(f"mpijob: {key}={value!r} is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
-        bad_env = [k for k in {**self.nccl_env, **self.env} if not _ENV_NAME.match(k)]
-        if bad_env:
-            raise ConfigError(f"mpijob: invalid environment variable name(s) {bad_env}")
+            objects.check_quantity(f"mpijob: {key}", getattr(self, key))
+        objects.check_env_names("mpijob", {**self.nccl_env, **self.env})
         if self.pvc and self.host_path:
             raise ConfigError("mpijob: set pvc or host_path for the data volume, not both")
         if (self.pvc or self.host_path) and not posixpath.isabs(self.mount_path):
@@ -127,8 +118,8 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
 
     Every path must be visible from every pod: a URI (``gs://``, ``s3://``, ``hdfs://``) or an absolute
     path. ``model_dir`` and ``export_dir`` must also outlive the pods (rank 0 writes them, and a restarted
-    job may resume on another node): a URI or a path inside the mounted data volume. The global batch
-    must split evenly over the ``workers * slots`` processes.
+    job may resume on another node): a URI or a path inside the mounted data volume. An explicit global
+    batch must split evenly over the ``workers * slots`` processes.
     """
     _check_model(config.model)
     if not config.model_dir:
@@ -144,21 +135,26 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
                                   "path (in the image or the data volume) or a gs://, s3:// or hdfs:// URI")
     for key in ("model_dir", "export_dir"):
         path = getattr(config, key)
-        if path and not (_URI.match(path) or _inside(path, spec)):
+        if path and not (_URI.match(path) or (spec.has_volume and objects.under_mount(path, spec.mount_path))):
             where = f"a path under the data volume's mount path {spec.mount_path}" if spec.has_volume else \
                 "a data volume (--pvc/--host-path) and a path under its mount path"
             raise ConfigError(f"{key} {path!r} is not shared storage (every rank and a restarted pod must see the "
                               f"same directory, and the pod's own disk is lost): use a gs://, s3:// or hdfs:// "
                               f"URI, or {where}")
-    if config.global_batch_size % spec.num_processes:
+    if config.global_batch_size and config.global_batch_size % spec.num_processes:
         raise ConfigError(f"global_batch_size {config.global_batch_size} is not divisible by {spec.num_processes} "
                           f"workers ({spec.workers} node(s) x {spec.slots_per_worker} slot(s))")
     if config.backend == "tf_distribute" and spec.num_processes > 1:
         raise ConfigError("backend 'tf_distribute' cannot span MPI processes: use 'auto' or 'horovod'")
 
 
-def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False) -> list[dict]:
+def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False,
+                     allow_changed_config: bool = False) -> list[dict]:
     """The ConfigMap (``train_config.json``) and the ``kubeflow.org/v2beta1`` MPIJob for one run.
+
+    The ConfigMap holds the config resolved for the job's ``workers * slots`` processes: the per-worker
+    and the global batch (``per_worker_batch_size`` x processes unless ``global_batch_size`` is set).
+    ``allow_changed_config`` lets the workers resume a ``model_dir`` whose saved settings differ.
 
     The launcher runs plain ``mpirun`` with the usual Horovod flags rather than ``horovodrun``:
     mpi-operator v2 already writes ``/etc/mpi/hostfile`` (``<worker> slots=N``), sets up SSH and retries
@@ -172,96 +168,84 @@ def mpijob_manifests(train_config: TrainConfig, spec: MPIJobSpec, eval_only: boo
       ConfigError: see :func:`check_cluster_config`.
     """
     check_cluster_config(train_config, spec, eval_only)
-    labels = {"app.kubernetes.io/name": "hrnet-tfx", "app.kubernetes.io/instance": spec.name}
+    train_config = train_config.for_workers(spec.num_processes)
+    labels = objects.app_labels("hrnet-tfx", spec.name)
     config_map_name = f"{spec.name}-train-config"  # "<name>-config" belongs to the operator
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": config_map_name, "namespace": spec.namespace, "labels": labels},
-        "data": {CONFIG_FILE: json.dumps(train_config.to_dict(), indent=2, sort_keys=True) + "\n"},
-    }
-    config_volume = {"name": "train-config", "configMap": {"name": config_map_name}}
-    config_mount = {"name": "train-config", "mountPath": CONFIG_DIR, "readOnly": True}
+    config_map = objects.config_map(config_map_name, spec.namespace, labels, {
+        CONFIG_FILE: json.dumps(train_config.to_dict(), indent=2, sort_keys=True) + "\n"})
+    launcher = _launcher_pod(spec, config_map_name, launcher_command(spec, eval_only, allow_changed_config))
+    return [config_map, _mpijob(spec, labels, launcher, _worker_pod(spec, config_map_name))]
 
-    env = {"PYTHONUNBUFFERED": "1", **spec.nccl_env, **spec.env}
+
+def launcher_command(spec: MPIJobSpec, eval_only: bool = False, allow_changed_config: bool = False) -> list[str]:
+    """The launcher's ``mpirun`` command: one training worker per slot, the environment forwarded."""
     command = ["mpirun", "--allow-run-as-root", "-np", str(spec.num_processes), "--hostfile", HOSTFILE,
                "-bind-to", "none", "-map-by", "slot", "-mca", "pml", "ob1", "-mca", "btl", "^openib"]
-    for name in dict.fromkeys(["LD_LIBRARY_PATH", "PATH", *env]):
+    for name in dict.fromkeys(["LD_LIBRARY_PATH", "PATH", *_launcher_env(spec)]):
         command += ["-x", name]
-    command += ["python", *worker_command(posixpath.join(CONFIG_DIR, CONFIG_FILE), eval_only)[1:]]
-    launcher_resources = {k: v for k, v in (("cpu", spec.launcher_cpu), ("memory", spec.launcher_memory)) if v}
-    launcher = {
-        "containers": [{
-            "name": "launcher",
-            "image": spec.image,
-            "command": command,
-            "env": [{"name": k, "value": v} for k, v in env.items()],
-            "resources": {"requests": launcher_resources, "limits": dict(launcher_resources)},
-            "volumeMounts": [config_mount],
-        }],
-        "volumes": [config_volume],
-    }
+    worker = worker_command(posixpath.join(CONFIG_DIR, CONFIG_FILE), eval_only, allow_changed_config)
+    return command + ["python", *worker[1:]]  # the image's python, not this machine's sys.executable
 
-    worker_resources: dict[str, dict] = {}
-    requests = {k: v for k, v in (("cpu", spec.cpu), ("memory", spec.memory)) if v}
-    if requests:
-        worker_resources["requests"] = requests
-    if spec.gpus_per_worker:
-        worker_resources["limits"] = {"nvidia.com/gpu": str(spec.gpus_per_worker)}
-    volumes = [config_volume, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]  # NCCL's shared memory
-    mounts = [config_mount, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+def _launcher_env(spec: MPIJobSpec) -> dict[str, str]:
+    return {"PYTHONUNBUFFERED": "1", **spec.nccl_env, **spec.env}
+
+
+def _config_volume_and_mount(config_map_name: str) -> tuple[dict, dict]:
+    return (objects.config_map_volume(CONFIG_VOLUME, config_map_name),
+            objects.mount(CONFIG_VOLUME, CONFIG_DIR, read_only=True))
+
+
+def _launcher_pod(spec: MPIJobSpec, config_map_name: str, command: list[str]) -> dict:
+    """The launcher's pod spec: runs ``command`` (``mpirun``), no GPUs, the config mounted."""
+    volume, config_mount = _config_volume_and_mount(config_map_name)
+    launcher = objects.container(
+        "launcher", spec.image, command, env=_launcher_env(spec),
+        resources=objects.resources(spec.launcher_cpu, spec.launcher_memory), mounts=[config_mount])
+    return objects.pod_spec([launcher], [volume], service_account=spec.service_account)
+
+
+def _worker_pod(spec: MPIJobSpec, config_map_name: str) -> dict:
+    """A worker's pod spec: ``sshd`` for the launcher's ``mpirun``, the GPUs, shared memory for NCCL, the
+    config and the data volume, and the scheduling constraints."""
+    volume, config_mount = _config_volume_and_mount(config_map_name)
+    volumes = [volume, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]  # NCCL's shared memory
+    mounts = [config_mount, objects.mount("dshm", "/dev/shm")]
     if spec.has_volume:
-        source = {"persistentVolumeClaim": {"claimName": spec.pvc}} if spec.pvc else \
-            {"hostPath": {"path": spec.host_path, "type": "Directory"}}
-        volumes.append({"name": "data", **source})
-        mounts.append({"name": "data", "mountPath": spec.mount_path})
-    worker = {
-        # Workers only serve ssh for the launcher's mpirun; set explicitly because the image's entry
-        # point is TFX's executor runner.
-        "containers": [{"name": "worker", "image": spec.image, "command": list(WORKER_COMMAND),
-                        "resources": worker_resources, "volumeMounts": mounts}],
-        "volumes": volumes,
-    }
-    if spec.node_selector:
-        worker["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        worker["tolerations"] = [dict(t) for t in spec.tolerations]
-    if spec.service_account:
-        launcher["serviceAccountName"] = worker["serviceAccountName"] = spec.service_account
+        source = objects.claim_volume(DATA_VOLUME, spec.pvc) if spec.pvc else \
+            {"name": DATA_VOLUME, "hostPath": {"path": spec.host_path, "type": "Directory"}}
+        volumes.append(source)
+        mounts.append(objects.mount(DATA_VOLUME, spec.mount_path))
+    # Workers only serve ssh for the launcher's mpirun; the command is set because the image's entry
+    # point is TFX's executor runner.
+    worker = objects.container(
+        "worker", spec.image, WORKER_COMMAND,
+        resources=objects.resources(spec.cpu, spec.memory, limit=False, gpus=spec.gpus_per_worker), mounts=mounts)
+    return objects.pod_spec([worker], volumes, service_account=spec.service_account,
+                            node_selector=spec.node_selector, tolerations=spec.tolerations)
 
+
+def _mpijob(spec: MPIJobSpec, labels: Mapping[str, str], launcher: dict, worker: dict) -> dict:
+    """The MPIJob object around the two pod specs."""
     run_policy: dict[str, Any] = {"cleanPodPolicy": "Running"}
     if spec.backoff_limit is not None:
         run_policy["backoffLimit"] = spec.backoff_limit
-    mpijob = {
+    return {
         "apiVersion": API_VERSION,
         "kind": "MPIJob",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
+        "metadata": objects.metadata(spec.name, spec.namespace, labels),
         "spec": {
             "slotsPerWorker": spec.slots_per_worker,
             "runPolicy": run_policy,
             "mpiImplementation": "OpenMPI",
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "OnFailure",
-                             "template": {"metadata": {"labels": dict(labels)}, "spec": launcher}},
+                             "template": objects.pod_template(labels, launcher)},
                 "Worker": {"replicas": spec.workers, "restartPolicy": "Never",
-                           "template": {"metadata": {"labels": dict(labels)}, "spec": worker}},
+                           "template": objects.pod_template(labels, worker)},
             },
         },
     }
-    return [config_map, mpijob]
-
-
-def write_manifests(objs: Sequence[Mapping], path: str) -> None:
-    """Writes ``objs`` as one multi-document YAML for ``kubectl apply -f`` (atomically; ``"-"`` is stdout)."""
-    write_yaml_documents(objs, path)
-
-
-def _inside(path: str, spec: MPIJobSpec) -> bool:
-    """Whether ``path`` is an absolute path inside the data volume."""
-    if not (spec.has_volume and posixpath.isabs(path)):
-        return False
-    mount = posixpath.normpath(spec.mount_path)
-    return posixpath.commonpath([posixpath.normpath(path), mount]) == mount
 
 
 def _check_model(model: str) -> None:
