@@ -75,6 +75,11 @@ def test_record_writer_on_ram_and_gzip(tmp_path):
                 w.write(r)
         kind = "GZIP" if compression == "gzip" else ""
         assert [r.numpy() for r in tf.data.TFRecordDataset(path, kind)] == records
+    with tf.io.TFRecordWriter("ram://records/y") as w:
+        for r in records:
+            w.write(r)
+    with tf.io.gfile.GFile("ram://records/x", "rb") as ours, tf.io.gfile.GFile("ram://records/y", "rb") as theirs:
+        assert ours.read() == theirs.read()
 
 
 def test_record_writer_finishes_short_writes(tmp_path, monkeypatch):

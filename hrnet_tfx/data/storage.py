@@ -280,12 +280,16 @@ class ReadAhead:
                 return None, e, 0
             self._take(index, size)
             try:
-                return _read_open(f, size, self._max), None, size
+                data = _read_open(f, size, self._max)
             except BaseException as e:
                 self.release(size)
                 if isinstance(e, InputFileError):
                     return None, e, 0
                 raise
+            if len(data) != size:  # it changed size since it was measured: count what is held
+                with self._cond:
+                    self._used += len(data) - size
+            return data, None, len(data)
 
     def __iter__(self) -> Iterator[tuple[bytes | None, InputFileError | None, int]]:
         for index in range(len(self._paths)):
