@@ -60,8 +60,8 @@ from hrnet_tfx.data.features import LABEL_MAP_FILENAME
 from hrnet_tfx.data.images import BadImageError, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError, write_label_map
 from hrnet_tfx.data.options import ConvertOptions
-from hrnet_tfx.data.records import (BadRecordError, ExampleBuilder, RecordScan, RecordWriter, lost_records_estimate, read_records, relabel_record,
-                                    scan_records)
+from hrnet_tfx.data.records import (BadRecordError, ExampleBuilder, RecordScan, RecordWriter, lost_records_estimate,
+                                    read_records, relabel_record, scan_records)
 from hrnet_tfx.data.sources import Dataset
 
 log = logging.getLogger(__name__)

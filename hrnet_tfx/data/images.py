@@ -173,9 +173,10 @@ def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
       data: the file's bytes.
       verify: for kept JPEGs, ``markers`` (default) parses the header (:func:`plain_rgb_jpeg`, or PIL when
         the header is anything but plain) and checks that the last scan ends with an end-of-image marker,
-        which catches empty, non-image, cut-short and header-corrupt files without decoding pixels (the failures that also make ``tf.io.decode_jpeg`` fail); ``decode``
-        decodes every image fully with PIL (about 20-40x slower; also catches damaged entropy data, which
-        libjpeg and TensorFlow only warn about).
+        which catches empty, non-image, cut-short and header-corrupt files without decoding pixels (the
+        failures that also make ``tf.io.decode_jpeg`` fail); ``decode`` decodes every image fully with PIL
+        (about 20-40x slower; also catches damaged entropy data, which libjpeg and TensorFlow only warn
+        about).
 
     Every image's declared size is bounded before it is decoded (:func:`_check_pixels`): a small file
     whose header claims 60000x60000 pixels is ``too_large``, not a 10 GB allocation.
