@@ -73,6 +73,18 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         TrainConfig(schedule="linear")
 
 
+def test_train_command_names_the_allowed_keys_for_an_unknown_one(tmp_path):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model-dir", str(tmp_path / "m"), "-s", "label_smothing=0.1"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "training config: unknown key(s) ['label_smothing' (did you mean 'label_smoothing'?)]; allowed: " \
+           "backend, base_batch, base_lr, checkpoint_every_steps, " in result.output
+    assert ", weight_decay\n" in result.output
+
+
 def test_schedule_step_warmup_and_cosine():
     step = WarmupSchedule(0.4, steps_per_epoch=10, total_epochs=100, warmup_epochs=5, kind="step",
                           decay_epochs=[30, 60, 90])

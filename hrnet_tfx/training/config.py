@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-from hrnet_tfx.models.config import ConfigError, read_config_file
+from hrnet_tfx.models.config import ConfigError, read_config_file, unknown_keys_error
 
 SCHEDULES = ("step", "cosine")
 BACKENDS = ("auto", "horovod", "tf_distribute")
@@ -156,7 +156,7 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"training config: unknown key(s) {unknown}")
+            raise unknown_keys_error("training config", unknown, fields)
         converted = {}
         for key, value in data.items():
             converted[key] = coerce_field(key, value, fields[key].type)
