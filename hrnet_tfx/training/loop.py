@@ -23,6 +23,7 @@ import hrnet_tfx  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+from hrnet_tfx.config_io import write_json
 from hrnet_tfx.data import input as data_input
 from hrnet_tfx.data.counting import count_records
 from hrnet_tfx.data.labels import read_label_map
@@ -30,7 +31,7 @@ from hrnet_tfx.data.progress import format_duration
 from hrnet_tfx.models import ConfigError, build_model, get_config, load_pytorch_weights, read_state_dict
 from hrnet_tfx.training.checkpoints import PREFIX as CHECKPOINT_PREFIX
 from hrnet_tfx.training.checkpoints import list_checkpoints, prepare_resume, restore_newest
-from hrnet_tfx.training.config import MODEL_FIELDS, RESUME_FIELDS, TrainConfig, write_json
+from hrnet_tfx.training.config import MODEL_FIELDS, RESUME_FIELDS, TrainConfig
 from hrnet_tfx.training.distribute import make_backend
 from hrnet_tfx.training.schedule import WarmupSchedule
 
