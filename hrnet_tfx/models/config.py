@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 from hrnet_tfx.config_io import ConfigError, check_keys, read_config_file, to_dict
 
-__all__ = ["BLOCK_EXPANSION", "ConfigError", "HRNetConfig", "StageConfig", "regular_config"]  # ConfigError: its old home
+# ConfigError stays importable from here, its first home.
+__all__ = ["BLOCK_EXPANSION", "ConfigError", "HRNetConfig", "StageConfig", "regular_config"]
 
 BLOCK_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 """Output channels of a block divided by its ``planes``, per block type."""
