@@ -119,7 +119,12 @@ class PipelineConfig:
 
     Beam (ExampleGen and Evaluator): ``beam_runner`` (empty: Beam's in-process FnApiRunner;
     ``DataflowRunner``, ``FlinkRunner``, ``SparkRunner``, ...), ``beam_workers`` (0: the runner's
-    default) and any further ``beam_args``. ``kubeflow`` configures Kubeflow Pipelines runs.
+    default) and any further ``beam_args``. ``kubeflow`` (a :class:`KubeflowConfig`) configures Kubeflow
+    Pipelines runs.
+
+    ``train`` stays a mapping of TrainConfig fields (checked through :meth:`train_config`), not a
+    TrainConfig: a key it leaves out (``num_classes``, ``num_train_examples``) is counted from the
+    converted data, which a TrainConfig, holding a value for every field, could not say.
     """
 
     name: str = "hrnet-tfx"
