@@ -83,7 +83,7 @@ def test_config_spells_out_every_setting_and_round_trips(tmp_path):
     Trainer takes from the converted data; a saved config loads back to an equal one."""
     import json
 
-    from hrnet_tfx.pipeline.config import PipelineConfig
+    from hrnet_tfx.pipeline.config import KubeflowConfig, PipelineConfig
     from hrnet_tfx.training.config import TrainConfig
 
     config = load_config("demo", "", ["train.epochs=3"])
@@ -92,8 +92,10 @@ def test_config_spells_out_every_setting_and_round_trips(tmp_path):
                 "num_train_examples"):
         del expected_train[key]
     assert config.train == expected_train
-    assert config.kubeflow == {"image": "", "trainer_gpus": 0, "gpu_type": "nvidia.com/gpu", "trainer_cpu": 0.0,
-                               "trainer_memory_gb": 0.0, "trainer_node_selector": {}, "trainer_tolerations": []}
+    assert config.kubeflow == KubeflowConfig()  # typed, and spelled out in full when saved
+    assert config.to_dict()["kubeflow"] == {
+        "image": "", "trainer_gpus": 0, "gpu_type": "nvidia.com/gpu", "trainer_cpu": 0.0, "trainer_memory_gb": 0.0,
+        "trainer_node_selector": {}, "trainer_tolerations": []}
     assert load_config("demo", "", ["train.num_classes=5"]).train["num_classes"] == 5  # set: kept
     config.save(str(tmp_path / "saved.json"))
     assert PipelineConfig.from_dict(json.loads((tmp_path / "saved.json").read_text())) == config
