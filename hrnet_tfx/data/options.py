@@ -1,8 +1,7 @@
 """The conversion's settings and their defaults, owned here for the converter, the ``ImageExampleGen``
-component and ``hrnet-tfx data convert`` (which take them from :class:`ConvertOptions`), and the choices
-each accepts. (The pipeline config, :class:`hrnet_tfx.pipeline.config.PipelineConfig`, still states its
-own copies of the layout, shard, compression and bad-fraction defaults.) Nothing heavy is imported, so
-the command's ``--help`` stays instant.
+component, ``hrnet-tfx data convert`` and the pipeline config (which take them from
+:class:`ConvertOptions`), and the choices each accepts. Nothing heavy is imported, so the command's
+``--help`` stays instant.
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ from typing import Any, Mapping, Sequence
 
 from hrnet_tfx import config_io
 from hrnet_tfx.config_io import ConfigError, did_you_mean, unknown_keys_error
+from hrnet_tfx.data.options import DEFAULT_LAYOUT, ConvertOptions
 from hrnet_tfx.fs import is_uri
 from hrnet_tfx.models.registry import get_config, list_models
 from hrnet_tfx.training.config import TrainConfig
 
-
+_CONVERT = ConvertOptions()  # the conversion defaults, owned by hrnet_tfx.data.options
 _SECTIONS = ("train", "kubeflow")  # nested mappings, overridden key by key
 
 
@@ -131,11 +132,11 @@ class PipelineConfig:
     root: str = "outputs/pipeline"
     metadata_path: str = ""
     input_base: str = ""
-    layout: str = "auto"
-    train_shards: int = 1024
-    eval_shards: int = 128
-    compression: str = "none"
-    max_bad_fraction: float = 0.001
+    layout: str = DEFAULT_LAYOUT
+    train_shards: int = _CONVERT.train_shards
+    eval_shards: int = _CONVERT.eval_shards
+    compression: str = _CONVERT.compression
+    max_bad_fraction: float = _CONVERT.max_bad_fraction
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     num_workers: int = 0
     evaluate: bool = True
