@@ -112,7 +112,7 @@ def test_make_evaluator_wires_the_latest_blessed_baseline():
     model = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model)
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5))
     assert resolver.id == "LatestBlessedModelResolver" and evaluator.id == "Evaluator"
-    assert evaluator.inputs["baseline_model"] is not None
+    assert evaluator.inputs["baseline_model"] is resolver.outputs["model"]
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
     assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator_hooks"  # the label check
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5, max_top1_drop=None, inference_batch_size=64))
