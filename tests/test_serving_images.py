@@ -3,7 +3,6 @@ bounded size, errors that name the file."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,8 @@ from click.testing import CliRunner
 from hrnet_tfx.cli import main
 from hrnet_tfx.serving.client import Client
 from hrnet_tfx.serving.images import MAX_IMAGE_BYTES, ImageFileError, read_image, read_images
+
+from conftest import free_port
 
 
 def test_reads_bytes_local_files_and_bucket_files(tmp_path):
@@ -62,14 +63,8 @@ def test_a_huge_file_is_refused_without_reading_it(tmp_path):
     assert done.stdout.strip() == f"image {huge} is larger than {MAX_IMAGE_BYTES} bytes"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_client_refuses_an_unreadable_file_before_sending(tmp_path):
-    with Client(f"127.0.0.1:{_free_port()}", timeout=5) as client:  # nothing listens: nothing may be sent
+    with Client(f"127.0.0.1:{free_port()}", timeout=5) as client:  # nothing listens: nothing may be sent
         with pytest.raises(ImageFileError, match=rf"^cannot read image {re.escape(str(tmp_path))}/gone.jpg: No such"):
             client.predict_images([b"jpeg", str(tmp_path / "gone.jpg")])
 
@@ -78,7 +73,7 @@ def test_predict_command_reports_the_oversized_file(tmp_path):
     big = tmp_path / "big.jpg"
     with open(big, "wb") as f:
         f.truncate(MAX_IMAGE_BYTES + 1)
-    result = CliRunner().invoke(main, ["predict", "--server", f"127.0.0.1:{_free_port()}", "--json", str(big)])
+    result = CliRunner().invoke(main, ["predict", "--server", f"127.0.0.1:{free_port()}", "--json", str(big)])
     assert result.exit_code == 1, result.output
     assert result.output.splitlines()[0] == (
         f'{{"image": "{big}", "error": "image {big} is larger than {MAX_IMAGE_BYTES} bytes"}}')
