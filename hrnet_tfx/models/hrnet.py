@@ -3,8 +3,10 @@
 The network is assembled from small functional building blocks (:func:`basic_block`,
 :func:`bottleneck`, :func:`transition`, :func:`hr_module`, :func:`classification_head`) out of stock
 Keras layers plus one weightless subclass of ``UpSampling2D`` (:class:`NearestUpSampling2D`, same
-config, same output, XLA-trainable). The model serialises (``get_config``, SavedModel, checkpoints); a
-Keras SavedModel loads without custom objects, and exports for TFMA/TF Serving are plain SavedModels.
+config, same output, XLA-trainable); :func:`count_weights` runs the same description on shapes to count
+the weights and multiply-adds of a full-size variant without building it. The model serialises
+(``get_config``, SavedModel, checkpoints); a Keras SavedModel loads without custom objects, and exports for
+TFMA/TF Serving are plain SavedModels.
 
 Every layer that holds weights is named by its PyTorch module path in the official code and in timm
 (``layer1.0.conv1``, ``stage3.2.fuse_layers.1.0.0.0``, ``classifier`` ...): importing official weights is
@@ -77,7 +79,8 @@ def _torch_default_uniform(fan_in: int) -> keras.initializers.Initializer:
 
 
 class _Builder:
-    """Creates the layers of one model with a shared dtype policy."""
+    """Creates every layer of one model, with a shared dtype policy. The network description (the functions
+    below) makes layers only through it, so :class:`_Counter` can run the same description on shapes."""
 
     def __init__(self, dtype_policy: str | None):
         self.dtype = dtype_policy
