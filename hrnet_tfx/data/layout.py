@@ -33,8 +33,6 @@ FIXED_FILES_FILENAME = "fixed_files.tsv"
 STAGING_DIRNAME = ".incomplete"
 MANIFEST_FORMAT = "hrnet-tfx-examples/1"
 
-COMPRESSIONS = ("none", "gzip")
-
 
 def tsv_cell(value) -> str:
     """One cell of the reports: a backslash and every character that is not printable (tab, newline, ...)
