@@ -232,7 +232,7 @@ def test_restart_after_a_crash(sample, converted, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(convert_lib, "prepare_image", crashing)
-    with pytest.raises(Exception, match="simulated kill"):
+    with pytest.raises(_Crash, match="simulated kill"):
         convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
     monkeypatch.setattr(convert_lib, "prepare_image", real)
 
@@ -273,7 +273,7 @@ def test_restart_redoes_only_unfinished_shards(sample, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(convert_lib, "prepare_image", crashing)
-    with pytest.raises(Exception, match="simulated kill"):
+    with pytest.raises(_Crash, match="simulated kill"):
         convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
     done = len(os.listdir(os.path.join(out, L.STAGING_DIRNAME, "results")))
 
@@ -291,7 +291,7 @@ def test_changed_input_discards_the_unfinished_run(sample, tmp_path, monkeypatch
     real = convert_lib.prepare_image
     monkeypatch.setattr(convert_lib, "prepare_image",
                         lambda *a, **k: (_ for _ in ()).throw(_Crash("simulated kill")))
-    with pytest.raises(Exception, match="simulated kill"):
+    with pytest.raises(_Crash, match="simulated kill"):
         convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
     monkeypatch.setattr(convert_lib, "prepare_image", real)
     config = json.load(open(os.path.join(out, L.STAGING_DIRNAME, "config.json")))

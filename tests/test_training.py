@@ -582,6 +582,7 @@ def test_train_command_on_converted_sample(tmp_path):
     from click.testing import CliRunner
 
     from hrnet_tfx.cli import main
+    from hrnet_tfx.data.layout import load_manifest
 
     runner = CliRunner()
     assert runner.invoke(main, ["data", "make-sample", str(tmp_path / "raw"), "--classes", "3"]).exit_code == 0
@@ -594,7 +595,8 @@ def test_train_command_on_converted_sample(tmp_path):
     result = runner.invoke(main, args + ["--export-dir", str(tmp_path / "export")])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
-    assert summary["step"] == 3 and summary["count"] > 0
+    manifest = load_manifest(str(tmp_path / "data"))
+    assert summary["step"] == 3 and summary["count"] == manifest["splits"]["eval"]["num_examples"]  # the whole split
     assert os.path.exists(tmp_path / "export" / "saved_model.pb")
     again = runner.invoke(main, args + ["--eval-only"])
     assert again.exit_code == 0 and json.loads(again.output.strip().splitlines()[-1])["top1"] == summary["top1"]
