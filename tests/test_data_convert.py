@@ -537,6 +537,9 @@ def test_label_map_cells_are_escaped_like_the_reports(tmp_path):
     write_label_map(path, [ClassInfo(0, "a\tb", "x\ny"), ClassInfo(1, "c\udcff", "z  w")])
     assert open(path, encoding="utf-8").read().split("\n") == ["0\ta\\tb\tx\\ny", "1\tc\\xff\tz  w", ""]
     assert L.tsv_cell("c\udcff") == "c\\xff"
+    classes = [ClassInfo(0, "a\tb", "x\ny"), ClassInfo(1, "AC\\DC", "back\\slash\\t \u2028 caf\u00e9")]
+    write_label_map(path, classes)
+    assert read_label_map(path) == classes  # read back as written, escapes undone
 
 
 def test_imported_record_images_are_checked_like_image_files(inception_dir, tmp_path):

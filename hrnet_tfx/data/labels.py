@@ -15,7 +15,7 @@ import os
 from typing import Iterable
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
-from hrnet_tfx.data.layout import tsv_cell
+from hrnet_tfx.data.layout import tsv_cell, tsv_uncell
 
 
 MAX_LABEL_FILE_BYTES = 256 * 2**20
@@ -82,7 +82,7 @@ def read_label_map(path: str) -> list[ClassInfo]:
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 3 or not parts[0].isdigit():
                 raise DataError(f"{path}:{lineno}: expected 'index<TAB>id<TAB>name', got {line!r}")
-            classes.append(ClassInfo(int(parts[0]), parts[1], parts[2]))
+            classes.append(ClassInfo(int(parts[0]), tsv_uncell(parts[1]), tsv_uncell(parts[2])))
     return classes
 
 
