@@ -26,6 +26,7 @@ import threading
 from typing import IO, Iterator, Sequence
 
 from hrnet_tfx.data.labels import DataError
+from hrnet_tfx.fs import is_uri
 
 _MARKS_DIRECTORIES = ("gs",)
 """URL schemes whose directory listings end every sub-directory name with '/' (TF's GCS file system)."""
@@ -42,7 +43,7 @@ class InputFileError(ValueError):
 
 def is_local(path: str) -> bool:
     """True for a local path, False for a URL of another file system (``gs://...``, ``ram://...``)."""
-    return "://" not in path
+    return not is_uri(path)
 
 
 def _gfile():
