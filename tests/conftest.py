@@ -6,6 +6,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
+import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -14,6 +15,13 @@ import hrnet_tfx  # noqa: E402,F401
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "hrnet_tfx" / "configs" / "tiny.yaml"
 FIXTURES = REPO / "tests" / "fixtures"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (free when asked; tests bind it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -270,7 +270,7 @@ def test_push_refusals_name_the_problem(ram_models):
 
 
 def test_warmup_images_come_from_a_bucket_and_are_bounded(ram_models):
-    from hrnet_tfx.serving.warmup import MAX_IMAGE_BYTES
+    from hrnet_tfx.serving.images import MAX_IMAGE_BYTES, ImageFileError
 
     base = ram("warmup")
     image = sample_images(1, seed=3)[0]
@@ -279,7 +279,7 @@ def test_warmup_images_come_from_a_bucket_and_are_bounded(ram_models):
         f.write(image)
     with gfile.GFile(f"{base}/huge.jpg", "wb") as f:
         f.write(b"\xff" * (MAX_IMAGE_BYTES + 1))
-    with pytest.raises(ValueError, match=rf"warm-up image ram://.*/huge.jpg is larger than {MAX_IMAGE_BYTES} bytes"):
+    with pytest.raises(ImageFileError, match=rf"warm-up image ram://.*/huge.jpg is larger than {MAX_IMAGE_BYTES} bytes"):
         push_saved_model(f"{ram_models}/good", base, "hrnet", warmup_images=[f"{base}/huge.jpg"])
     assert model_base.version_dirs(f"{base}/hrnet") == {}
     push = push_saved_model(f"{ram_models}/good", base, "hrnet", warmup_images=[f"{base}/cat.jpg"])

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from hrnet_tfx.cli import main
+from hrnet_tfx.models.registry import list_models
 
 from conftest import FIXTURES, TINY_CONFIG
 
@@ -21,21 +22,22 @@ def _run(*args):
 def test_models_list_is_a_real_console_command():
     out = subprocess.run([sys.executable, "-m", "hrnet_tfx.cli", "models", "list"], capture_output=True,
                          text=True, check=True).stdout.split()
-    assert out[:3] == ["hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18"] and len(out) == 9
+    assert out == list_models()  # the nine official variants, in registration order (pinned in test_models.py)
 
 
 def test_models_summary_json_on_a_config_file():
     result = _run("models", "summary", str(TINY_CONFIG), "--image-size", "64", "--num-classes", "10", "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["trainable_params"] > 0 and info["macs"] > 0
-    assert info["layers"]["Conv2D"] == info["layers"]["BatchNormalization"]
+    assert (info["trainable_params"], info["non_trainable_params"], info["macs"]) == (117_070, 2_568, 5_624_704)
+    assert info["layers"]["Conv2D"] == info["layers"]["BatchNormalization"] == 86
 
 
 def test_models_summary_table():
     result = _run("models", "summary", "tiny.yaml", "--image-size", "64")
     assert result.exit_code == 0
-    assert "GFLOPs (official counter)" in result.output and "trainable parameters" in result.output
+    assert re.search(r"trainable parameters +181,420\n", result.output), result.output  # 1000 classes
+    assert re.search(r"GFLOPs \(official counter\) +0\.01\n", result.output), result.output
 
 
 def test_unknown_model_is_a_clean_error():

@@ -1,11 +1,16 @@
 """``hrnet-tfx data make-sample`` and ``hrnet-tfx data convert`` through click."""
 
+import io
 import os
 
 from click.testing import CliRunner
+from PIL import Image
 
-from hrnet_tfx.cli.data import data
-from hrnet_tfx.data import layout as L
+import hrnet_tfx  # noqa: F401  (before TensorFlow)
+import tensorflow as tf  # noqa: E402
+
+from hrnet_tfx.cli.data import data  # noqa: E402
+from hrnet_tfx.data import layout as L  # noqa: E402
 
 
 def test_make_sample_then_convert(tmp_path):
@@ -57,3 +62,34 @@ def test_convert_max_image_mb_skips_larger_files_before_reading(tmp_path):
         rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
     assert {r[2] for r in rows} == {"too_large"} and len(rows) == 6
     assert all(r[3].endswith("above the limit of 104 bytes") for r in rows)
+
+
+def test_convert_help_describes_the_layouts_before_pointing_at_them():
+    r = CliRunner().invoke(data, ["convert", "--help"])
+    assert r.exit_code == 0 and "see below" not in r.output
+    text = " ".join(r.output.split())
+    assert text.index("Layouts: imagenet") < text.index("--layout") < text.index("the layouts are described above")
+
+
+def _inception_records(path, labels):
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for label in labels:
+            out = io.BytesIO()
+            Image.new("RGB", (8, 8), (40 * label, 0, 0)).save(out, format="JPEG")
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[out.getvalue()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            })).SerializeToString())
+
+
+def test_convert_describes_tfrecord_input_in_files(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ["train-00000-of-00002", "train-00001-of-00002"]:
+        _inception_records(src / name, [1, 2])
+    _inception_records(src / "validation-00000-of-00001", [1, 2])
+    r = CliRunner().invoke(data, ["convert", str(src), str(tmp_path / "out"), "--train-shards", "1",
+                                  "--eval-shards", "1", "--", "--runner=FnApiRunner"])
+    assert r.exit_code == 0, r.output
+    assert "tfrecords layout: classes from the records; train 2 TFRecord files, eval 1 TFRecord file\n" in r.output
+    assert "train: 4 examples in 1 shards (0 re-encoded, 0 skipped)" in r.output

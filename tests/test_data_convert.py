@@ -223,7 +223,7 @@ class _Crash(RuntimeError):
 def test_restart_after_a_crash(sample, converted, tmp_path, monkeypatch):
     out = str(tmp_path / "crashy")
     calls = {"n": 0}
-    real = convert_lib.make_example
+    real = convert_lib.prepare_image
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
@@ -231,10 +231,10 @@ def test_restart_after_a_crash(sample, converted, tmp_path, monkeypatch):
             raise _Crash("simulated kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert_lib, "make_example", crashing)
-    with pytest.raises(Exception, match="simulated kill"):
+    monkeypatch.setattr(convert_lib, "prepare_image", crashing)
+    with pytest.raises(_Crash, match="simulated kill"):
         convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
-    monkeypatch.setattr(convert_lib, "make_example", real)
+    monkeypatch.setattr(convert_lib, "prepare_image", real)
 
     staging = os.path.join(out, L.STAGING_DIRNAME)
     assert sorted(os.listdir(out)) == [L.STAGING_DIRNAME]  # nothing a reader could take for complete
@@ -263,7 +263,7 @@ def test_restart_after_a_crash(sample, converted, tmp_path, monkeypatch):
 
 def test_restart_redoes_only_unfinished_shards(sample, tmp_path, monkeypatch):
     out = str(tmp_path / "resume")
-    real = convert_lib.make_example
+    real = convert_lib.prepare_image
     state = {"n": 0}
 
     def crashing(*args, **kwargs):
@@ -272,14 +272,14 @@ def test_restart_redoes_only_unfinished_shards(sample, tmp_path, monkeypatch):
             raise _Crash("simulated kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert_lib, "make_example", crashing)
-    with pytest.raises(Exception, match="simulated kill"):
+    monkeypatch.setattr(convert_lib, "prepare_image", crashing)
+    with pytest.raises(_Crash, match="simulated kill"):
         convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
     done = len(os.listdir(os.path.join(out, L.STAGING_DIRNAME, "results")))
 
     planned = []
     real_run = convert_lib._run_beam
-    monkeypatch.setattr(convert_lib, "make_example", real)
+    monkeypatch.setattr(convert_lib, "prepare_image", real)
     monkeypatch.setattr(convert_lib, "_run_beam", lambda pending, *a: (planned.extend(pending),
                                                                         real_run(pending, *a)))
     convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
@@ -288,12 +288,12 @@ def test_restart_redoes_only_unfinished_shards(sample, tmp_path, monkeypatch):
 
 def test_changed_input_discards_the_unfinished_run(sample, tmp_path, monkeypatch):
     out = str(tmp_path / "changed")
-    real = convert_lib.make_example
-    monkeypatch.setattr(convert_lib, "make_example",
+    real = convert_lib.prepare_image
+    monkeypatch.setattr(convert_lib, "prepare_image",
                         lambda *a, **k: (_ for _ in ()).throw(_Crash("simulated kill")))
-    with pytest.raises(Exception, match="simulated kill"):
+    with pytest.raises(_Crash, match="simulated kill"):
         convert(discover(sample[0]), out, SMALL, beam_args=BEAM)
-    monkeypatch.setattr(convert_lib, "make_example", real)
+    monkeypatch.setattr(convert_lib, "prepare_image", real)
     config = json.load(open(os.path.join(out, L.STAGING_DIRNAME, "config.json")))
     other = ConvertOptions(train_shards=2, eval_shards=1, max_bad_fraction=0.1)
     result = convert(discover(sample[0]), out, other, beam_args=BEAM)
@@ -506,15 +506,15 @@ def test_overwrite_keeps_the_old_conversion_until_the_new_one_is_complete(sample
     assert L.load_manifest(out) == old and read_split(out, "train") == old_shards
 
     seen = []
-    real = convert_lib.make_example
+    real = convert_lib.prepare_image
 
     def watching(*args, **kwargs):  # while the new shards are written, the old conversion is intact
         seen.append(L.load_manifest(out)["config_hash"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert_lib, "make_example", watching)
+    monkeypatch.setattr(convert_lib, "prepare_image", watching)
     new = convert(discover(sample[0]), out, other, beam_args=BEAM, overwrite=True).manifest
-    assert set(seen) == {old["config_hash"]} and len(seen) == 76
+    assert set(seen) == {old["config_hash"]} and len(seen) == 79
     assert L.load_manifest(out) == new != old
     assert sorted(os.listdir(L.split_dir(out, "train"))) == ["train-00000-of-00002", "train-00001-of-00002"]
     assert sorted(os.listdir(out)) == sorted(["Split-train", "Split-eval", "labels.tsv", "bad_files.tsv",
@@ -526,6 +526,20 @@ def test_report_cells_escape_tabs_newlines_and_undecodable_bytes():
     assert L.tsv_cell("back\\slash") == "back\\\\slash"
     assert L.tsv_cell(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
     assert L.tsv_cell("plain café 1.jpg") == "plain café 1.jpg"
+
+
+def test_label_map_cells_are_escaped_like_the_reports(tmp_path):
+    """One cell writer for every TSV: a class id with a tab or a byte that is not UTF-8 reads the same in
+    labels.tsv as in bad_files.tsv, and every class stays one line of three columns."""
+    from hrnet_tfx.data.labels import ClassInfo, write_label_map
+
+    path = str(tmp_path / "labels.tsv")
+    write_label_map(path, [ClassInfo(0, "a\tb", "x\ny"), ClassInfo(1, "c\udcff", "z  w")])
+    assert open(path, encoding="utf-8").read().split("\n") == ["0\ta\\tb\tx\\ny", "1\tc\\xff\tz  w", ""]
+    assert L.tsv_cell("c\udcff") == "c\\xff"
+    classes = [ClassInfo(0, "a\tb", "x\ny"), ClassInfo(1, "AC\\DC", "back\\slash\\t \u2028 caf\u00e9")]
+    write_label_map(path, classes)
+    assert read_label_map(path) == classes  # read back as written, escapes undone
 
 
 def test_imported_record_images_are_checked_like_image_files(inception_dir, tmp_path):

@@ -65,8 +65,8 @@ def test_truncated_and_corrupt_files_are_named(tmp_path, where):
 
     cut_header = _write(os.path.join(root, "cut-header"), sizes)
     _cut(cut_header, 116 + 5)  # 5 bytes of the second header
-    assert scan_file(cut_header) == (1, "truncated: 5 byte(s) after record 1 at byte 116 are less than a "
-                                        "12-byte record header")
+    assert scan_file(cut_header) == (1, "truncated: the header of record 1 at byte 116 is cut short (5 of 12 "
+                                        "bytes)")
 
     corrupt = _write(os.path.join(root, "corrupt"), sizes)
     with tf.io.gfile.GFile(corrupt, "rb") as f:
@@ -122,3 +122,12 @@ def test_reads_only_the_headers_of_a_huge_file(tmp_path):
     read = _rchar() - before
     assert os.path.getsize(path) == records * (length + 16)
     assert read < records * (1 << 20), f"read {read} bytes of a {os.path.getsize(path)}-byte file"
+
+
+def test_a_fifo_named_like_a_shard_is_refused_not_counted_as_empty(tmp_path):
+    """A FIFO is not opened for reading (it would block the launcher) and not counted as 0 records."""
+    good = _write(str(tmp_path / "train-0-of-2"), [10, 20])
+    fifo = tmp_path / "train-1-of-2"
+    os.mkfifo(fifo)
+    with pytest.raises(RecordCountError, match=re.escape(str(fifo)) + ": cannot read: a FIFO"):
+        count_records([good, str(fifo)], compression="none")

@@ -202,3 +202,27 @@ def test_tfrecord_import_on_ram_plain_and_gzip(tmp_path):
         (row,) = [line.split("\t") for line in f.read().splitlines()[1:]]
     assert row[1:3] == ["train-00002-of-00003", "lost_records"] and "about 5 lost" in row[3]
     assert read_label_map(out)[0].id == SYNSETS[0][0]
+
+
+def test_make_sample_writes_to_ram_what_it_writes_to_local_disk(tmp_path):
+    """``hrnet-tfx data make-sample`` with a ram:// (bucket-like) directory: the same files, byte for byte,
+    as on local disk; discovered like it; a second run into the now non-empty directory is refused."""
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli.data import data
+
+    ram = f"ram://{uuid.uuid4().hex}/sample"
+    args = ["--classes", "2", "--train-per-class", "3", "--val-per-class", "2", "--image-size", "16", "--corrupt"]
+    r = CliRunner().invoke(data, ["make-sample", ram] + args)
+    assert r.exit_code == 0, r.output
+    local = tmp_path / "sample"
+    assert CliRunner().invoke(data, ["make-sample", str(local)] + args).exit_code == 0
+    files = sorted(os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs)
+    assert len(files) == 2 * 3 + 3 + 2 * 2 + 2
+    for rel in files:
+        with tf.io.gfile.GFile(f"{ram}/{rel}", "rb") as f:
+            assert f.read() == (local / rel).read_bytes(), rel
+    ds = discover(ram)
+    assert (ds.layout, len(ds.splits["train"].items), len(ds.splits["eval"].items)) == ("imagenet", 9, 4)
+    r = CliRunner().invoke(data, ["make-sample", ram] + args)
+    assert r.exit_code == 1 and "not empty" in r.output

@@ -25,6 +25,7 @@ from hrnet_tfx.components.pusher import (PUSHED, PUSHED_DESTINATION, PUSHED_VERS
 from hrnet_tfx.components.report import REPORT_HTML, REPORT_JSON, REPORT_MD, EvaluationReport
 from hrnet_tfx.serving import model_base
 from hrnet_tfx.serving.export import export_saved_model
+from hrnet_tfx.serving.images import ImageFileError
 from hrnet_tfx.serving.warmup import read_warmup_requests
 
 from conftest import REPO, write_color_records
@@ -112,7 +113,7 @@ def test_make_evaluator_wires_the_latest_blessed_baseline():
     model = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model)
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5))
     assert resolver.id == "LatestBlessedModelResolver" and evaluator.id == "Evaluator"
-    assert evaluator.inputs["baseline_model"] is not None
+    assert evaluator.inputs["baseline_model"] is resolver.outputs["model"]
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
     assert evaluator.exec_properties["module_path"] == "hrnet_tfx.components.evaluator_hooks"  # the label check
     resolver, evaluator = make_evaluator(examples, model, eval_config(0.5, max_top1_drop=None, inference_batch_size=64))
@@ -162,9 +163,8 @@ def test_push_ships_the_label_map_when_the_model_has_none(tmp_path, models, colo
 
 def test_a_failed_push_leaves_no_version_and_no_staging(tmp_path, models):
     base = tmp_path / "base"
-    import tensorflow as tf
-
-    with pytest.raises(tf.errors.NotFoundError):  # warm-up image missing: fails after the copy, before the rename
+    # warm-up image missing: fails after the copy, before the rename
+    with pytest.raises(ImageFileError, match=r"^cannot read warm-up image .*/missing.jpg: No such file or directory$"):
         push_saved_model(str(models["good"] / "Format-Serving"), str(base), "hrnet",
                          warmup_images=[str(tmp_path / "missing.jpg")])
     assert os.listdir(base / "hrnet") == []

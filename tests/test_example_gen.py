@@ -1,6 +1,7 @@
 """ImageExampleGen: the driver's fingerprint, the executor's artifact properties, and (e2e) a real
 LocalDagRunner pipeline whose Examples artifact TFX's own readers (StatisticsGen, tfxio) read."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -52,6 +53,19 @@ def test_component_validates_options_at_definition():
     with pytest.raises(ValueError, match="max_image_bytes"):
         ImageExampleGen("/data", max_image_bytes=0)
     assert set(gen.outputs) == {"examples"}
+
+
+def test_cli_and_component_defaults_are_convert_options_defaults():
+    """One owner: every conversion setting's default in the command and the component is ConvertOptions'."""
+    from hrnet_tfx.cli.data import data
+
+    defaults = dataclasses.asdict(ConvertOptions())
+    params = {p.name: p.default for p in data.commands["convert"].params}
+    cli = {name: params[name] for name in defaults if name != "max_image_bytes"}
+    cli["max_image_bytes"] = int(params["max_image_mb"] * 2**20)
+    assert cli == defaults
+    props = ImageExampleGen("/data").exec_properties
+    assert {name: props[name] for name in defaults} == defaults
 
 
 def test_driver_resolves_span_and_cheap_fingerprint(sample):

@@ -1,10 +1,12 @@
 """The model library: registry, config, exact parameter counts and GFLOPs, fidelity to the official
 network, forward/backward, serialisation, mixed precision and XLA."""
 
+import dataclasses
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ import tf_keras as keras
 
 from hrnet_tfx import models
 from hrnet_tfx.models.config import ConfigError, HRNetConfig
-from hrnet_tfx.models.hrnet import NearestUpSampling2D
+from hrnet_tfx.models.hrnet import NearestUpSampling2D, count_macs, count_weights
 
 # Official HRNet-Image-Classification: trainable params (exact) and its "GFLOPs" counter (conv+linear MACs / 1024**3).
 OFFICIAL = {
@@ -41,6 +43,32 @@ def test_registry_lists_the_nine_official_variants():
 
 @pytest.mark.parametrize("name", list(OFFICIAL))
 def test_parameter_count_and_gflops_match_official_table(name):
+    """Every registered variant, counted from its network description without building it (milliseconds)."""
+    info = count_weights(models.get_config(name))
+    params, gflops = OFFICIAL[name]
+    assert info["trainable_params"] == params
+    assert round(info["macs"] / 1024**3, _decimals(gflops)) == gflops
+
+
+def test_readme_table_states_the_pinned_counts():
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| (hrnet_\w+) \| ([\d,]+) \| ([\d.]+) \|", readme, re.MULTILINE)
+    assert {name: (int(params.replace(",", "")), float(gflops)) for name, params, gflops in rows} == OFFICIAL
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "hrnet_w18_small"])
+def test_counting_without_building_equals_the_built_model(name):
+    keras.backend.clear_session()
+    model = models.build_model(name, num_classes=7, image_size=64)
+    assert count_weights(models.get_config(name), num_classes=7, image_size=64) == {
+        "trainable_params": sum(int(w.shape.num_elements()) for w in model.trainable_weights),
+        "non_trainable_params": sum(int(w.shape.num_elements()) for w in model.non_trainable_weights),
+        "macs": count_macs(model)}
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_full_size_model_matches_official_table(name):
     keras.backend.clear_session()
     info = models.model_summary(name)
     params, gflops = OFFICIAL[name]
@@ -66,7 +94,7 @@ def test_regular_variants_are_generated_from_width():
 
 def test_config_is_frozen_and_round_trips(tiny_config_path):
     cfg = HRNetConfig.from_file(tiny_config_path)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'num_features'"):
         cfg.num_features = 3
     assert HRNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

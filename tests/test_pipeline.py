@@ -5,6 +5,7 @@ import re
 import pytest
 
 from hrnet_tfx.models.config import ConfigError
+from hrnet_tfx.models.registry import list_models
 from hrnet_tfx.pipeline import PRESETS, load_config
 from hrnet_tfx.pipeline.pipeline import create_pipeline
 
@@ -12,10 +13,10 @@ from conftest import TINY_CONFIG
 
 
 def test_presets_cover_every_variant_and_the_demo():
-    assert "demo" in PRESETS
-    assert {f"imagenet_{n}" for n in ("hrnet_w18_small", "hrnet_w18", "hrnet_w64")} <= set(PRESETS)
+    assert list(PRESETS) == ["demo"] + [f"imagenet_{n}" for n in list_models()]
+    for name in list_models():
+        assert load_config(f"imagenet_{name}").train_config().model == name
     official = load_config("imagenet_hrnet_w32")
-    assert official.train_config().model == "hrnet_w32"
     assert official.train_config().for_workers(4).peak_lr == 0.05  # the official 4 GPUs x 32 images
 
 
@@ -83,7 +84,7 @@ def test_config_spells_out_every_setting_and_round_trips(tmp_path):
     Trainer takes from the converted data; a saved config loads back to an equal one."""
     import json
 
-    from hrnet_tfx.pipeline.config import PipelineConfig
+    from hrnet_tfx.pipeline.config import KubeflowConfig, PipelineConfig
     from hrnet_tfx.training.config import TrainConfig
 
     config = load_config("demo", "", ["train.epochs=3"])
@@ -92,8 +93,10 @@ def test_config_spells_out_every_setting_and_round_trips(tmp_path):
                 "num_train_examples"):
         del expected_train[key]
     assert config.train == expected_train
-    assert config.kubeflow == {"image": "", "trainer_gpus": 0, "gpu_type": "nvidia.com/gpu", "trainer_cpu": 0.0,
-                               "trainer_memory_gb": 0.0, "trainer_node_selector": {}, "trainer_tolerations": []}
+    assert config.kubeflow == KubeflowConfig()  # typed, and spelled out in full when saved
+    assert config.to_dict()["kubeflow"] == {
+        "image": "", "trainer_gpus": 0, "gpu_type": "nvidia.com/gpu", "trainer_cpu": 0.0, "trainer_memory_gb": 0.0,
+        "trainer_node_selector": {}, "trainer_tolerations": []}
     assert load_config("demo", "", ["train.num_classes=5"]).train["num_classes"] == 5  # set: kept
     config.save(str(tmp_path / "saved.json"))
     assert PipelineConfig.from_dict(json.loads((tmp_path / "saved.json").read_text())) == config

@@ -56,3 +56,20 @@ def test_export_logs_no_captured_input_renames(tmp_path, caplog):
     assert not [r for r in caplog.records if "contains input name(s)" in r.getMessage()]
     assert max(len(r.getMessage()) for r in caplog.records) < 500
     assert logging.getLogger("absl").filters == before  # the caller's logging is left as it was
+
+
+def test_a_training_worker_prints_no_known_noise(tmp_path):
+    """Horovod ranks and MPIJob pods run ``python -m hrnet_tfx.training.worker``: its stderr carried TensorFlow's
+    cuFFT/cuDNN/cuBLAS registration errors and Google's FutureWarnings before the worker's own message."""
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model: no_such_model\nmodel_dir: {tmp_path / 'm'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run([sys.executable, "-m", "hrnet_tfx.training.worker", "--config", str(config)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].endswith("ERROR [worker] unknown model 'no_such_model'. Known models: hrnet_w18_small, "
+                             "hrnet_w18_small_v2, hrnet_w18, hrnet_w30, hrnet_w32, hrnet_w40, hrnet_w44, hrnet_w48, "
+                             "hrnet_w64; packaged configs: tiny.yaml; or pass a network config file (.yaml/.json).")

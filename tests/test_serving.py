@@ -15,7 +15,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,8 @@ from hrnet_tfx.serving.model_base import complete_versions, latest_version, reso
 from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
+from conftest import free_port  # noqa: E402
+
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 IMAGE_SIZE = 64
 MAX_PIXELS = 200_000  # the test servers' image cap; the "huge" image is 640x480 = 307,200 pixels
@@ -73,12 +74,6 @@ def example_bytes(image):
 
 def b64(data):
     return {"b64": base64.b64encode(data).decode("ascii")}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_version_2(v1_dir, dest, boosted_class):

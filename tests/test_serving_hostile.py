@@ -36,6 +36,8 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_
 
 from hrnet_tfx.serving.tensors import to_tensor_proto  # noqa: E402
 
+from conftest import free_port  # noqa: E402
+
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 MIB = 2**20
 AS_HEADROOM = 1536 * MIB
@@ -92,12 +94,6 @@ def gif_bomb(width, height):
 
 def b64(data):
     return {"b64": base64.b64encode(data).decode("ascii")}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status(pid, key):

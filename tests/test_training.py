@@ -63,7 +63,7 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
     path.write_text("model: hrnet_w32\nepochs: 2\nlr_decay_epochs: [1]\n")
     c = TrainConfig.from_file(str(path), ["global_batch_size=256", "label_smoothing=0.1"])
     assert (c.model, c.epochs, c.global_batch_size, c.label_smoothing) == ("hrnet_w32", 2.0, 256, 0.1)
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate' \(did you mean 'serving_dtype'\?\)\]"):
         TrainConfig.from_file(str(path), ["learning_rate=0.1"])
     with pytest.raises(ConfigError, match="global_batch_size='many'"):
         TrainConfig.from_file(str(path), ["global_batch_size=many"])
@@ -71,6 +71,18 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         TrainConfig.from_file(str(path), ["epochs"])
     with pytest.raises(ConfigError, match="schedule must be one of"):
         TrainConfig(schedule="linear")
+
+
+def test_train_command_names_the_allowed_keys_for_an_unknown_one(tmp_path):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model-dir", str(tmp_path / "m"), "-s", "label_smothing=0.1"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "training config: unknown key(s) ['label_smothing' (did you mean 'label_smoothing'?)]; allowed: " \
+           "backend, base_batch, base_lr, checkpoint_every_steps, " in result.output
+    assert ", weight_decay\n" in result.output
 
 
 def test_schedule_step_warmup_and_cosine():
@@ -165,6 +177,66 @@ def test_train_command_refuses_eval_only_with_a_random_classifier(color_records,
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "has a classifier of 10 classes, num_classes is 3: eval-only would evaluate a randomly initialised " \
            "classifier" in result.output
+
+
+def _ten_class_model():
+    from hrnet_tfx.models import build_model
+
+    return build_model("tiny.yaml", num_classes=10, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def ten_class_checkpoint(tmp_path_factory):
+    """A 10-class tiny network's checkpoint directory as the loop writes it (model and optimizer, through a
+    CheckpointManager), and its first conv kernel; the runs below have 3 classes."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    root = tmp_path_factory.mktemp("ten")
+    model = _ten_class_model()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer), str(root / "checkpoints"),
+                               max_to_keep=1, checkpoint_name="ckpt").save(checkpoint_number=7)
+    return str(root / "checkpoints"), model.get_layer("conv1").kernel.numpy()
+
+
+@pytest.fixture(scope="module")
+def ten_class_export(tmp_path_factory):
+    """The same network exported as a SavedModel (about 25 s on 2 cores: e2e tier)."""
+    from hrnet_tfx.serving.export import export_saved_model
+
+    export_dir = str(tmp_path_factory.mktemp("ten_export") / "export")
+    export_saved_model(_ten_class_model(), export_dir, [f"c{i}" for i in range(10)], image_size=64)
+    return export_dir
+
+
+def _eval_only_from(init_from: str, color_records, tmp_path):
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    result = CliRunner().invoke(main, [
+        "train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"), "--workers", "1", "--eval-only",
+        "--init-from", init_from, "-s", "num_classes=3", "-s", "image_size=64",
+        "-s", f"eval_files={color_records / 'eval' / '*'}"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output == f"Error: init_from {init_from} has a classifier of 10 classes, num_classes is 3: " \
+                            "eval-only would evaluate a randomly initialised classifier. Set num_classes to match, " \
+                            "or train (fine-tune) first.\n"
+
+
+def test_train_command_refuses_eval_only_of_a_checkpoint_with_other_classes(ten_class_checkpoint, color_records,
+                                                                            tmp_path):
+    """It failed with a raw restore error."""
+    _eval_only_from(ten_class_checkpoint[0], color_records, tmp_path)
+
+
+@pytest.mark.e2e
+def test_train_command_refuses_eval_only_of_a_saved_model_with_other_classes(ten_class_export, color_records,
+                                                                             tmp_path):
+    """It evaluated a random classifier."""
+    _eval_only_from(ten_class_export, color_records, tmp_path)
 
 
 # ---------------------------------------------------------------- e2e tier: real training runs
@@ -480,11 +552,37 @@ def test_train_command_errors_are_clean(color_records, tmp_path):
 
 
 @pytest.mark.e2e
+def test_train_command_fine_tunes_a_checkpoint_of_other_classes(ten_class_checkpoint, color_records, tmp_path,
+                                                                caplog):
+    """The checkpoint's 10-class classifier is dropped with a warning; every other weight starts from it."""
+    import tensorflow as tf
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    source, conv1 = ten_class_checkpoint
+    with caplog.at_level("WARNING"):
+        result = CliRunner().invoke(main, [
+            "train", "--model", "tiny.yaml", "--model-dir", str(tmp_path / "m"), "--workers", "1",
+            "--init-from", source, "-s", "num_classes=3", "-s", "image_size=64",
+            "-s", "train_steps=1", "-s", "global_batch_size=4", "-s", "base_lr=1e-12", "-s", "num_train_examples=48",
+            "-s", f"train_files={color_records / 'train' / '*'}", "-s", f"eval_files={color_records / 'eval' / '*'}"])
+    assert result.exit_code == 0, result.output
+    assert f"init_from {source} has a classifier of 10 classes, this run has 3 classes: " \
+           "the classifier starts from random weights (fine-tuning)" in caplog.text
+    reader = tf.train.load_checkpoint(str(tmp_path / "m" / "checkpoints"))
+    after = reader.get_tensor("model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_allclose(after, conv1, atol=1e-9)  # one step at lr 1e-12
+    assert reader.get_tensor("model/layer_with_weights-172/kernel/.ATTRIBUTES/VARIABLE_VALUE").shape[-1] == 3
+
+
+@pytest.mark.e2e
 def test_train_command_on_converted_sample(tmp_path):
     """The standalone flow: make-sample -> data convert -> train (with export) -> eval-only."""
     from click.testing import CliRunner
 
     from hrnet_tfx.cli import main
+    from hrnet_tfx.data.layout import load_manifest
 
     runner = CliRunner()
     assert runner.invoke(main, ["data", "make-sample", str(tmp_path / "raw"), "--classes", "3"]).exit_code == 0
@@ -497,7 +595,8 @@ def test_train_command_on_converted_sample(tmp_path):
     result = runner.invoke(main, args + ["--export-dir", str(tmp_path / "export")])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
-    assert summary["step"] == 3 and summary["count"] > 0
+    manifest = load_manifest(str(tmp_path / "data"))
+    assert summary["step"] == 3 and summary["count"] == manifest["splits"]["eval"]["num_examples"]  # the whole split
     assert os.path.exists(tmp_path / "export" / "saved_model.pb")
     again = runner.invoke(main, args + ["--eval-only"])
     assert again.exit_code == 0 and json.loads(again.output.strip().splitlines()[-1])["top1"] == summary["top1"]

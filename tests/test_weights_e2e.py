@@ -8,7 +8,6 @@
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ from PIL import Image
 
 from hrnet_tfx.cli import main
 
-from conftest import FIXTURES, REPO, write_color_records
+from conftest import FIXTURES, REPO, free_port, write_color_records
 
 TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args):
@@ -78,7 +71,7 @@ def test_official_weights_fine_tuned_and_served(tmp_path):
                                 ).strip().splitlines()[-1])
     assert (evaluated["count"], evaluated["step"]) == (6, 0)
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log = tmp_path / "serve.log"
     with open(log, "w") as log_file:

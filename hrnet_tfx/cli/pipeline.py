@@ -82,6 +82,6 @@ def compile_kubeflow(preset: str, config_file: str, overrides: tuple, output: st
         compile_pipeline(config, output)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    kfp = config.kubeflow_config()
+    kfp = config.kubeflow
     click.echo(f"wrote {output}: pipeline {config.name}, image {kfp.image}, trainer {kfp.trainer_gpus} x "
                f"{kfp.gpu_type}; upload it in the KFP UI or with kfp.Client().upload_pipeline")

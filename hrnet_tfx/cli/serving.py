@@ -129,6 +129,7 @@ def _predict_batch(client, paths, top_k):
     """``(path, ranking or error message)`` for each file: a batch the server refuses as a bad request is
     sent again one image at a time, so one bad file costs only its own answer."""
     from hrnet_tfx.serving.errors import Code, ServingError
+    from hrnet_tfx.serving.images import ImageFileError
 
     try:
         return list(zip(paths, client.predict_images(list(paths), top_k=top_k)))
@@ -138,10 +139,10 @@ def _predict_batch(client, paths, top_k):
         if len(paths) > 1:
             return [answer for path in paths for answer in _predict_batch(client, [path], top_k)]
         return [(paths[0], _IMAGE_INDEX.sub("", e.message, count=1))]
-    except OSError as e:
+    except ImageFileError as e:
         if len(paths) > 1:
             return [answer for path in paths for answer in _predict_batch(client, [path], top_k)]
-        return [(paths[0], f"cannot read the file: {e.strerror or e}")]
+        return [(paths[0], str(e))]
 
 
 _IMAGE_INDEX = re.compile(r"^images\[0\]:\s*")  # the server names the request's tensor, not the file

@@ -26,7 +26,8 @@ def resolve_config(config_file: str | None, data_dir: str | None, overrides=(), 
     ``fields`` (model, model_dir, ...) <- ``key=value`` overrides. Raises ``ConfigError``, or
     ``click.ClickException`` for unusable or unreadable data (naming ``data_dir``, what to do about a
     bucket, then ``unreadable_hint``)."""
-    from hrnet_tfx.training.config import TrainConfig, parse_overrides
+    from hrnet_tfx.config_io import parse_overrides
+    from hrnet_tfx.training.config import TrainConfig
 
     base = TrainConfig.from_file(config_file or "").to_dict()
     if data_dir:

@@ -119,12 +119,7 @@ def eval_config(
       A :class:`tfma.EvalConfig` with model specs ``candidate`` (and ``baseline`` unless
       ``max_top1_drop is None``).
     """
-    if label_offset:
-        raise ValueError(
-            f"label_offset={label_offset}: the Evaluator (TFMA) scores {label_key!r} as stored and cannot shift "
-            "labels, so every example would count as the neighbouring class. Convert the data with "
-            "ImageExampleGen or 'hrnet-tfx data convert' (they write 0-based labels, shifting inception's "
-            "1-based ones), or evaluate without TFMA ('hrnet-tfx train --eval-only' takes -s label_offset=1)")
+    _check_label_offset(label_offset, label_key)
     top1_lower_bound = _check_fraction("top1_lower_bound", top1_lower_bound)
     top5_lower_bound = _check_fraction("top5_lower_bound", top5_lower_bound)
     if max_top1_drop is not None:
@@ -134,21 +129,45 @@ def eval_config(
     if inference_batch_size is not None and inference_batch_size < 1:
         raise ValueError(f"inference_batch_size must be positive, got {inference_batch_size}")
 
-    def spec(name: str, is_baseline: bool) -> tfma.ModelSpec:
-        return tfma.ModelSpec(name=name, signature_name=SIGNATURE, label_key=label_key,
-                              prediction_key=PREDICTION_KEY, is_baseline=is_baseline,
-                              inference_batch_size=inference_batch_size or 0)
+    slicing_specs = [tfma.SlicingSpec()]
+    if per_class:
+        slicing_specs.append(tfma.SlicingSpec(feature_keys=[label_key]))
+    return tfma.EvalConfig(
+        model_specs=_model_specs(label_key, inference_batch_size, with_baseline=max_top1_drop is not None),
+        slicing_specs=slicing_specs,
+        metrics_specs=[tfma.MetricsSpec(metrics=_metrics(top1_lower_bound, top5_lower_bound, max_top1_drop, top_k))],
+    )
 
-    model_specs = [spec(CANDIDATE, False)]
-    if max_top1_drop is not None:
-        model_specs.append(spec(BASELINE, True))
 
+def _check_label_offset(label_offset: int, label_key: str) -> None:
+    """Refuses a label offset: TFMA cannot shift labels (see the module docstring)."""
+    if label_offset:
+        raise ValueError(
+            f"label_offset={label_offset}: the Evaluator (TFMA) scores {label_key!r} as stored and cannot shift "
+            "labels, so every example would count as the neighbouring class. Convert the data with "
+            "ImageExampleGen or 'hrnet-tfx data convert' (they write 0-based labels, shifting inception's "
+            "1-based ones), or evaluate without TFMA ('hrnet-tfx train --eval-only' takes -s label_offset=1)")
+
+
+def _model_specs(label_key: str, inference_batch_size: Optional[int], with_baseline: bool) -> list:
+    """The candidate's model spec, and the baseline's when ``with_baseline``: the classification signature,
+    its ``scores`` output, the label feature, and the fixed inference batch (0: TFMA's adaptive one)."""
+    names = [(CANDIDATE, False)] + ([(BASELINE, True)] if with_baseline else [])
+    return [tfma.ModelSpec(name=name, signature_name=SIGNATURE, label_key=label_key, prediction_key=PREDICTION_KEY,
+                           is_baseline=is_baseline, inference_batch_size=inference_batch_size or 0)
+            for name, is_baseline in names]
+
+
+def _metrics(top1_lower_bound: float, top5_lower_bound: float, max_top1_drop: Optional[float],
+             top_k: int) -> list:
+    """Example count, top-1 (lower bound, and at most ``max_top1_drop`` below the baseline unless None),
+    top-k (lower bound) and the cross-entropy of the probabilities; thresholds on the overall slice only."""
     top1_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": top1_lower_bound}))
     if max_top1_drop is not None:
         top1_threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_top1_drop}))
-    metrics = [
+    return [
         tfma.MetricConfig(class_name="ExampleCount"),
         tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
                           per_slice_thresholds=[_overall(top1_threshold)]),
@@ -158,14 +177,6 @@ def eval_config(
                 value_threshold=tfma.GenericValueThreshold(lower_bound={"value": top5_lower_bound})))]),
         tfma.MetricConfig(class_name="SparseCategoricalCrossentropy", config='"from_logits": false'),
     ]
-    slicing_specs = [tfma.SlicingSpec()]
-    if per_class:
-        slicing_specs.append(tfma.SlicingSpec(feature_keys=[label_key]))
-    return tfma.EvalConfig(
-        model_specs=model_specs,
-        slicing_specs=slicing_specs,
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
-    )
 
 
 def make_evaluator(

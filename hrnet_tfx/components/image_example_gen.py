@@ -29,7 +29,9 @@ cost beyond the listings. An image overwritten under the same name does not chan
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from typing import Any, Dict, List
 
 from tfx import types
@@ -41,17 +43,19 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from hrnet_tfx.data.convert import ConvertOptions, convert, pipeline_options
+from hrnet_tfx.data.convert import convert, pipeline_options
 from hrnet_tfx.data.labels import DataError
-from hrnet_tfx.data.sources import FINGERPRINTS, LAYOUTS, discover
+from hrnet_tfx.data.options import (DEFAULT_FINGERPRINT, DEFAULT_LAYOUT, FINGERPRINTS, LAYOUTS,
+                                    ConvertOptions)
+from hrnet_tfx.data.sources import discover
 
 EXAMPLES_KEY = standard_component_specs.EXAMPLES_KEY
 INPUT_BASE_KEY = standard_component_specs.INPUT_BASE_KEY
 TFX_FILE_FORMAT = "tfrecords_gzip"
 """What the artifact records as ``file_format``: the only TFRecord value TFX 1.16 readers accept."""
 
-_OPTION_KEYS = ("train_shards", "eval_shards", "compression", "max_bad_fraction", "verify", "label_offset",
-                "seed", "max_image_bytes")
+_OPTIONS = typing.get_type_hints(ConvertOptions)
+"""The conversion settings and their types: each is an execution parameter of the same name."""
 
 
 class ImageExampleGenSpec(ComponentSpec):
@@ -61,21 +65,14 @@ class ImageExampleGenSpec(ComponentSpec):
         INPUT_BASE_KEY: ExecutionParameter(type=str),
         "layout": ExecutionParameter(type=str),
         "fingerprint": ExecutionParameter(type=str),
-        "train_shards": ExecutionParameter(type=int),
-        "eval_shards": ExecutionParameter(type=int),
-        "compression": ExecutionParameter(type=str),
-        "max_bad_fraction": ExecutionParameter(type=float),
-        "verify": ExecutionParameter(type=str),
-        "label_offset": ExecutionParameter(type=int),
-        "seed": ExecutionParameter(type=str),
-        "max_image_bytes": ExecutionParameter(type=int),
+        **{name: ExecutionParameter(type=kind) for name, kind in _OPTIONS.items()},
     }
     INPUTS = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
 
 
 def _options(exec_properties: Dict[str, Any]) -> ConvertOptions:
-    return ConvertOptions(**{k: exec_properties[k] for k in _OPTION_KEYS})
+    return ConvertOptions(**{k: exec_properties[k] for k in _OPTIONS})
 
 
 class Driver(example_gen_driver.Driver):
@@ -145,28 +142,27 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
     DRIVER_CLASS = Driver
 
-    def __init__(self, input_base: str, layout: str = "auto", *, train_shards: int = 1024,
-                 eval_shards: int = 128, compression: str = "none", max_bad_fraction: float = 0.001,
-                 verify: str = "markers", label_offset: int = 1, seed: str = "hrnet-tfx",
-                 fingerprint: str = "dirs", max_image_bytes: int = ConvertOptions.max_image_bytes):
+    def __init__(self, input_base: str, layout: str = DEFAULT_LAYOUT, *,
+                 fingerprint: str = DEFAULT_FINGERPRINT, **options):
         """Args:
           input_base: the dataset directory (layouts in :mod:`hrnet_tfx.data.sources`): a local path or a
             URL of any TensorFlow file system (``gs://bucket/ILSVRC2012``).
           layout: ``auto``, ``imagenet``, ``imagefolder`` or ``tfrecords``.
-          train_shards, eval_shards, compression, max_bad_fraction, verify, label_offset, seed,
-            max_image_bytes: see :class:`hrnet_tfx.data.convert.ConvertOptions`.
           fingerprint: ``dirs`` (default: the names in every directory) or ``files`` (also a stat per
             file).
+          **options: conversion settings, by name and with the defaults of
+            :class:`hrnet_tfx.data.options.ConvertOptions` (``train_shards``, ``eval_shards``,
+            ``compression``, ``max_bad_fraction``, ``verify``, ``label_offset``, ``seed``,
+            ``max_image_bytes``).
         """
-        ConvertOptions(train_shards=train_shards, eval_shards=eval_shards, compression=compression,
-                       max_bad_fraction=max_bad_fraction, verify=verify, label_offset=label_offset,
-                       seed=seed, max_image_bytes=max_image_bytes)  # fail at definition, not at run time
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(f"ImageExampleGen got unknown option(s) {unknown}; known: {sorted(_OPTIONS)}")
+        settings = dataclasses.asdict(ConvertOptions(**options))  # fails at definition, not at run time
         if layout not in LAYOUTS or fingerprint not in FINGERPRINTS:
             raise ValueError(f"layout must be one of {LAYOUTS} and fingerprint one of {FINGERPRINTS}, got "
                              f"{layout!r} and {fingerprint!r}")
-        spec = ImageExampleGenSpec(
-            input_base=input_base, layout=layout, fingerprint=fingerprint, train_shards=train_shards,
-            eval_shards=eval_shards, compression=compression, max_bad_fraction=float(max_bad_fraction),
-            verify=verify, label_offset=label_offset, seed=seed, max_image_bytes=max_image_bytes,
-            examples=types.Channel(type=standard_artifacts.Examples))
+        settings["max_bad_fraction"] = float(settings["max_bad_fraction"])
+        spec = ImageExampleGenSpec(input_base=input_base, layout=layout, fingerprint=fingerprint, **settings,
+                                   examples=types.Channel(type=standard_artifacts.Examples))
         super().__init__(spec=spec)

@@ -297,19 +297,9 @@ def push_saved_model(
       PushError: the source is not a SavedModel, there is no label map to ship, or the model name is not
         a directory name; nothing was made visible.
     """
-    try:
-        check_model_name(model_name)
-    except ValueError as e:
-        raise PushError(str(e)) from None
-    if not tf.io.gfile.exists(_join(saved_model_dir, SAVED_MODEL_PB)):
-        raise PushError(f"{saved_model_dir} is not a SavedModel (no {SAVED_MODEL_PB})")
-    has_labels = tf.io.gfile.exists(_join(saved_model_dir, "assets", LABEL_MAP_FILENAME))
-    if not has_labels and not (label_map_path and tf.io.gfile.exists(label_map_path)):
-        raise PushError(f"{saved_model_dir} has no assets/{LABEL_MAP_FILENAME} and no label map was given "
-                        f"(label_map_path={label_map_path!r}); clients need it to name the classes")
+    has_labels = _check_source(saved_model_dir, model_name, label_map_path)
     if rename is None:
         rename = renames_atomically(base_directory)
-
     model_dir = _join(base_directory, model_name)
     tf.io.gfile.makedirs(model_dir)
     clean_stale(model_dir, stale_after)
@@ -326,21 +316,49 @@ def push_saved_model(
     staging = _join(model_dir, f"{STAGING_PREFIX}{_now_ms()}-{token}")
     record = {"source": saved_model_dir, "fingerprint": fingerprint, "token": token,
               "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    version, final = _stage_and_publish(
+        saved_model_dir, staging, model_dir, model_name, label_map_path=label_map_path, has_labels=has_labels,
+        warmup_images=warmup_images, record=record, rename=rename, now=now, stale_after=stale_after)
+    log.info("pushed %s as %s version %d: %s", saved_model_dir, model_name, version, final)
+    return Push(version, final)
+
+
+def _check_source(saved_model_dir: str, model_name: str, label_map_path: Optional[str]) -> bool:
+    """Refuses a bad model name, a source that is not a SavedModel, or a model without a label map to ship;
+    returns whether the model has its own ``assets/labels.tsv``."""
+    try:
+        check_model_name(model_name)
+    except ValueError as e:
+        raise PushError(str(e)) from None
+    if not tf.io.gfile.exists(_join(saved_model_dir, SAVED_MODEL_PB)):
+        raise PushError(f"{saved_model_dir} is not a SavedModel (no {SAVED_MODEL_PB})")
+    has_labels = tf.io.gfile.exists(_join(saved_model_dir, "assets", LABEL_MAP_FILENAME))
+    if not has_labels and not (label_map_path and tf.io.gfile.exists(label_map_path)):
+        raise PushError(f"{saved_model_dir} has no assets/{LABEL_MAP_FILENAME} and no label map was given "
+                        f"(label_map_path={label_map_path!r}); clients need it to name the classes")
+    return has_labels
+
+
+def _stage_and_publish(saved_model_dir: str, staging: str, model_dir: str, model_name: str, *,
+                       label_map_path: Optional[str], has_labels: bool, warmup_images, record: dict, rename: bool,
+                       now: Optional[float], stale_after: float) -> tuple[int, str]:
+    """Stages the version in ``staging`` and publishes it (by rename, or by claiming a version number and
+    copying); returns ``(version, directory)``. On any failure, removes the staging directory and, when the
+    claim is ours, what was begun at the version directory and the claim, then re-raises."""
     marker = final = None
     writing_final = False
     try:
         _stage(saved_model_dir, staging, model_name, label_map_path, has_labels, warmup_images, record)
         if rename:
-            version, final = _publish_by_rename(staging, model_dir, now)
-        else:
-            version, marker = claim_version(model_dir, token, now=now, stale_after=stale_after)
-            final = _join(model_dir, str(version))
-            if tf.io.gfile.exists(final):  # written by something that ignores the claims
-                raise PushError(f"{final} appeared although this push claimed version {version}")
-            writing_final = True
-            publish_directory(staging, final, rename=False)
-            tf.io.gfile.remove(marker)
-            marker = None
+            return _publish_by_rename(staging, model_dir, now)
+        version, marker = claim_version(model_dir, record["token"], now=now, stale_after=stale_after)
+        final = _join(model_dir, str(version))
+        if tf.io.gfile.exists(final):  # written by something that ignores the claims
+            raise PushError(f"{final} appeared although this push claimed version {version}")
+        writing_final = True
+        publish_directory(staging, final, rename=False)
+        tf.io.gfile.remove(marker)
+        return version, final
     except BaseException:
         if tf.io.gfile.exists(staging):
             remove_tree(staging)
@@ -349,8 +367,6 @@ def push_saved_model(
                 remove_tree(final)
             tf.io.gfile.remove(marker)
         raise
-    log.info("pushed %s as %s version %d: %s", saved_model_dir, model_name, version, final)
-    return Push(version, final)
 
 
 def _publish_by_rename(staging: str, model_dir: str, now: Optional[float]) -> tuple[int, str]:

@@ -16,10 +16,15 @@ Four stages:
    that is cut short or corrupt is counted up to the damage and the records lost after it are estimated
    (:func:`hrnet_tfx.data.records.lost_records_estimate`) and count as bad inputs. Each pending shard
    task is written to its own small JSON file in the staging area.
-2. **Run** (Beam): ``Create(task files) | Reshuffle | ParDo(WriteShard)``. Each task reads its inputs,
-   checks and fixes them (:mod:`hrnet_tfx.data.images`), writes its shard itself in key order and renames
-   it into place, then writes a small result file (counts, skipped and fixed inputs). Only file names
-   cross the shuffle, never image bytes, so the DirectRunner's memory stays flat even for ImageNet.
+2. **Run** (Beam): ``Create(task files) | ParDo(WriteShard)`` (``Create`` ends in a ``Reshuffle`` that
+   spreads the tasks over the workers, unless one in-process worker runs them all). Each task (one Beam
+   element per shard, so Beam costs nothing per image) reads its inputs ahead in threads
+   (:class:`hrnet_tfx.data.storage.ReadAhead`), checks and fixes them (:mod:`hrnet_tfx.data.images`),
+   builds the records in key order while a writer thread writes them to the shard
+   (:class:`hrnet_tfx.data.records.RecordWriter`), renames the shard into place, then writes a small
+   result file (counts, skipped and fixed inputs). Only file names cross the shuffle, never image bytes,
+   so the DirectRunner's memory stays flat even for ImageNet; a worker holds at most the read-ahead budget
+   of input bytes per shard in flight.
 3. **Collect** (launching process): the reports (``bad_files.tsv``, ``fixed_files.tsv``) are written to the
    staging area and the bad fraction is checked.
 4. **Publish** (launching process): only now is anything outside the staging area touched; see
@@ -35,10 +40,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from typing import Callable, Iterable, Sequence
@@ -49,10 +57,11 @@ from hrnet_tfx.data import layout as L
 from hrnet_tfx.data import progress as progress_lib
 from hrnet_tfx.data import storage
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
-from hrnet_tfx.data.images import VERIFY_MODES, BadImageError, prepare_image
+from hrnet_tfx.data.images import BadImageError, prepare_image
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError, write_label_map
-from hrnet_tfx.data.records import (INCEPTION_LABEL_OFFSET, BadRecordError, RecordScan, lost_records_estimate,
-                                    make_example, read_records, relabel_record, scan_records)
+from hrnet_tfx.data.options import ConvertOptions
+from hrnet_tfx.data.records import (BadRecordError, ExampleBuilder, RecordScan, RecordWriter, lost_records_estimate,
+                                    read_records, relabel_record, scan_records)
 from hrnet_tfx.data.sources import Dataset
 
 log = logging.getLogger(__name__)
@@ -70,59 +79,6 @@ _OWN_NAMES = {L.MANIFEST_FILENAME, L.BAD_FILES_FILENAME, L.FIXED_FILES_FILENAME,
 
 class BadFractionError(DataError):
     """More inputs of a split were unusable than ``max_bad_fraction`` allows."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvertOptions:
-    """Conversion settings.
-
-    Attributes:
-      train_shards / eval_shards: fixed shard counts (inception's 1024 / 128 by default).
-      compression: ``none`` (default) or ``gzip``. JPEG bytes are already entropy-coded: GZIP shrinks
-        the shards by well under 1% (0.3% on benchmarks/bench_convert.py's photo-like JPEGs) while
-        costing CPU on every write and on every read of every epoch, and a GZIP file can only be read
-        sequentially; so uncompressed is the default.
-      max_bad_fraction: fail when a split has more unusable inputs than this fraction (ImageNet's odd
-        files are fixed, not counted).
-      verify: how kept JPEGs are checked, see :func:`hrnet_tfx.data.images.prepare_image`.
-      label_offset: subtracted from imported TFRecords' labels (1 for inception/TF-slim's 1-based
-        labels); unused for image inputs.
-      seed: the shuffle key; the same seed and input give byte-identical shards.
-      max_image_bytes: the largest input file read (64 MiB by default; ImageNet's largest JPEG is a few
-        MB), and the largest imported TFRecord record. Larger files are skipped and reported as
-        ``too_large`` before they are read, so a huge or endless file cannot exhaust a worker's memory.
-    """
-
-    train_shards: int = 1024
-    eval_shards: int = 128
-    compression: str = "none"
-    max_bad_fraction: float = 0.001
-    verify: str = "markers"
-    label_offset: int = INCEPTION_LABEL_OFFSET
-    seed: str = "hrnet-tfx"
-    max_image_bytes: int = 64 * 2**20
-
-    def __post_init__(self):
-        if self.train_shards < 1 or self.eval_shards < 1:
-            raise ValueError(f"shard counts must be >= 1, got {self.train_shards}/{self.eval_shards}")
-        if self.compression not in L.COMPRESSIONS:
-            raise ValueError(f"compression must be one of {L.COMPRESSIONS}, got {self.compression!r}")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if self.verify not in VERIFY_MODES:
-            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {self.verify!r}")
-        if self.max_image_bytes < 1:
-            raise ValueError(f"max_image_bytes must be >= 1, got {self.max_image_bytes}")
-
-    def num_shards(self, split: str) -> int:
-        """The shard count of ``split``."""
-        return self.train_shards if split == L.TRAIN else self.eval_shards
-
-    def content_dict(self) -> dict:
-        """The settings that change the shards' bytes (max_bad_fraction does not)."""
-        d = dataclasses.asdict(self)
-        del d["max_bad_fraction"]
-        return d
 
 
 @dataclasses.dataclass
@@ -191,8 +147,7 @@ def _count_records(dataset: Dataset, staging: str, options: ConvertOptions,
         log.info("counting the records of %d TFRecord files with Beam", len(todo))
         pipeline = pipeline_factory()
         _ = (pipeline
-             | "Files" >> beam.Create(todo)
-             | "Distribute" >> beam.Reshuffle()
+             | "Files" >> beam.Create(todo, reshuffle=_redistributes(pipeline))
              | "CountRecords" >> beam.ParDo(CountRecords(staging, options.max_image_bytes)))
         with progress_lib.ProgressMonitor(os.path.join(staging, _COUNT_PROGRESS), len(todo), desc="counting",
                                           unit="file"):
@@ -266,29 +221,30 @@ class WriteShard(beam.DoFn):
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"bad_{reason}").inc()
         result["bad"].append([result["split"], name, reason, detail])
 
-    def _images(self, task: dict, result: dict) -> Iterable[bytes]:
+    def _images(self, task: dict, result: dict, writer: "_ShardWriter") -> None:
         root, verify = self._roots[task["split"]], self._options.verify
-        for relpath, label, boxes in task["items"]:
-            self._progress.add()
-            try:
-                data = storage.read_input(storage.join(root, relpath), self._options.max_image_bytes)
-            except storage.InputFileError as e:
-                self._bad_input(result, relpath, e.reason, e.detail)
-                continue
-            try:
-                image = prepare_image(data, verify)
-            except BadImageError as e:
-                self._bad_input(result, relpath, e.reason, e.detail)
-                continue
-            if image.fixed:
-                self._fixed.inc()
-                result["fixed"].append([result["split"], relpath, image.fixed])
-            else:
-                self._kept.inc()
-            yield make_example(image, self._class_list[label], relpath, [Box(*b) for b in boxes],
+        build = ExampleBuilder().build
+        items = task["items"]
+        paths = [storage.join(root, relpath) for relpath, _, _ in items]
+        with storage.ReadAhead(paths, self._options.max_image_bytes) as reads:
+            for (relpath, label, boxes), (data, error, nbytes) in zip(items, reads):
+                self._progress.add()
+                if error is not None:
+                    self._bad_input(result, relpath, error.reason, error.detail)
+                    continue
+                try:
+                    image = prepare_image(data, verify)
+                except BadImageError as e:
+                    reads.release(nbytes)
+                    self._bad_input(result, relpath, e.reason, e.detail)
+                    continue
+                if image.fixed:
+                    result["fixed"].append([result["split"], relpath, image.fixed])
+                record = build(image, self._class_list[label], relpath, [Box(*b) for b in boxes] if boxes else (),
                                self._class_index)
+                writer.write(record, functools.partial(reads.release, nbytes))
 
-    def _records(self, task: dict, result: dict) -> Iterable[bytes]:
+    def _records(self, task: dict, result: dict, writer: "_ShardWriter") -> None:
         root, split, seed = self._roots[task["split"]], task["split"], self._options.seed
         keyed, seen = [], {}
         for name, start, stop in task["segments"]:
@@ -306,15 +262,13 @@ class WriteShard(beam.DoFn):
                     self._bad_input(result, where, e.reason, e.detail)
                     continue
                 if fixed:
-                    self._fixed.inc()
                     result["fixed"].append([split, where, fixed])
-                else:
-                    self._kept.inc()
                 seen.setdefault(label, [synset, text])
                 keyed.append((sort_key(seed, split, where), record))
         result["classes"] = [[label, *v] for label, v in sorted(seen.items())]
         keyed.sort()
-        return (record for _, record in keyed)
+        for _, record in keyed:
+            writer.write(record)
 
     def process(self, task_path: str):
         import tensorflow as tf
@@ -324,20 +278,67 @@ class WriteShard(beam.DoFn):
         result = {"split": split, "shard": shard, "bad": [], "fixed": [], "examples": 0, "bytes": 0}
         path = _staged_shard(self._staging, split, shard, self._options)
         tmp = f"{path}.inprogress-{uuid.uuid4().hex}"
-        compression = "GZIP" if self._options.compression == "gzip" else ""
-        examples = self._images(task, result) if task["kind"] == "images" else self._records(task, result)
-        with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type=compression)) as writer:
-            for example in examples:
-                writer.write(example)
-                result["examples"] += 1
-                result["bytes"] += len(example)
+        with _ShardWriter(tmp, self._options.compression) as writer:
+            (self._images if task["kind"] == "images" else self._records)(task, result, writer)
+        result["examples"], result["bytes"] = writer.examples, writer.bytes
         tf.io.gfile.rename(tmp, path, overwrite=True)
         _write_json(_result_path(self._staging, split, shard), result)
+        self._kept.inc(result["examples"] - len(result["fixed"]))
+        self._fixed.inc(len(result["fixed"]))
         self._written.inc(result["examples"])
         self._bytes.inc(result["bytes"])
         self._shards.inc()
         self._progress.add(0, force=True)
         yield split, shard, result["examples"]
+
+
+class _ShardWriter:
+    """Writes a shard's records in order from a background thread: the CRC and (local) write calls release
+    the GIL, so they run on another core while the next image is checked and built. Each record's ``done``
+    callback runs once it is written (it returns the input's bytes to the read-ahead budget). A write
+    error stops the writing and is raised by the next :meth:`write` or on leaving the context."""
+
+    _QUEUE = 16  # records waiting: enough to smooth the two threads, few enough that memory is reused
+
+    def __init__(self, path: str, compression: str):
+        self._writer = RecordWriter(path, compression)
+        self._queue: queue.Queue = queue.Queue(self._QUEUE)
+        self._error: BaseException | None = None
+        self.examples = self.bytes = 0
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, record: bytes, done: Callable[[], None] | None = None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((record, done))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            record, done = item
+            if self._error is None:
+                try:
+                    self._writer.write(record)
+                    self.examples += 1
+                    self.bytes += len(record)
+                except BaseException as e:  # raised in the converting thread
+                    self._error = e
+            if done:
+                done()
+
+    def __enter__(self) -> "_ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            self._writer.close()
+        except Exception:
+            if exc_type is None and self._error is None:
+                raise
+        if exc_type is None and self._error is not None:
+            raise self._error
 
 
 def _staged_shard(staging: str, split: str, shard: int, options: ConvertOptions) -> str:
@@ -359,7 +360,7 @@ def _write_json(path: str, obj) -> None:
 
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write(json.dumps(obj, indent=1, sort_keys=True))  # one write call; json.dump makes one per token
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -502,8 +503,7 @@ def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: Conv
     log.info("converting %d inputs into %d shards with Beam", total, len(pending))
     pipeline = pipeline_factory()
     _ = (pipeline
-         | "Tasks" >> beam.Create(task_paths)
-         | "Distribute" >> beam.Reshuffle()
+         | "Tasks" >> beam.Create(task_paths, reshuffle=_redistributes(pipeline))
          | "WriteShard" >> beam.ParDo(WriteShard(staging, roots, dataset.classes, options)))
     start = time.monotonic()
     with progress_lib.ProgressMonitor(os.path.join(staging, _PROGRESS), total, unit=unit):
@@ -512,6 +512,17 @@ def _run_beam(pending: list[dict], staging: str, dataset: Dataset, options: Conv
     elapsed = time.monotonic() - start
     log.info("Beam done: %s", progress_lib.format_progress(total, None, elapsed, unit))
     _log_metrics(result)
+
+
+def _redistributes(pipeline: beam.Pipeline) -> bool:
+    """Whether ``Create`` should end in a Reshuffle (its default), which spreads the tasks over the workers
+    of a distributed runner or of several local ones. One in-process worker (the local runners with
+    ``direct_num_workers=1``, the default) runs every task itself, and there the Reshuffle only adds
+    pipeline start-up time (~0.1-0.2 s)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    local = type(pipeline.runner).__name__ in ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner")
+    return not (local and pipeline.options.view_as(DirectOptions).direct_num_workers == 1)
 
 
 def _classes_from_records(results: list[dict]) -> list[ClassInfo]:

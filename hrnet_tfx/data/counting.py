@@ -1,37 +1,34 @@
-"""Counting the records of TFRecord files without reading the records: the package's one record counter.
+"""Counting the records of TFRecord files without reading the records, for the trainer.
 
-A TFRecord file is a sequence of ``uint64 length | uint32 masked CRC-32C of the length | data[length] |
-uint32 masked CRC-32C of the data``. :func:`scan_file` reads the 12-byte header of each record, checks
-the length's CRC and that the record fits in the file, and seeks over the data. ``tf.io.gfile`` reads
-through a 512 KiB buffer: a seek beyond it skips the data unread (a file of 2 GiB records costs one
-buffer per record), while records smaller than the buffer are read along with the headers, which on
-a bucket is cheaper than one request per record. The data is never parsed or CRC-checked: damage
-inside a record's data is found by the reader (tf.data's ``DataLossError``), not here. The trainer
-counts once, in the launcher (or on rank 0), and only when no manifest gives the number.
+The framing is read by :mod:`hrnet_tfx.data.records` (its one reader, shared with the converter's
+import): each record's 12-byte length header is read, its CRC checked and the length bounded by what is
+left of the file, and the data is seeked over, never parsed or CRC-checked. ``tf.io.gfile`` reads through
+a 512 KiB buffer: a seek beyond it skips the data unread (a file of 2 GiB records costs one buffer per
+record), while records smaller than the buffer are read along with the headers, which on a bucket is
+cheaper than one request per record. Damage inside a record's data is found by the reader (tf.data's
+``DataLossError``), not here. The trainer counts once, in the launcher (or on rank 0), and only when no
+manifest gives the number.
 
-GZIP-compressed files cannot be seeked: they are decompressed and read through once with tf.data (the
-counter says so in a warning; pass the count, e.g. ``num_train_examples``, to skip it).
+GZIP-compressed files cannot be seeked: they are decompressed and read through once (the counter says so
+in a warning; pass the count, e.g. ``num_train_examples``, to skip it).
 
-Every path goes through ``tf.io.gfile``, so ``gs://``, ``s3://``, ``hdfs://`` and ``ram://`` work.
+Buckets (``gs://``, ``s3://``, ``hdfs://``, ``ram://``) are read through ``tf.io.gfile``; local files
+through ``os``, refusing FIFOs and devices (:func:`hrnet_tfx.data.storage.open_input`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import struct
 import time
 from typing import NamedTuple, Sequence
 
+from hrnet_tfx.data import records, storage
+
 log = logging.getLogger(__name__)
 
-HEADER_BYTES = 12
-"""Record header: the little-endian uint64 data length, then the masked CRC-32C of those 8 bytes."""
-FOOTER_BYTES = 4
-"""Record footer: the masked CRC-32C of the data."""
 MAX_RECORD_BYTES = 1 << 40
 """Sanity bound on one record's declared length (1 TiB); anything larger is a corrupt header."""
-_CRC_MASK_DELTA = 0xA282EAD8
 _LOG_EVERY_SECONDS = 10.0
 
 
@@ -46,70 +43,29 @@ class FileScan(NamedTuple):
     problem: str
 
 
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC-32C of ``data``."""
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
-def scan_file(path: str) -> FileScan:
-    """Counts the records of one uncompressed TFRecord file from their headers alone.
+def scan_file(path: str, compression: str = "none") -> FileScan:
+    """Counts the records of one TFRecord file (``compression`` ``"none"`` or ``"gzip"``) from their headers.
 
     Returns the number of whole records before the first problem, and the problem ('' if none): a cut
-    header, a record longer than what is left of the file, or a header whose CRC does not match (not a
-    TFRecord file, or damaged). Raises :class:`RecordCountError` when the file cannot be opened or read.
+    header, a record longer than what is left of the file, a header whose CRC does not match (not a
+    TFRecord file, or damaged), a broken GZIP stream. Raises :class:`RecordCountError` when the file cannot
+    be opened.
     """
-    import tensorflow as tf
-
     try:
-        size = tf.io.gfile.stat(path).length
-        count, pos = 0, 0
-        with tf.io.gfile.GFile(path, "rb") as f:
-            while pos < size:
-                if size - pos < HEADER_BYTES:
-                    return FileScan(count, f"truncated: {size - pos} byte(s) after record {count} at byte {pos} "
-                                           f"are less than a {HEADER_BYTES}-byte record header")
-                f.seek(pos)
-                header = f.read(HEADER_BYTES)
-                if len(header) != HEADER_BYTES:  # the file shrank while we read it
-                    return FileScan(count, f"truncated: header of record {count} at byte {pos} cut short")
-                length, crc = struct.unpack("<QI", header)
-                if masked_crc32c(header[:8]) != crc:
-                    return FileScan(count, f"corrupt: the length header of record {count} at byte {pos} fails "
-                                           "its CRC (not a TFRecord file, or damaged)")
-                end = pos + HEADER_BYTES + length + FOOTER_BYTES
-                if length > MAX_RECORD_BYTES or end > size:
-                    return FileScan(count, f"truncated: record {count} at byte {pos} declares {length} data "
-                                           f"bytes, but the file ends {end - size} byte(s) short of it")
-                pos, count = end, count + 1
-    except tf.errors.OpError as e:
-        raise RecordCountError(f"{path}: cannot read: {e.message}") from None
-    return FileScan(count, "")
+        scan = records.scan_open(path, MAX_RECORD_BYTES, compression)
+    except storage.InputFileError as e:
+        raise RecordCountError(f"{path}: cannot read: {e.detail}") from None
+    except OSError as e:  # closing a file whose last read failed
+        raise RecordCountError(f"{path}: cannot read: {type(e).__name__}: {e}") from None
+    return FileScan(scan.count, scan.problem)
 
 
 def count_file(path: str, compression: str = "none") -> int:
     """Records in one TFRecord file (``compression`` ``"none"`` or ``"gzip"``); raises
     :class:`RecordCountError` naming the file and the problem if it is truncated or corrupt."""
-    if compression == "gzip":
-        return _count_gzip(path)
-    count, problem = scan_file(path)
+    count, problem = scan_file(path, compression)
     if problem:
         raise RecordCountError(f"{path}: {problem} ({count} whole record(s) before it)")
-    return count
-
-
-def _count_gzip(path: str) -> int:
-    import tensorflow as tf
-
-    count = 0
-    try:
-        for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-            count += 1
-    except tf.errors.OpError as e:
-        raise RecordCountError(f"{path}: corrupt or truncated GZIP TFRecord file after record {count}: "
-                               f"{e.message}") from None
     return count
 
 

@@ -14,8 +14,9 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from hrnet_tfx.data.options import VERIFY_MODES
+
 REENCODE_QUALITY = 95
-VERIFY_MODES = ("markers", "decode")
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO: camera JPEG with extra frames; the first frame is a plain JPEG
 
 _EOI = b"\xff\xd9"  # end of image; 0xFF in entropy-coded data is always followed by 0x00 or a RST marker
@@ -56,6 +57,70 @@ def _scan_offset(data: bytes) -> int:
             return pos
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
     return -1
+
+
+_SOF_PLAIN = frozenset((0xC0, 0xC1, 0xC2))  # baseline, extended sequential, progressive (Huffman DCT)
+_SKIPPED = frozenset((0xC4, 0xCC, 0xDC, 0xDD, 0xDF, 0xFE))  # DHT, DAC, DNL, DRI, EXP, COM: not parsed by PIL
+_PIL_PARSED_APPS = {0xE1: (b"Exif\0\0",), 0xE2: (b"ICC_PROFILE\0", b"MPF\0"), 0xED: (b"Photoshop 3.0\0",)}
+_VERSIONED_APPS = {0xE0: b"JFIF", 0xEE: b"Adobe"}  # PIL reads a version number at bytes 5-6 of these
+
+
+def _app_ok(data: bytes, marker: int, start: int, end: int) -> bool:
+    """True if PIL stores this APPn segment (at ``data[start:end]``) without parsing it further or failing."""
+    if any(data.startswith(sig, start, end) for sig in _PIL_PARSED_APPS.get(marker, ())):
+        return False  # EXIF, ICC profiles, MPO frames, Photoshop blocks: left to PIL
+    sig = _VERSIONED_APPS.get(marker)
+    return sig is None or not data.startswith(sig, start, end) or end - start >= 7
+
+
+def _dqt_ok(data: bytes, start: int, end: int) -> bool:
+    """True if every quantization table in a DQT segment is complete (PIL rejects the file otherwise)."""
+    while start < end:
+        start += 65 if data[start] < 16 else 129
+    return start == end
+
+
+def plain_rgb_jpeg(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, offset of the first scan) if ``data`` is a JPEG that PIL opens as a plain
+    ``JPEG``/``RGB`` image without error, told from its header alone in a few microseconds (a full
+    ``Image.open`` costs ~45 us); None if it is anything else or anything about it is unusual.
+
+    Accepted: SOI, then a clean chain of length-prefixed segments (APPn, COM, DQT with complete tables,
+    DHT/DAC/DRI/DNL/EXP) with exactly one baseline, extended or progressive 8-bit frame header of three
+    components and a non-zero size, up to a complete start-of-scan header. Everything else (fill bytes or
+    junk between segments, EXIF, ICC, MPO or Photoshop segments, which PIL parses further, other frame
+    types, one or four components, a segment that overruns the file) returns None, and the caller opens the
+    file with PIL as before; so the decisions and sizes are PIL's in every case
+    (tests/test_data_images.py compares them on mutated headers).
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    pos, frame = 2, None
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        start, end = pos + 4, pos + 2 + (data[pos + 2] << 8 | data[pos + 3])
+        if end < start or end > n:
+            return None
+        if marker == 0xDA:
+            return None if frame is None else (frame[0], frame[1], pos)
+        if marker in _SKIPPED:
+            pass
+        elif marker == 0xDB:
+            if not _dqt_ok(data, start, end):
+                return None
+        elif marker in _SOF_PLAIN:
+            if frame is not None or end - start != 6 + 3 * 3 or data[start] != 8 or data[start + 5] != 3:
+                return None
+            frame = (data[start + 1] << 8 | data[start + 2], data[start + 3] << 8 | data[start + 4])
+            if not frame[0] or not frame[1]:
+                return None
+        elif not (0xE0 <= marker <= 0xEF and _app_ok(data, marker, start, end)):
+            return None
+        pos = end
+    return None
 
 
 def _truncated(data: bytes) -> bool:
@@ -106,11 +171,12 @@ def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
 
     Args:
       data: the file's bytes.
-      verify: for kept JPEGs, ``markers`` (default) parses the header with PIL and checks that the last
-        scan ends with an end-of-image marker, which catches empty, non-image, cut-short and header-corrupt
-        files without decoding pixels (the failures that also make ``tf.io.decode_jpeg`` fail); ``decode``
-        decodes every image fully with PIL (about 20-40x slower; also catches damaged entropy data, which
-        libjpeg and TensorFlow only warn about).
+      verify: for kept JPEGs, ``markers`` (default) parses the header (:func:`plain_rgb_jpeg`, or PIL when
+        the header is anything but plain) and checks that the last scan ends with an end-of-image marker,
+        which catches empty, non-image, cut-short and header-corrupt files without decoding pixels (the
+        failures that also make ``tf.io.decode_jpeg`` fail); ``decode`` decodes every image fully with PIL
+        (about 20-40x slower; also catches damaged entropy data, which libjpeg and TensorFlow only warn
+        about).
 
     Every image's declared size is bounded before it is decoded (:func:`_check_pixels`): a small file
     whose header claims 60000x60000 pixels is ``too_large``, not a 10 GB allocation.
@@ -122,6 +188,13 @@ def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if not data:
         raise BadImageError("empty", "empty file")
+    if verify == "markers":
+        header = plain_rgb_jpeg(data)
+        limit = Image.MAX_IMAGE_PIXELS
+        if header is not None and not (limit and header[0] * header[1] > limit):
+            if data.rfind(_EOI) < header[2]:
+                raise BadImageError("truncated", "JPEG ends before its end-of-image marker")
+            return PreparedImage(data, header[0], header[1])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -149,6 +149,28 @@ def make_dataset(
       FileNotFoundError: a pattern matches no file.
       ValueError: bad sharding (e.g. fewer files than workers), compression or sizes.
     """
+    image_size = _check_arguments(image_size, batch_size, num_shards, shard_index, training, shuffle_buffer)
+    deterministic = (not training) if deterministic is None else bool(deterministic)
+    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
+    repeat = training if repeat is None else bool(repeat)
+
+    files = _files_for_workers(file_pattern, num_shards)
+    compression_type = TF_COMPRESSION_TYPE[resolve_compression(files, compression)]
+    file_seed, record_seed, augment_seed = _derived_seeds(seed, shard_index)
+    ds = _read_records(files, num_shards, shard_index, training=training, repeat=repeat,
+                       compression_type=compression_type, file_seed=file_seed, cycle_length=cycle_length,
+                       deterministic=deterministic)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
+    ds = _transform_records(ds, _parser(num_classes, label_offset), training=training, image_size=image_size,
+                            augment_seed=augment_seed, deterministic=deterministic)
+    return _batch(ds, batch_size, drop_remainder=drop_remainder, deterministic=deterministic,
+                  threadpool_size=threadpool_size)
+
+
+def _check_arguments(image_size, batch_size: int, num_shards: int, shard_index: int, training: bool,
+                     shuffle_buffer: int) -> int:
+    """Refuses bad sizes or sharding before any file is touched; returns the checked image size."""
     image_size = preprocessing.check_image_size(image_size)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -156,26 +178,31 @@ def make_dataset(
         raise ValueError(f"shard_index must be in [0, num_shards), got {shard_index} of {num_shards}")
     if training and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
-    deterministic = (not training) if deterministic is None else bool(deterministic)
-    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
-    repeat = training if repeat is None else bool(repeat)
+    return image_size
 
+
+def _files_for_workers(file_pattern, num_shards: int) -> list[str]:
+    """Every matched file (sorted), refused when there are fewer files than workers."""
     files = list_files(file_pattern)
     if len(files) < num_shards:
         raise ValueError(
             f"{len(files)} input file(s) cannot be split across {num_shards} workers: every worker needs at "
             f"least one file; write the data with at least {num_shards} shards (matched: {files[:3]}...)"
         )
-    compression_type = TF_COMPRESSION_TYPE[resolve_compression(files, compression)]
-    file_seed, record_seed, augment_seed = _derived_seeds(seed, shard_index)
+    return files
 
+
+def _read_records(files: list[str], num_shards: int, shard_index: int, *, training: bool, repeat: bool,
+                  compression_type: str, file_seed: int, cycle_length: int, deterministic: bool) -> tf.data.Dataset:
+    """Serialized records of this worker's files: its share of ``files`` (training: shuffled), repeated
+    if asked, read by a parallel interleave of TFRecord readers."""
     n_local = len(files[shard_index::num_shards])
     ds = tf.data.Dataset.from_tensor_slices(files).shard(num_shards, shard_index)
     if training:
         ds = ds.shuffle(n_local, seed=file_seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.interleave(
+    return ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression_type, buffer_size=_READ_BUFFER_BYTES),
         # no more than one epoch's files open at once, so epochs of a small dataset do not blur together
         cycle_length=min(cycle_length, n_local),
@@ -183,10 +210,12 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
 
-    parse = _parser(num_classes, label_offset)
+
+def _transform_records(ds: tf.data.Dataset, parse, *, training: bool, image_size: int, augment_seed: int,
+                       deterministic: bool) -> tf.data.Dataset:
+    """Parses each record and transforms its image in parallel: training augments with one stateless seed
+    per element (``(augment_seed, element index)``), evaluation resizes and crops."""
     # The transforms use explicit tf.cond, no Python control flow on tensors: skip AutoGraph's conversion.
     if training:
 
@@ -204,10 +233,13 @@ def make_dataset(
             image_bytes, label = parse(record)
             return preprocessing.eval_transform(image_bytes, image_size=image_size), label
 
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
+
+def _batch(ds: tf.data.Dataset, batch_size: int, *, drop_remainder: bool, deterministic: bool,
+           threadpool_size: int | None) -> tf.data.Dataset:
+    """Batches and prefetches, with the pipeline's determinism and thread pool options."""
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
     if threadpool_size is not None:

@@ -15,6 +15,7 @@ import os
 from typing import Iterable
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
+from hrnet_tfx.data.layout import tsv_cell, tsv_uncell
 
 
 MAX_LABEL_FILE_BYTES = 256 * 2**20
@@ -54,19 +55,15 @@ def make_classes(ids: Iterable[str], names: dict[str, str] | None = None) -> lis
     return [ClassInfo(i, cid, names.get(cid, cid)) for i, cid in enumerate(sorted(set(ids)))]
 
 
-def _clean(text: str) -> str:
-    """One line (no tabs or newlines inside a cell); undecodable file-name bytes shown escaped."""
-    return " ".join(text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def write_label_map(path: str, classes: list[ClassInfo]) -> None:
     """Writes ``index<TAB>id<TAB>name`` lines (no header) to ``path`` (a file or a directory, which gets
-    :data:`~hrnet_tfx.data.features.LABEL_MAP_FILENAME`)."""
+    :data:`~hrnet_tfx.data.features.LABEL_MAP_FILENAME`). Cells are escaped like the reports'
+    (:func:`hrnet_tfx.data.layout.tsv_cell`), so every class is one line of three columns."""
     import tensorflow as tf
 
     if tf.io.gfile.isdir(path):
         path = os.path.join(path, LABEL_MAP_FILENAME)
-    text = "".join(f"{c.index}\t{_clean(c.id)}\t{_clean(c.name)}\n" for c in classes)
+    text = "".join(f"{c.index}\t{tsv_cell(c.id)}\t{tsv_cell(c.name)}\n" for c in classes)
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
 
@@ -85,7 +82,7 @@ def read_label_map(path: str) -> list[ClassInfo]:
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 3 or not parts[0].isdigit():
                 raise DataError(f"{path}:{lineno}: expected 'index<TAB>id<TAB>name', got {line!r}")
-            classes.append(ClassInfo(int(parts[0]), parts[1], parts[2]))
+            classes.append(ClassInfo(int(parts[0]), tsv_uncell(parts[1]), tsv_uncell(parts[2])))
     return classes
 
 

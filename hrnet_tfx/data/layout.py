@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 TRAIN = "train"
 EVAL = "eval"
@@ -32,8 +33,6 @@ BAD_FILES_FILENAME = "bad_files.tsv"
 FIXED_FILES_FILENAME = "fixed_files.tsv"
 STAGING_DIRNAME = ".incomplete"
 MANIFEST_FORMAT = "hrnet-tfx-examples/1"
-
-COMPRESSIONS = ("none", "gzip")
 
 
 def tsv_cell(value) -> str:
@@ -55,6 +54,18 @@ def tsv_cell(value) -> str:
         else:
             out.append(ch.encode("unicode_escape").decode("ascii"))
     return "".join(out)
+
+
+_ESCAPE = re.compile(r"\\(\\|[tnr]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+_SIMPLE_ESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def tsv_uncell(cell: str) -> str:
+    """The inverse of :func:`tsv_cell` for text: each escape it writes becomes its character again (``\\xNN``
+    becomes U+00NN, so a file name's undecodable byte comes back as that code point, not as the byte)."""
+    if "\\" not in cell:
+        return cell
+    return _ESCAPE.sub(lambda m: _SIMPLE_ESCAPES.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), cell)
 
 
 class IncompleteOutputError(RuntimeError):

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import colorsys
 import io
-import os
 
 import numpy as np
 from PIL import Image
 
+from hrnet_tfx.data import storage
 from hrnet_tfx.data.labels import DataError
 
 IMAGENET_FIRST_CLASSES = (
@@ -101,18 +101,13 @@ def _encode(array: np.ndarray, kind: str) -> bytes:
     return out.getvalue()
 
 
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def make_sample(output_dir: str, num_classes: int = 4, train_per_class: int = 20, val_per_class: int = 5,
                 image_size: int = 64, seed: int = 0, odd: bool = True, corrupt: bool = False) -> dict:
     """Writes the sample dataset to ``output_dir`` (which must be empty or not exist).
 
     Args:
-      output_dir: where to write.
+      output_dir: where to write: a local path or a URL of any TensorFlow file system (``gs://...``,
+        ``ram://...``); files are written through :func:`hrnet_tfx.data.storage.write_file`.
       num_classes: number of classes (>= 1).
       train_per_class / val_per_class: images per class in train and val (>= 1).
       image_size: width and height in pixels (>= 8).
@@ -125,8 +120,11 @@ def make_sample(output_dir: str, num_classes: int = 4, train_per_class: int = 20
     """
     if num_classes < 1 or train_per_class < 1 or val_per_class < 1 or image_size < 8:
         raise ValueError("need num_classes, train_per_class, val_per_class >= 1 and image_size >= 8")
-    if os.path.exists(output_dir) and os.listdir(output_dir):
-        raise DataError(f"output directory is not empty: {output_dir}")
+    if storage.exists(output_dir):
+        if not storage.is_dir(output_dir):
+            raise DataError(f"output directory is a file: {output_dir}")
+        if any(storage.list_dir(output_dir)):
+            raise DataError(f"output directory is not empty: {output_dir}")
     rng = np.random.RandomState(seed)
     classes = sample_classes(num_classes)
     odd_kinds = ["cmyk", "png", "gray", "progressive"] if odd else []
@@ -138,7 +136,7 @@ def make_sample(output_dir: str, num_classes: int = 4, train_per_class: int = 20
         odd_index = (i * num_classes + k) if i * num_classes + k < len(odd_kinds) else None
         kind = odd_kinds[odd_index] if odd_index is not None else "jpeg"
         rel = f"train/{wnid}/{wnid}_{i}.JPEG"
-        _write(os.path.join(output_dir, rel), _encode(class_image(k, num_classes, image_size, rng), kind))
+        storage.write_file(storage.join(output_dir, rel), _encode(class_image(k, num_classes, image_size, rng), kind))
         if kind != "jpeg":
             odd_files.append((rel, kind))
 
@@ -149,8 +147,8 @@ def make_sample(output_dir: str, num_classes: int = 4, train_per_class: int = 20
         k = val_labels[idx]
         name = f"ILSVRC2012_val_{n:08d}"
         kind = "gray" if odd and n == 1 else "jpeg"
-        _write(os.path.join(output_dir, "val", name + ".JPEG"),
-               _encode(class_image(k, num_classes, image_size, rng), kind))
+        storage.write_file(storage.join(output_dir, "val", name + ".JPEG"),
+                           _encode(class_image(k, num_classes, image_size, rng), kind))
         if kind != "jpeg":
             odd_files.append((f"val/{name}.JPEG", kind))
         x0, y0 = rng.randint(0, image_size // 3, size=2)
@@ -162,13 +160,13 @@ def make_sample(output_dir: str, num_classes: int = 4, train_per_class: int = 20
         good = _encode(class_image(0, num_classes, image_size, rng), "jpeg")
         for what, data in zip(CORRUPT_FILES, (good[: len(good) // 2], b"", b"this is not an image\n")):
             rel = f"train/{wnid}/{wnid}_{what}.JPEG"
-            _write(os.path.join(output_dir, rel), data)
+            storage.write_file(storage.join(output_dir, rel), data)
             corrupt_files.append((rel, what))
 
-    with open(os.path.join(output_dir, "LOC_val_solution.csv"), "w", encoding="utf-8") as f:
-        f.write("ImageId,PredictionString\n" + "".join(r + "\n" for r in sorted(rows)))
-    with open(os.path.join(output_dir, "LOC_synset_mapping.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(f"{wnid} {name}\n" for wnid, name in classes))
+    storage.write_file(storage.join(output_dir, "LOC_val_solution.csv"),
+                       ("ImageId,PredictionString\n" + "".join(r + "\n" for r in sorted(rows))).encode("utf-8"))
+    storage.write_file(storage.join(output_dir, "LOC_synset_mapping.txt"),
+                       "".join(f"{wnid} {name}\n" for wnid, name in classes).encode("utf-8"))
     return {"classes": classes, "train_images": num_classes * train_per_class + len(corrupt_files),
             "val_images": num_classes * val_per_class, "odd_files": odd_files,
             "corrupt_files": corrupt_files}

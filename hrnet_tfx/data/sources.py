@@ -40,11 +40,10 @@ from hrnet_tfx.data import labels as labels_lib
 from hrnet_tfx.data import storage
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError
 from hrnet_tfx.data.layout import EVAL, TRAIN
+from hrnet_tfx.data.options import DEFAULT_FINGERPRINT, DEFAULT_LAYOUT, FINGERPRINTS, LAYOUTS
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "imagenet", "imagefolder", "tfrecords")
-FINGERPRINTS = ("dirs", "files")
 EVAL_DIRNAMES = ("val", "validation", "eval")
 TFRECORD_PATTERNS = {TRAIN: "train-*-of-*", EVAL: "validation-*-of-*"}
 KAGGLE_ROOT = os.path.join("ILSVRC", "Data", "CLS-LOC")
@@ -367,7 +366,7 @@ def _detect(input_dir: str) -> str:
     return "imagenet" if class_dirs and all(_WNID.match(d) for d in class_dirs) else "imagefolder"
 
 
-def discover(input_dir: str, layout: str = "auto", fingerprint: str = "dirs") -> Dataset:
+def discover(input_dir: str, layout: str = DEFAULT_LAYOUT, fingerprint: str = DEFAULT_FINGERPRINT) -> Dataset:
     """Finds the inputs of a dataset and their labels. Raises :class:`DataError` (naming the problem and
     the path) for a missing directory, an empty class folder, label files that name unknown images or
     classes, and images without labels.

@@ -12,7 +12,7 @@ import os
 
 from hrnet_tfx.data import layout
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
-from hrnet_tfx.data.records import INCEPTION_LABEL_OFFSET
+from hrnet_tfx.data.options import INCEPTION_LABEL_OFFSET
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ import math
 import posixpath
 from typing import Any, Mapping, Sequence
 
+from hrnet_tfx.fs import is_uri
 from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.serving.batching import BatchingOptions
@@ -114,7 +115,7 @@ class ServingSpec:
         objects.check_env_names("serving", self.env)
         if self.model_base.startswith(_URI_SCHEMES):
             return
-        if "://" in self.model_base:
+        if is_uri(self.model_base):
             raise ConfigError(f"serving: model base {self.model_base!r}: TF Serving reads {', '.join(_URI_SCHEMES)} "
                               "URIs or paths on a mounted volume")
         if not (self.pvc and objects.under_mount(self.model_base, self.mount_path)):

@@ -13,56 +13,16 @@ TPAMI 2020 (arXiv:1908.07919), and the official HRNet/HRNet-Image-Classification
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
+
+from hrnet_tfx.config_io import ConfigError, check_keys, read_config_file, to_dict
+
+# ConfigError stays importable from here, its first home.
+__all__ = ["BLOCK_EXPANSION", "ConfigError", "HRNetConfig", "StageConfig", "regular_config"]
 
 BLOCK_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 """Output channels of a block divided by its ``planes``, per block type."""
-
-
-class ConfigError(ValueError):
-    """A network configuration is malformed; the message names the offending key."""
-
-
-def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
-    """A YAML (or JSON, a subset of YAML) file holding a mapping, local or on a bucket (``gs://...``, read
-    with ``tf.io.gfile``); clear errors for a missing file, a parse error or a non-mapping. An empty file is
-    an empty mapping."""
-    import tensorflow as tf
-    import yaml
-
-    path = os.fspath(path)
-    try:
-        if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
-            raise ConfigError(f"{what} file not found: {path}")
-        with tf.io.gfile.GFile(path, "r") as f:
-            text = f.read()
-    except tf.errors.OpError as e:  # e.g. a bucket without credentials
-        raise ConfigError(f"cannot read {what} file {path}: {e.message}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot parse: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of {what} settings, got {type(data).__name__}")
-    return data
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the choice closest to ``name``, or '' when none is close."""
-    hint = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
-
-
-def unknown_keys_error(where: str, unknown: Iterable[str], allowed: Iterable[str]) -> ConfigError:
-    """The error for keys a config does not have: each unknown key with the closest allowed one, then every
-    allowed key. ``where`` starts the message (``"pipeline config, train"``)."""
-    allowed = sorted(allowed)
-    named = ", ".join(f"{key!r}{did_you_mean(key, allowed)}" for key in sorted(unknown))
-    return ConfigError(f"{where}: unknown key(s) [{named}]; allowed: {', '.join(allowed)}")
 
 
 def _as_int_tuple(value: Any, where: str) -> tuple[int, ...]:
@@ -80,9 +40,7 @@ def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise unknown_keys_error(where, unknown, fields)
+    check_keys(data, fields, where)
     missing = [name for name in fields if name not in data]
     if missing:
         official = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -192,16 +150,7 @@ class HRNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict that :meth:`from_dict` turns back into an equal config."""
-        data = dataclasses.asdict(self)
-
-        def lists(v):
-            if isinstance(v, (tuple, list)):
-                return [lists(x) for x in v]
-            if isinstance(v, dict):
-                return {k: lists(x) for k, x in v.items()}
-            return v
-
-        return lists(data)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HRNetConfig":

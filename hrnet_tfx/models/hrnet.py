@@ -3,8 +3,10 @@
 The network is assembled from small functional building blocks (:func:`basic_block`,
 :func:`bottleneck`, :func:`transition`, :func:`hr_module`, :func:`classification_head`) out of stock
 Keras layers plus one weightless subclass of ``UpSampling2D`` (:class:`NearestUpSampling2D`, same
-config, same output, XLA-trainable). The model serialises (``get_config``, SavedModel, checkpoints); a
-Keras SavedModel loads without custom objects, and exports for TFMA/TF Serving are plain SavedModels.
+config, same output, XLA-trainable); :func:`count_weights` runs the same description on shapes to count
+the weights and multiply-adds of a full-size variant without building it. The model serialises
+(``get_config``, SavedModel, checkpoints); a Keras SavedModel loads without custom objects, and exports for
+TFMA/TF Serving are plain SavedModels.
 
 Every layer that holds weights is named by its PyTorch module path in the official code and in timm
 (``layer1.0.conv1``, ``stage3.2.fuse_layers.1.0.0.0``, ``classifier`` ...): importing official weights is
@@ -77,7 +79,8 @@ def _torch_default_uniform(fan_in: int) -> keras.initializers.Initializer:
 
 
 class _Builder:
-    """Creates the layers of one model with a shared dtype policy."""
+    """Creates every layer of one model, with a shared dtype policy. The network description (the functions
+    below) makes layers only through it, so :class:`_Counter` can run the same description on shapes."""
 
     def __init__(self, dtype_policy: str | None):
         self.dtype = dtype_policy
@@ -113,6 +116,22 @@ class _Builder:
 
     def add(self, xs, name: str):
         return keras.layers.Add(name=name, dtype=self.dtype)(list(xs))
+
+    def upsample(self, x, factor: int, name: str):
+        return NearestUpSampling2D(factor, name=name, dtype=self.dtype)(x)
+
+    def global_pool(self, x, name: str):
+        return keras.layers.GlobalAveragePooling2D(name=name, dtype=self.dtype)(x)
+
+    def dense(self, x, units: int, name: str):
+        """The classifier: float32 whatever the policy (the logits), PyTorch's default Linear init."""
+        fan_in = x.shape[-1]
+        return keras.layers.Dense(units, kernel_initializer=_torch_default_uniform(fan_in),
+                                  bias_initializer=_torch_default_uniform(fan_in), name=name, dtype="float32")(x)
+
+    def output(self, x, name: str):
+        """A named float32 model output (the backbone's feature maps)."""
+        return keras.layers.Activation("linear", dtype="float32", name=name)(x)
 
     def conv_bn(self, x, filters, kernel, stride, conv_name, bn_name, relu_name=None, bias=False):
         """conv -> BN (-> ReLU when ``relu_name`` is given)."""
@@ -199,8 +218,7 @@ def hr_module(b: _Builder, xs: Sequence, stage: StageConfig, name: str) -> list:
                 terms.append(yj)
             elif j > i:
                 z = b.conv_bn(yj, yi.shape[-1], 1, 1, f"{f}.0", f"{f}.1")
-                up = 2 ** (j - i)
-                terms.append(NearestUpSampling2D(up, name=f"{f}.2", dtype=b.dtype)(z))
+                terms.append(b.upsample(z, 2 ** (j - i), f"{f}.2"))
             else:
                 z = yj
                 for k in range(i - j):
@@ -246,14 +264,7 @@ def classification_head(b: _Builder, xs: Sequence, config: HRNetConfig, num_clas
         y = z
     y = b.conv_bn(y, config.num_features, 1, 1, "final_layer.0", "final_layer.1", "final_layer.2",
                   bias=config.head_conv_bias)
-    y = keras.layers.GlobalAveragePooling2D(name="global_pool", dtype=b.dtype)(y)
-    return keras.layers.Dense(
-        num_classes,
-        kernel_initializer=_torch_default_uniform(config.num_features),
-        bias_initializer=_torch_default_uniform(config.num_features),
-        name="classifier",
-        dtype="float32",
-    )(y)
+    return b.dense(b.global_pool(y, "global_pool"), num_classes, "classifier")
 
 
 def build_hrnet(
@@ -280,8 +291,7 @@ def build_hrnet(
     if include_head:
         outputs = classification_head(b, xs, config, num_classes)
     else:
-        outputs = [keras.layers.Activation("linear", dtype="float32", name=f"features.{i}")(x)
-                   for i, x in enumerate(xs)]
+        outputs = [b.output(x, f"features.{i}") for i, x in enumerate(xs)]
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -302,3 +312,63 @@ def count_macs(model: keras.Model) -> int:
         elif isinstance(layer, keras.layers.Dense):
             total += int(tf.size(layer.kernel))
     return total
+
+
+class _Shape:
+    """A symbolic NHWC tensor for :class:`_Counter`: only its static shape."""
+
+    def __init__(self, h: int, w: int, c: int):
+        self.shape = (None, h, w, c)
+
+
+class _Counter(_Builder):
+    """Runs the same network description as :func:`build_hrnet` on shapes instead of tensors, adding up the
+    weights and multiply-adds each layer would have: the count of a full-size variant without building it
+    (milliseconds instead of up to half a minute of Keras graph construction)."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.trainable = self.non_trainable = self.macs = 0
+
+    def conv(self, x, filters: int, kernel: int, stride: int, name: str, bias: bool = False):
+        _, h, w, c = x.shape
+        out = _Shape(-(-h // stride), -(-w // stride), filters)
+        self.trainable += kernel * kernel * c * filters + (filters if bias else 0)
+        self.macs += kernel * kernel * c * filters * out.shape[1] * out.shape[2]
+        return out
+
+    def bn(self, x, name: str):
+        self.trainable += 2 * x.shape[-1]  # gamma, beta
+        self.non_trainable += 2 * x.shape[-1]  # moving mean and variance
+        return x
+
+    def relu(self, x, name: str):
+        return x
+
+    def add(self, xs, name: str):
+        return list(xs)[0]
+
+    def upsample(self, x, factor: int, name: str):
+        _, h, w, c = x.shape
+        return _Shape(h * factor, w * factor, c)
+
+    def global_pool(self, x, name: str):
+        return _Shape(1, 1, x.shape[-1])
+
+    def dense(self, x, units: int, name: str):
+        self.trainable += x.shape[-1] * units + units
+        self.macs += x.shape[-1] * units
+        return _Shape(1, 1, units)
+
+    def output(self, x, name: str):
+        return x
+
+
+def count_weights(config: HRNetConfig, num_classes: int = 1000, image_size: int = 224) -> dict[str, int]:
+    """Trainable and non-trainable weights and multiply-adds (as :func:`count_macs` counts them) of the
+    classifier :func:`build_hrnet` builds from ``config``, computed from the same network description
+    without creating a layer: ``{"trainable_params", "non_trainable_params", "macs"}``."""
+    counter = _Counter()
+    classification_head(counter, backbone(counter, _Shape(image_size, image_size, 3), config), config, num_classes)
+    return {"trainable_params": counter.trainable, "non_trainable_params": counter.non_trainable,
+            "macs": counter.macs}

@@ -11,16 +11,17 @@ type are errors naming them. The resolved config is saved beside the pipeline ou
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping, Sequence
 
+from hrnet_tfx import config_io
+from hrnet_tfx.config_io import ConfigError, did_you_mean, unknown_keys_error
+from hrnet_tfx.data.options import DEFAULT_LAYOUT, ConvertOptions
 from hrnet_tfx.fs import is_uri
-from hrnet_tfx.models.config import ConfigError, did_you_mean, read_config_file, unknown_keys_error
 from hrnet_tfx.models.registry import get_config, list_models
-from hrnet_tfx.training.config import TrainConfig, coerce_field, parse_overrides
+from hrnet_tfx.training.config import TrainConfig
 
-
+_CONVERT = ConvertOptions()  # the conversion defaults, owned by hrnet_tfx.data.options
 _SECTIONS = ("train", "kubeflow")  # nested mappings, overridden key by key
 
 
@@ -65,37 +66,21 @@ class KubeflowConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "KubeflowConfig":
-        return cls(**_checked(cls, data, "kubeflow"))
+        return config_io.from_dict(cls, data, "kubeflow")
 
 
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
-def _checked(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``data`` with unknown keys refused (naming the closest known key, and all of them) and scalars
-    checked against ``cls``'s field types."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise _unknown_keys(where, unknown, fields)
-    scalars = ("bool", "int", "float", "str")
-    return {key: coerce_field(key, value, fields[key].type, where) if str(fields[key].type) in scalars else value
-            for key, value in data.items()}
-
-
-def _unknown_keys(where: str, unknown: Sequence[str], fields) -> ConfigError:
-    """The unknown-keys error; a dotted override of a section that does not exist (``trian.epochs``)
-    gets the section's suggestion."""
-    error = unknown_keys_error(where, unknown, fields)
-    for key in unknown:
-        section, dot, rest = key.partition(".")
+def _refuse_unknown_sections(data: Mapping[str, Any], fields: Sequence[str]) -> None:
+    """A dotted override of a section that does not exist (``trian.epochs``) gets the section's suggestion
+    besides the usual unknown-keys error."""
+    for key in sorted(set(data) - set(fields)):
+        section, dot, _ = key.partition(".")
         if dot and section not in _SECTIONS:
-            hint = did_you_mean(section, _SECTIONS)
-            return ConfigError(f"{error}. {key!r}: {section!r} is not a section{hint}; sections: "
-                               f"{', '.join(_SECTIONS)}")
-    return error
+            error = unknown_keys_error("pipeline config", sorted(set(data) - set(fields)), fields)
+            raise ConfigError(f"{error}. {key!r}: {section!r} is not a section{did_you_mean(section, _SECTIONS)}; "
+                              f"sections: {', '.join(_SECTIONS)}")
 
 
 TRAINER_FILLS = ("train_files", "eval_files", "label_map", "model_dir", "export_dir")
@@ -135,18 +120,23 @@ class PipelineConfig:
 
     Beam (ExampleGen and Evaluator): ``beam_runner`` (empty: Beam's in-process FnApiRunner;
     ``DataflowRunner``, ``FlinkRunner``, ``SparkRunner``, ...), ``beam_workers`` (0: the runner's
-    default) and any further ``beam_args``. ``kubeflow`` configures Kubeflow Pipelines runs.
+    default) and any further ``beam_args``. ``kubeflow`` (a :class:`KubeflowConfig`) configures Kubeflow
+    Pipelines runs.
+
+    ``train`` stays a mapping of TrainConfig fields (checked through :meth:`train_config`), not a
+    TrainConfig: a key it leaves out (``num_classes``, ``num_train_examples``) is counted from the
+    converted data, which a TrainConfig, holding a value for every field, could not say.
     """
 
     name: str = "hrnet-tfx"
     root: str = "outputs/pipeline"
     metadata_path: str = ""
     input_base: str = ""
-    layout: str = "auto"
-    train_shards: int = 1024
-    eval_shards: int = 128
-    compression: str = "none"
-    max_bad_fraction: float = 0.001
+    layout: str = DEFAULT_LAYOUT
+    train_shards: int = _CONVERT.train_shards
+    eval_shards: int = _CONVERT.eval_shards
+    compression: str = _CONVERT.compression
+    max_bad_fraction: float = _CONVERT.max_bad_fraction
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     num_workers: int = 0
     evaluate: bool = True
@@ -160,16 +150,17 @@ class PipelineConfig:
     beam_workers: int = 0
     beam_args: tuple[str, ...] = ()
     enable_cache: bool = True
-    kubeflow: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     def __post_init__(self):
         if isinstance(self.beam_args, str) or not all(isinstance(a, str) for a in self.beam_args):
             raise ConfigError(f"pipeline config: beam_args must be a list of strings, got {self.beam_args!r}")
         object.__setattr__(self, "beam_args", tuple(self.beam_args))
-        for section in _SECTIONS:
-            if not isinstance(getattr(self, section), Mapping):
-                raise ConfigError(f"pipeline config: {section} must be a mapping, got {getattr(self, section)!r}")
-            object.__setattr__(self, section, dict(getattr(self, section)))
+        if not isinstance(self.train, Mapping):
+            raise ConfigError(f"pipeline config: train must be a mapping, got {self.train!r}")
+        object.__setattr__(self, "train", dict(self.train))
+        if not isinstance(self.kubeflow, KubeflowConfig):
+            object.__setattr__(self, "kubeflow", KubeflowConfig.from_dict(self.kubeflow))
         filled = sorted(set(self.train) & set(TRAINER_FILLS))
         if filled:
             raise ConfigError(f"pipeline config: train.{filled[0]} is set by the pipeline from ImageExampleGen's "
@@ -186,9 +177,6 @@ class PipelineConfig:
         # Every setting spelled out (what is printed and saved is what runs), except what the data decides.
         object.__setattr__(self, "train", {k: v for k, v in train.to_dict().items()
                                            if k not in TRAINER_FILLS and (k not in FROM_DATA or k in self.train)})
-        kubeflow = dataclasses.asdict(self.kubeflow_config())
-        kubeflow["trainer_tolerations"] = list(kubeflow["trainer_tolerations"])
-        object.__setattr__(self, "kubeflow", kubeflow)
         if self.beam_workers < 0:
             raise ConfigError("pipeline config: beam_workers must be >= 0")
         self.beam_pipeline_args()  # an unsupported runner/workers combination fails now
@@ -208,9 +196,6 @@ class PipelineConfig:
             return TrainConfig.from_dict(self.train)
         except ConfigError as e:
             raise ConfigError(f"pipeline config, train: {e}") from None
-
-    def kubeflow_config(self) -> KubeflowConfig:
-        return KubeflowConfig.from_dict(self.kubeflow)
 
     def local_paths(self) -> "PipelineConfig":
         """This config as a local run (LocalDagRunner) uses it: local paths made absolute (``root``,
@@ -290,25 +275,20 @@ class PipelineConfig:
         return path
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["beam_args"] = list(self.beam_args)
-        return data
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":
-        return cls(**_checked(cls, data, "pipeline config"))
+        """Builds the config from a mapping (``train`` and ``kubeflow`` nested); unknown keys and values of the
+        wrong type raise :class:`ConfigError` naming them."""
+        if isinstance(data, Mapping):
+            _refuse_unknown_sections(data, [f.name for f in dataclasses.fields(cls)])
+        return config_io.from_dict(cls, data, "pipeline config")
 
     def save(self, path: str) -> None:
         """Writes the resolved config as JSON to ``path`` (local or a bucket URI such as ``ROOT/...``),
         whole or not at all: written beside it, then renamed over it."""
-        import tensorflow as tf
-
-        directory = path.rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(os.path.abspath(path))
-        tf.io.gfile.makedirs(directory)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        config_io.write_json(path, self.to_dict())
 
 
 _BEAM_WORKER_FLAGS = {
@@ -346,28 +326,13 @@ for _name in list_models():
 del _name
 
 
-def _merge(base: dict, update: Mapping[str, Any]) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if key in _SECTIONS and isinstance(value, Mapping):
-            out[key] = {**out.get(key, {}), **value}
-        else:
-            out[key] = value
-    return out
-
-
 def load_config(preset: str = "", path: str = "", overrides: Sequence[str] = ()) -> PipelineConfig:
     """Preset (or the file's ``preset:`` key) <- the YAML file at ``path`` <- ``key=value`` overrides."""
-    data = read_config_file(path, "pipeline config") if path else {}
+    data = config_io.read_config_file(path, "pipeline config") if path else {}
     preset = preset or data.pop("preset", "")
     data.pop("preset", None)
     if preset and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    merged = _merge(PRESETS.get(preset, {}), data)
-    for key, value in parse_overrides(overrides).items():
-        section, dot, field = key.partition(".")
-        if dot and section in _SECTIONS:
-            merged = _merge(merged, {section: {field: value}})
-        else:
-            merged[key] = value
+    merged = config_io.merge(PRESETS.get(preset, {}), data, _SECTIONS)
+    merged = config_io.merge(merged, config_io.nest_dotted(config_io.parse_overrides(overrides), _SECTIONS), _SECTIONS)
     return PipelineConfig.from_dict(merged)

@@ -46,7 +46,7 @@ def _check_paths(config: PipelineConfig) -> None:
 def _trainer_resources(config: PipelineConfig):
     from kfp.pipeline_spec import pipeline_spec_pb2
 
-    kfp = config.kubeflow_config()
+    kfp = config.kubeflow
     spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
     resources = spec(cpu_limit=kfp.trainer_cpu, memory_limit=kfp.trainer_memory_gb)
     if kfp.trainer_gpus:
@@ -57,7 +57,7 @@ def _trainer_resources(config: PipelineConfig):
 
 def platform_spec(config: PipelineConfig, executor_label: str) -> dict[str, Any] | None:
     """The Kubernetes platform spec placing the Trainer (node selector, tolerations), or None."""
-    kfp = config.kubeflow_config()
+    kfp = config.kubeflow
     executor: dict[str, Any] = {}
     if kfp.trainer_node_selector:
         executor["nodeSelector"] = {"labels": dict(kfp.trainer_node_selector)}
@@ -77,7 +77,7 @@ def compile_pipeline(config: PipelineConfig, output: str) -> dict[str, Any]:
     """
     from tfx import v1 as tfx
 
-    kfp = config.kubeflow_config()
+    kfp = config.kubeflow
     if not kfp.image:
         raise ConfigError("kubeflow: image is not set (the container image built from the Dockerfile, "
                           "e.g. -s kubeflow.image=us-docker.pkg.dev/PROJECT/REPO/hrnet-tfx:0.1.0)")

@@ -6,6 +6,8 @@ Modules (import the one you need; none is imported here, so ``import hrnet_tfx.s
 * :mod:`~hrnet_tfx.serving.export` -- the SavedModel and its signatures: the serving contract, and the one
   owner of the signature names and their input and output keys;
 * :mod:`~hrnet_tfx.serving.warmup` -- ``assets.extra/tf_serving_warmup_requests`` (the Pusher writes it);
+* :mod:`~hrnet_tfx.serving.images` -- the one reader of request image files (local or bucket, size-bounded)
+  for the client and the warm-up writer;
 * :mod:`~hrnet_tfx.serving.model_base` -- ``<base>/<model_name>/<version>/`` discovery;
 * :mod:`~hrnet_tfx.serving.names` -- the one rule for served model names;
 * :mod:`~hrnet_tfx.serving.server` -- ``serve()``: ``tensorflow_model_server`` when installed, else the

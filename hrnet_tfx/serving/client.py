@@ -31,21 +31,10 @@ from hrnet_tfx.serving import rest_json
 from hrnet_tfx.serving.errors import Code, ServerUnavailableError, ServingError, code_from_http
 from hrnet_tfx.serving.export import (INPUT_IMAGES, OUTPUT_TOP_K_LABELS, OUTPUT_TOP_K_SCORES, SIGNATURE_CLASSIFY,
                                       SIGNATURE_IMAGES, SIGNATURE_TOP_K)
+from hrnet_tfx.serving.images import read_images
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto
 
 log = logging.getLogger(__name__)
-
-
-def read_images(images: Sequence[bytes | str | os.PathLike]) -> list[bytes]:
-    """Encoded image bytes for a list of bytes and/or file paths (paths are read)."""
-    out = []
-    for image in images:
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            out.append(bytes(image))
-        else:
-            with open(image, "rb") as f:
-                out.append(f.read())
-    return out
 
 
 def _example(item: Any):
@@ -221,7 +210,9 @@ class Client:
 
     def predict_images(self, images: Sequence[bytes | str | os.PathLike],
                        top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``top_k`` labels and scores of each image (encoded bytes or file paths), best first.
+        """The ``top_k`` labels and scores of each image (encoded bytes or file paths, local or bucket URIs,
+        read by :func:`hrnet_tfx.serving.images.read_images`: an unreadable file or one over its size limit
+        raises :class:`~hrnet_tfx.serving.images.ImageFileError` before anything is sent), best first.
 
         Uses the ``predict_images_top_k`` signature, whose answer holds the model's export-time top k (5)
         instead of every class's probability (over REST that JSON would cost more than the model); models

@@ -26,14 +26,13 @@ import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow load
 from hrnet_tfx.data import features
 from hrnet_tfx.serving.export import (INPUT_EXAMPLES, INPUT_IMAGES, SIGNATURE_CLASSIFY, SIGNATURE_EXAMPLES,
                                       SIGNATURE_IMAGES, SIGNATURE_TOP_K)
+from hrnet_tfx.serving.images import read_images
 from hrnet_tfx.serving.tensors import to_tensor_proto
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 """TF Serving reads at most this many warm-up records."""
-MAX_IMAGE_BYTES = 16 * 1024 * 1024
-"""Largest warm-up image accepted (read no further)."""
 
 
 def warmup_file(saved_model_dir: str) -> str:
@@ -66,26 +65,6 @@ def image_example(image: bytes) -> bytes:
     example.features.feature[features.IMAGE_ENCODED].CopyFrom(
         feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[image])))
     return example.SerializeToString()
-
-
-def _read_images(images: Sequence[bytes | str | os.PathLike]) -> list[bytes]:
-    """The images' bytes; files (local or bucket URIs) are read through ``tf.io.gfile``, each at most
-    :data:`MAX_IMAGE_BYTES` (TF Serving replays every record before a version serves)."""
-    import tensorflow as tf
-
-    out = []
-    for image in images:
-        if isinstance(image, (bytes, bytearray)):
-            data = bytes(image)
-        else:
-            path = os.fspath(image)
-            with tf.io.gfile.GFile(path, "rb") as f:
-                data = f.read(MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
-            raise ValueError(f"warm-up image {image if not isinstance(image, (bytes, bytearray)) else '(bytes)'} "
-                             f"is larger than {MAX_IMAGE_BYTES} bytes; use a few small images")
-        out.append(data)
-    return out
 
 
 def _signature_names(saved_model_dir: str) -> set[str]:
@@ -144,10 +123,11 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes | str | o
 
     Raises:
       ValueError: the SavedModel has none of the export contract's signatures.
+      hrnet_tfx.serving.images.ImageFileError: an image file cannot be read or is too large.
     """
     import tensorflow as tf
 
-    images = _read_images(images) if images is not None else sample_images()
+    images = read_images(images, what="warm-up image") if images is not None else sample_images()
     if not images:
         raise ValueError("write_warmup_requests needs at least one image")
     signatures = _signature_names(saved_model_dir)

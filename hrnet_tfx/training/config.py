@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
-from hrnet_tfx.models.config import ConfigError, read_config_file
+from hrnet_tfx import config_io
+from hrnet_tfx.config_io import ConfigError
 from hrnet_tfx.models.inference import INFERENCE_DTYPES
 
 SCHEDULES = ("step", "cosine")
@@ -151,44 +151,37 @@ class TrainConfig:
 
     # -- layers: dict / file / overrides ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["lr_decay_epochs"] = list(self.lr_decay_epochs)
-        return data
+        return config_io.to_dict(self)
 
     def replace(self, **changes) -> "TrainConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ConfigError(f"training config: unknown key(s) {unknown}")
-        converted = {}
-        for key, value in data.items():
-            converted[key] = coerce_field(key, value, fields[key].type)
-        return cls(**converted)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "training config") -> "TrainConfig":
+        """Builds the config from a mapping of its fields; unknown keys and values of the wrong type raise
+        :class:`ConfigError` naming them (``where`` starts the message)."""
+        return config_io.from_dict(cls, data, where)
 
     @classmethod
     def from_file(cls, path: str, overrides: Sequence[str] = ()) -> "TrainConfig":
         """Defaults <- the YAML/JSON file at ``path`` (may be empty) <- ``key=value`` overrides."""
-        data = read_config_file(path, "training config") if path else {}
-        return cls.from_dict({**data, **parse_overrides(overrides)})
+        data = config_io.read_config_file(path, "training config") if path else {}
+        return cls.from_dict({**data, **config_io.parse_overrides(overrides)})
 
     def save(self, path: str) -> None:
         """Writes the config as JSON to ``path`` (any ``tf.io.gfile`` file system, atomically)."""
-        write_json(path, self.to_dict())
+        config_io.write_json(path, self.to_dict())
 
     def changes_from(self, saved: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
         """``"key: old -> new"`` for each of ``keys`` whose value in ``saved`` (a saved config's dict)
         differs from this config's; keys ``saved`` does not hold are skipped."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
+        types = config_io.field_types(type(self))
         changes = []
         for key in keys:
             if key not in saved:
                 continue
             try:
-                old = coerce_field(key, saved[key], fields[key].type)
+                old = config_io.coerce(key, saved[key], types[key], "training config")
             except ConfigError:
                 old = saved[key]
             if old != getattr(self, key):
@@ -211,59 +204,3 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         value = list(value)
     return repr(value) if isinstance(value, str) else json.dumps(value)
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` on any ``tf.io.gfile`` file system: to a temporary name beside
-    it, then renamed over it, so readers never see a half-written file (and file systems whose writers
-    append to an existing file, like ``ram://``, still replace it)."""
-    import uuid
-
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["epochs=2", "model=hrnet_w32"]`` -> dict; values are parsed as YAML scalars/lists."""
-    import yaml
-
-    out = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out
-
-
-def coerce_field(key: str, value: Any, annotation: str, where: str = "training config") -> Any:
-    """Checks/converts one value against the field's annotation (a string under postponed evaluation);
-    other annotations pass through. ``where`` starts the error message."""
-    kind = str(annotation)
-    try:
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind == "int":
-            if isinstance(value, bool) or float(value) != int(value):
-                raise TypeError
-            return int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if kind == "str":
-            return "" if value is None else str(value)
-        if kind.startswith("tuple"):
-            if isinstance(value, (int, float)):
-                value = [value]
-            return tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key}={value!r} is not a valid {kind}") from None
-    return value

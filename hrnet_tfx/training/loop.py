@@ -23,6 +23,7 @@ import hrnet_tfx  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+from hrnet_tfx.config_io import write_json
 from hrnet_tfx.data import input as data_input
 from hrnet_tfx.data.counting import count_records
 from hrnet_tfx.data.labels import read_label_map
@@ -30,7 +31,7 @@ from hrnet_tfx.data.progress import format_duration
 from hrnet_tfx.models import ConfigError, build_model, get_config, load_pytorch_weights, read_state_dict
 from hrnet_tfx.training.checkpoints import PREFIX as CHECKPOINT_PREFIX
 from hrnet_tfx.training.checkpoints import list_checkpoints, prepare_resume, restore_newest
-from hrnet_tfx.training.config import MODEL_FIELDS, RESUME_FIELDS, TrainConfig, write_json
+from hrnet_tfx.training.config import MODEL_FIELDS, RESUME_FIELDS, TrainConfig
 from hrnet_tfx.training.distribute import make_backend
 from hrnet_tfx.training.schedule import WarmupSchedule
 
@@ -143,16 +144,19 @@ def check_init_source(config: TrainConfig, eval_only: bool = False) -> None:
     if source.endswith(PYTORCH_SUFFIXES):
         state = read_state_dict(source)
         if eval_only:
-            _head_classes(state, config, eval_only=True)
+            _head_fits(_pytorch_classes(state), config, eval_only=True)
         return
     path = _saved_model_variables(source) or _init_checkpoint(source)
     try:
+        classes = _checkpoint_classes(path)
         reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)  # one tensor at a time
     except (tf.errors.OpError, IndexError, ValueError) as e:  # a cut data file raises IndexError
         message = _one_line(e) if isinstance(e, tf.errors.OpError) else str(e)
         raise ConfigError(f"init_from {source}: cannot read {path}: {message}") from None
+    if eval_only:
+        _head_fits(classes, config, eval_only=True)
 
 
 def _saved_model_variables(source: str) -> str:
@@ -172,12 +176,41 @@ def _init_checkpoint(source: str) -> str:
     return path
 
 
-def _head_classes(state: dict, config: TrainConfig, eval_only: bool) -> bool:
-    """Whether ``state``'s classifier fits ``num_classes``; refuses a misfit in eval-only."""
+def _pytorch_classes(state: dict) -> int | None:
+    """The class count of a PyTorch state dict's classifier, or None without one."""
     head = state.get("classifier.weight", None)
-    if head is not None and head.shape[0] == config.num_classes:
+    return None if head is None else int(head.shape[0])
+
+
+def _checkpoint_classes(path: str) -> int | None:
+    """The class count of the classifier in the TF checkpoint at ``path`` (a training checkpoint, an
+    export's training weights or an older export's variables), found by the classifier kernel's variable
+    name (in the checkpoint's object graph, or the key itself in a name-based one); None when it holds no
+    such variable."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    from hrnet_tfx.serving.export import CLASSIFIER_PREFIX
+
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" not in shapes:  # name-based: an export's training weights, or TF1's
+        kernel = shapes.get(CLASSIFIER_PREFIX + "kernel:0")
+        return int(kernel[-1]) if kernel else None
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    for node in graph.nodes:
+        for attribute in node.attributes:
+            if attribute.full_name == CLASSIFIER_PREFIX + "kernel" and attribute.checkpoint_key in shapes:
+                return int(shapes[attribute.checkpoint_key][-1])
+    return None
+
+
+def _head_fits(classes: int | None, config: TrainConfig, eval_only: bool) -> bool:
+    """Whether a classifier of ``classes`` classes (None: no classifier) fits ``num_classes``; eval-only
+    refuses a misfit (it would score a random classifier), training warns that the classifier starts anew."""
+    if classes == config.num_classes:
         return True
-    found = "no classifier" if head is None else f"a classifier of {head.shape[0]} classes"
+    found = "no classifier" if classes is None else f"a classifier of {classes} classes"
     if eval_only:
         raise ConfigError(f"init_from {config.init_from} has {found}, num_classes is {config.num_classes}: eval-only "
                           "would evaluate a randomly initialised classifier. Set num_classes to match, or train "
@@ -198,25 +231,53 @@ def label_strings(config: TrainConfig) -> list[str]:
 
 
 def _init_weights(model, config: TrainConfig, eval_only: bool) -> None:
-    """Initial weights from PyTorch weights, a SavedModel or a TF checkpoint (rank 0 only)."""
+    """Initial weights from PyTorch weights, a SavedModel or a TF checkpoint (rank 0 only); with another
+    class count the classifier starts from random weights when training and is refused in eval-only."""
     source = config.init_from
     if source.endswith(PYTORCH_SUFFIXES):
         state = read_state_dict(source)
-        same_head = _head_classes(state, config, eval_only)
+        same_head = _head_fits(_pytorch_classes(state), config, eval_only)
         count = load_pytorch_weights(model, state, exclude=() if same_head else ("classifier",))
         log.info("initialised %d tensors from %s", count, source)
     elif _saved_model_variables(source):
         from hrnet_tfx.serving.export import load_weights_into
 
+        if eval_only:
+            _head_fits(_checkpoint_classes(_saved_model_variables(source)), config, eval_only)
         try:
-            load_weights_into(model, source)
+            load_weights_into(model, source, new_classifier=not eval_only)  # it warns when it skips the classifier
         except ValueError as e:
             raise ConfigError(f"init_from: {e}") from None
         log.info("initialised from SavedModel %s", source)
     else:
         path = _init_checkpoint(source)
-        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+        _restore_checkpoint(model, config, path, eval_only)
         log.info("initialised from checkpoint %s", path)
+
+
+def _restore_checkpoint(model, config: TrainConfig, path: str, eval_only: bool) -> None:
+    """Restores ``model`` from the TF checkpoint ``path``. With another class count (fine-tuning) the
+    checkpoint is restored whole into a model of its own class count, and every weight but the
+    classifier's is copied over (the checkpoint's object graph decides what goes where)."""
+    from hrnet_tfx.serving.export import CLASSIFIER_PREFIX
+
+    classes = _checkpoint_classes(path)
+    target = model
+    if classes is not None and not _head_fits(classes, config, eval_only):
+        target = build_model(config.model, num_classes=classes, image_size=config.image_size,
+                             dtype_policy=config.dtype_policy)
+    try:
+        # read(), not restore(): a checkpoint written by write() has no save counter to match
+        tf.train.Checkpoint(model=target).read(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        message = _one_line(e) if isinstance(e, tf.errors.OpError) else " ".join(str(e).split())
+        raise ConfigError(f"init_from {config.init_from}: checkpoint {path} does not fit model {config.model!r} "
+                          f"({message[:500]})") from None
+    if target is not model:
+        restored = {v.name: v for v in target.variables}
+        for variable in model.variables:
+            if not variable.name.startswith(CLASSIFIER_PREFIX):
+                variable.assign(restored[variable.name])
 
 
 class ChiefFailedError(RuntimeError):

@@ -10,6 +10,9 @@ import sys
 import time
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from hrnet_tfx import quiet
+
+quiet.install()  # before TensorFlow loads: no cuFFT/cuDNN registration lines or known log noise per worker
 
 _FOLLOWER_EXIT_DELAY_S = 3.0
 

@@ -1,0 +1,88 @@
+"""storage.ReadAhead: files read ahead in threads come back in order, with their errors in place, within
+the byte budget, on local disk and on ram://."""
+
+import os
+import threading
+import time
+
+import pytest
+
+import hrnet_tfx  # noqa: F401  (before TensorFlow)
+import tensorflow as tf  # noqa: E402
+
+from hrnet_tfx.data import storage  # noqa: E402
+
+MB = 2**20
+pytestmark = pytest.mark.timeout(60)  # a deadlocked read-ahead fails instead of hanging the run
+
+
+def _files(tmp_path, sizes) -> list[str]:
+    paths = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i:03d}"
+        path.write_bytes(bytes([i % 256]) * size)
+        paths.append(str(path))
+    return paths
+
+
+def test_order_and_errors_in_place(tmp_path):
+    paths = _files(tmp_path, [10, 2000, 5, 300])
+    os.mkfifo(tmp_path / "fifo")
+    paths[2:2] = [str(tmp_path / "missing"), str(tmp_path / "fifo"), str(tmp_path / "big")]
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    with storage.ReadAhead(paths, max_bytes=4000, threads=3) as reads:
+        got = list(reads)
+    assert [len(d) if d is not None else e.reason for d, e, _ in got] == [
+        10, 2000, "unreadable", "not_a_file", "too_large", 5, 300]
+    assert [n for _, _, n in got] == [10, 2000, 0, 0, 0, 5, 300]
+
+
+def test_reads_go_ahead_up_to_the_budget_and_no_further(tmp_path):
+    """Budget 3 MB, 1 MB files, a slow consumer releasing each file when done: the threads read ahead until
+    the budget is spent (3 MB held), never beyond one more file."""
+    paths = _files(tmp_path, [MB] * 12)
+    peak = 0
+    with storage.ReadAhead(paths, max_bytes=2 * MB, budget=3 * MB, threads=4) as reads:
+        for data, error, n in reads:
+            time.sleep(0.02)  # the threads read as far ahead as they may meanwhile
+            peak = max(peak, reads._used)
+            reads.release(n)
+    assert 3 * MB <= peak <= 4 * MB
+    assert reads._used == 0
+
+
+def test_the_next_file_is_read_even_when_the_consumer_holds_the_whole_budget(tmp_path):
+    paths = _files(tmp_path, [MB] * 6)
+    with storage.ReadAhead(paths, max_bytes=2 * MB, budget=2 * MB, threads=3) as reads:
+        held = [n for _, _, n in reads]  # nothing released: each next file exceeds the budget alone
+    assert held == [MB] * 6
+
+
+def test_leaving_early_stops_the_waiting_reads(tmp_path):
+    paths = _files(tmp_path, [MB] * 40)
+    before = threading.active_count()
+    start = time.monotonic()
+    with storage.ReadAhead(paths, max_bytes=2 * MB, budget=2 * MB, threads=8) as reads:
+        for i, _ in enumerate(reads):
+            if i == 2:
+                break
+    assert time.monotonic() - start < 10 and threading.active_count() == before
+
+
+def test_ram_files(tmp_path):
+    paths = []
+    for i in range(5):
+        paths.append(f"ram://readahead/{i}")
+        with tf.io.gfile.GFile(paths[-1], "wb") as f:
+            f.write(bytes([i]) * (100 + i))
+    with storage.ReadAhead(paths + ["ram://readahead/missing"], max_bytes=1000) as reads:
+        got = list(reads)
+    assert [d for d, _, _ in got[:5]] == [bytes([i]) * (100 + i) for i in range(5)]
+    assert got[5][0] is None and got[5][1].reason == "unreadable"
+
+
+@pytest.mark.parametrize("size", [0, 1, 70000])
+def test_read_input_reads_whole_local_files(tmp_path, size):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size))
+    assert storage.read_input(str(path), 10**6) == path.read_bytes()
