@@ -65,9 +65,12 @@ def write_json(path: str, obj: Any) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+_CLOSE = 0.7  # difflib ratio: label_smothing -> label_smoothing 0.97, learning_rate -> serving_dtype 0.62 (no hint)
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the choice closest to ``name``, or '' when none is close."""
-    hint = difflib.get_close_matches(name, list(choices), n=1)
+    hint = difflib.get_close_matches(name, list(choices), n=1, cutoff=_CLOSE)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 

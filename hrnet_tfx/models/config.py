@@ -21,6 +21,9 @@ from hrnet_tfx.config_io import ConfigError, check_keys, read_config_file, to_di
 # ConfigError stays importable from here, its first home.
 __all__ = ["BLOCK_EXPANSION", "ConfigError", "HRNetConfig", "StageConfig", "regular_config"]
 
+INFERENCE_DTYPES = ("float32", "bfloat16")
+"""Compute dtypes :func:`hrnet_tfx.models.inference.inference_model` builds (stated here, where importing
+costs no TensorFlow, for the training config's ``serving_dtype`` check)."""
 BLOCK_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 """Output channels of a block divided by its ``planes``, per block type."""
 

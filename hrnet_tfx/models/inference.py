@@ -37,8 +37,8 @@ import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow load
 import tensorflow as tf
 import tf_keras as keras
 
-INFERENCE_DTYPES = ("float32", "bfloat16")
-"""Compute dtypes :func:`inference_model` builds."""
+from hrnet_tfx.models.config import INFERENCE_DTYPES
+
 _FLOAT32_LAYERS = (keras.layers.GlobalAveragePooling2D, keras.layers.Dense)
 """Layers kept in float32 in a bfloat16 inference model (the pooled features and the logits)."""
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from hrnet_tfx import config_io
 from hrnet_tfx.config_io import ConfigError
-from hrnet_tfx.models.inference import INFERENCE_DTYPES
+from hrnet_tfx.models.config import INFERENCE_DTYPES
 
 SCHEDULES = ("step", "cosine")
 BACKENDS = ("auto", "horovod", "tf_distribute")
