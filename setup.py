@@ -31,6 +31,7 @@ setup(
         "grpcio",
         "requests",
         "tornado>=6.5",  # the development server's REST endpoint
+        "google-crc32c",  # TFRecord framing in the converter (data/records.py imports it directly)
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "jsonschema", "kubernetes"],
