@@ -78,3 +78,16 @@ def test_predict_command_reports_the_oversized_file(tmp_path):
     assert result.output.splitlines()[0] == (
         f'{{"image": "{big}", "error": "image {big} is larger than {MAX_IMAGE_BYTES} bytes"}}')
     assert "1 of 1 images could not be classified" in result.output and "Traceback" not in result.output
+
+
+def test_predict_command_refuses_a_fifo_without_blocking(tmp_path):
+    """A FIFO nobody writes to would block a plain open() forever; the reader refuses it at once (the
+    subprocess timeout turns a regression into a failure instead of a hung test)."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-m", "hrnet_tfx.cli", "predict", "--server", f"127.0.0.1:{free_port()}",
+                           "--json", str(fifo)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == (
+        f'{{"image": "{fifo}", "error": "cannot read image {fifo}: Is a FIFO (named pipe)"}}')
+    assert "Traceback" not in done.stderr
