@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import base64  # noqa: E402
 import pathlib  # noqa: E402
 import socket  # noqa: E402
 
@@ -22,6 +23,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def b64(data: bytes) -> dict:
+    """``{"b64": ...}``: binary data in TF Serving's REST JSON."""
+    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ from hrnet_tfx.serving.model_base import complete_versions, latest_version, reso
 from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
-from conftest import free_port  # noqa: E402
+from conftest import b64, free_port  # noqa: E402
 
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 IMAGE_SIZE = 64
@@ -70,10 +70,6 @@ def jpeg(width, height, seed):
 def example_bytes(image):
     return tf.train.Example(features=tf.train.Features(feature={
         features.IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})).SerializeToString()
-
-
-def b64(data):
-    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 def make_version_2(v1_dir, dest, boosted_class):

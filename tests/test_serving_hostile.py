@@ -10,7 +10,6 @@ rose by at most :data:`RSS_BOUND` during the attack (peak reset before each case
 whole module and must never fail.
 """
 
-import base64
 import io
 import json
 import os
@@ -36,7 +35,7 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_
 
 from hrnet_tfx.serving.tensors import to_tensor_proto  # noqa: E402
 
-from conftest import free_port  # noqa: E402
+from conftest import b64, free_port  # noqa: E402
 
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 MIB = 2**20
@@ -90,10 +89,6 @@ def gif_bomb(width, height):
     big.putpalette(palette)
     small_gif, big_gif = encode(small, "GIF"), encode(big, "GIF")
     return small_gif[:-1] + big_gif[_first_image_descriptor(big_gif):]
-
-
-def b64(data):
-    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 def proc_status(pid, key):
