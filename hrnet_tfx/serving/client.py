@@ -1,19 +1,14 @@
-"""A Python client for a served HRNet classifier, over TF Serving's gRPC or REST API.
-
-Works against ``tensorflow_model_server`` and the development server alike::
-
-    from hrnet_tfx.serving.client import Client
+"""A Python client for a served HRNet classifier, over TF Serving's gRPC or REST API (``tensorflow_model_server``
+and the development server alike)::
 
     with Client("localhost:8500", model_name="hrnet") as client:            # gRPC
         for ranking in client.predict_images(["cat.jpg", "dog.jpg"], top_k=5):
             print(ranking)                                                   # [("tabby", 0.71), ...]
     Client("localhost:8501", rest=True).predict_images([jpeg_bytes])        # REST
 
-Errors: a server that cannot be reached raises :class:`~hrnet_tfx.serving.errors.ServerUnavailableError`
-naming the address (and, when the port speaks the other protocol, saying which port it probably is); an
-error answer raises :class:`~hrnet_tfx.serving.errors.ServingError` with the server's code
-(``INVALID_ARGUMENT``, ``NOT_FOUND``, ...) and message. The REST JSON is written and read by
-:mod:`hrnet_tfx.serving.rest_json`, which the development server builds on.
+A server that cannot be reached raises :class:`~hrnet_tfx.serving.errors.ServerUnavailableError` naming the
+address (and which port it probably is when it speaks the other protocol); an error answer raises
+:class:`~hrnet_tfx.serving.errors.ServingError` with the server's code and message.
 """
 
 from __future__ import annotations

@@ -1,42 +1,23 @@
-"""Exports a trained HRNet as the SavedModel that TF Serving, TFMA and clients use.
+"""Exports a trained HRNet as the SavedModel that TF Serving, TFMA and clients use: the serving contract,
+and the one owner of the signature names and their input and output keys.
 
 Signatures (the eval transform of :mod:`hrnet_tfx.data.preprocessing` is inside the graph, so clients
 send encoded images or tf.Examples, never pixels):
 
 ``serving_default``: input ``inputs``, serialized ``tf.Example`` [N] (``image/encoded``), outputs
     ``scores`` (class probabilities, [N, C] float32) and ``classes`` (the label strings, [N, C], in class
-    order). This is the form TF Serving's Classify API requires (one string input named ``inputs``, at
-    most the two outputs ``classes`` and ``scores``) and what TFMA evaluates (output ``scores``).
-``predict_images``: input ``images``, encoded image bytes [N] (JPEG, PNG, ...); outputs
-    ``probabilities`` [N, C], ``top_k_ids`` [N, k] int32, ``top_k_labels`` [N, k] string and
-    ``top_k_scores`` [N, k] float32: what a client calling Predict wants.
+    order): the form TF Serving's Classify API requires and TFMA evaluates.
+``predict_images``: input ``images``, encoded image bytes [N]; outputs ``probabilities`` [N, C],
+    ``top_k_ids`` [N, k] int32, ``top_k_labels`` [N, k] string and ``top_k_scores`` [N, k] float32.
 ``predict_examples``: the same four outputs for serialized tf.Examples (input ``examples``).
-``predict_images_top_k``: input ``images``; only ``top_k_ids``, ``top_k_labels`` and ``top_k_scores``. What
-    the client uses: over REST, the JSON for [32, 1000] probabilities took 40-55% of the CPU time of the tiny
-    test network itself (``benchmarks/bench_serving.py``).
+``predict_images_top_k``: input ``images``; only the three ``top_k_*`` outputs. What the client uses: over
+    REST, the JSON for [32, 1000] probabilities took 40-55% of the CPU time of the tiny test network itself
+    (``benchmarks/bench_serving.py``).
 
-The label map file travels in ``assets/`` and the label strings are also constants in the graph.
-``tf.saved_model.load(path).logits`` maps normalised images to logits (evaluation).
-
-The served graph is :func:`hrnet_tfx.models.inference.inference_model` of the model: BatchNorm folded into
-the convolutions (logits within 1e-4 relative of the training graph's, ~10% less CPU per image for hrnet_w18,
-``benchmarks/README.md``), in float32 or, with ``serving_dtype="bfloat16"``, with bfloat16 weights and
-compute. Its variables (``inference_variables``) are the only ones in the SavedModel, so TF Serving holds
-one copy of the weights. The folded weights cannot be trained (BatchNorm's scale, shift and moving
-statistics are merged into them), so the training weights (every variable of the Keras model, BatchNorm
-statistics included, float32, named as in the model) are stored beside the model in
-``assets.extra/training_weights/`` as a TF checkpoint: TF Serving, TFMA and the development server never
-read ``assets.extra/`` (but for the warm-up file), the Pusher copies it with the version, and
-:func:`load_weights_into` (``hrnet-tfx train --init-from EXPORT``) reads it. Exports written before this
-had the training weights in the SavedModel (``model_variables``); :func:`load_weights_into` still takes them.
-
-Publishing (:func:`export_saved_model`, and the Pusher through :func:`publish_directory`): every file goes
-through ``tf.io.gfile``, so ``export_dir`` may be a bucket (``gs://``, ``s3://``) as well as a local path.
-The SavedModel is written into a hidden staging directory beside ``export_dir`` first. On a local file
-system the staging directory is then renamed into place (one atomic ``rename``). Object stores have no
-directory rename (a "rename" copies object by object), so there the files are copied into ``export_dir``
-with ``saved_model.pb`` last: whatever a crash leaves at ``export_dir`` has no ``saved_model.pb`` and is
-not taken for a SavedModel by TF Serving, TFMA or :mod:`hrnet_tfx.serving.model_base`.
+The served graph is :func:`hrnet_tfx.models.inference.inference_model` of the model (BatchNorm folded, in
+``serving_dtype``); its variables are the only ones in the SavedModel. The training weights go beside it in
+``assets.extra/training_weights/`` (read by :func:`load_weights_into`). Every file goes through
+``tf.io.gfile``, and :func:`publish_directory` makes a complete export appear at once (README, Training).
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """TF Serving model base paths: find a model's versions (the Pusher, ``serve`` and the development server).
 
-Layout (what ``tensorflow_model_server --model_base_path`` expects, and what the Pusher writes)::
-
-    <base>/<model_name>/<version>/saved_model.pb      version: a non-negative integer
-                                  /variables/ assets/ assets.extra/
-
-A version counts only when it is *complete*: its directory name is all digits and ``saved_model.pb`` (or
-``saved_model.pbtxt``) is present. Writers copy ``saved_model.pb`` last or rename the whole directory into
-place, so a half-copied version is never picked up; hidden or temporary directories (``.export-*``,
-``3.partial``, ``tmp``) are ignored. Paths may be local or bucket URIs (everything goes through
-``tf.io.gfile``). The development server's version policy is :mod:`hrnet_tfx.serving.dev.watcher`.
+Layout: ``<base>/<model_name>/<version>/saved_model.pb`` (version: a non-negative integer). A version counts
+only when it is *complete*: its name is all digits and ``saved_model.pb`` (or ``.pbtxt``) is present, which
+writers copy last or rename into place; hidden or temporary directories (``.export-*``, ``3.partial``) are
+ignored. Paths may be local or bucket URIs (everything goes through ``tf.io.gfile``).
 """
 
 from __future__ import annotations

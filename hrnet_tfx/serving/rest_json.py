@@ -1,11 +1,9 @@
-"""TF Serving's REST JSON values, both ways: tensors to JSON and back, tf.Examples to JSON, status and metadata.
+"""TF Serving's REST JSON values, both ways (the client and the development server): tensors to JSON and
+back, tf.Examples to JSON, status and metadata.
 
-String values are UTF-8 text, or ``{"b64": ...}`` for binary data (outputs whose name ends in ``_bytes`` are
-always written that way, and so are strings that are not valid UTF-8). Floats are written with the shortest
-decimal that reads back as the same float32 (TF Serving writes at most 9 significant digits, which also reads
-back exactly). The client (:mod:`hrnet_tfx.serving.client`) writes its requests and reads the answers with
-these; the development server's request parsing and answers (:mod:`hrnet_tfx.serving.dev.rest_requests`)
-build on them.
+String values are UTF-8 text, or ``{"b64": ...}`` for binary data (always for outputs whose name ends in
+``_bytes``, and for strings that are not UTF-8). Floats are written with the shortest decimal that reads
+back as the same float32 (TF Serving writes at most 9 significant digits, which also reads back exactly).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""``serve()``: run TF Serving's ``tensorflow_model_server`` on a model base when it is installed, else the
-protocol-compatible development server (:mod:`hrnet_tfx.serving.dev`), meant for development, tests and the
-demo.
-
-Both serve the latest version of one model, pick up versions the Pusher adds, listen on the same gRPC and
-REST ports, and stop cleanly on SIGINT/SIGTERM. The log says which one runs. Server-side batching
-(:class:`BatchingOptions`) is TF Serving's; the development server runs each request on its own.
+"""``serve()``: TF Serving's ``tensorflow_model_server`` on a model base when it is installed, else the
+development server (:mod:`hrnet_tfx.serving.dev`, for development, tests and the demo). Both serve the latest
+version of one model on the same ports and stop cleanly on SIGINT/SIGTERM; only TF Serving batches.
 """
 
 from __future__ import annotations

@@ -1,34 +1,22 @@
 """Conversions between TF Serving's TensorProto and numpy arrays (the client and the development server).
 
-Output tensors are written the way ``tensorflow_model_server`` writes them (``Tensor::AsProtoField``: the
-typed repeated fields ``float_val``, ``int_val``, ``string_val``, ...), so client code that reads
+Outputs are written as ``tensorflow_model_server`` writes them (``Tensor::AsProtoField``: the typed
+repeated fields ``float_val``, ``int_val``, ``string_val``, ...), so code that reads
 ``response.outputs["scores"].float_val`` works against either server. Inputs are read in any valid
 encoding (typed fields or ``tensor_content``).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from hrnet_tfx.serving.errors import invalid
-
-_NUMPY_TO_DTYPE = {
-    np.dtype(np.float32): types_pb2.DT_FLOAT,
-    np.dtype(np.float64): types_pb2.DT_DOUBLE,
-    np.dtype(np.float16): types_pb2.DT_HALF,
-    np.dtype(np.int8): types_pb2.DT_INT8,
-    np.dtype(np.int16): types_pb2.DT_INT16,
-    np.dtype(np.int32): types_pb2.DT_INT32,
-    np.dtype(np.int64): types_pb2.DT_INT64,
-    np.dtype(np.uint8): types_pb2.DT_UINT8,
-    np.dtype(np.uint16): types_pb2.DT_UINT16,
-    np.dtype(np.uint32): types_pb2.DT_UINT32,
-    np.dtype(np.uint64): types_pb2.DT_UINT64,
-    np.dtype(np.bool_): types_pb2.DT_BOOL,
-}
 
 _FIELD = {
     types_pb2.DT_FLOAT: "float_val",
@@ -55,12 +43,9 @@ def dtype_name(dtype: int) -> str:
 
 def numpy_dtype(dtype: int) -> np.dtype:
     """The numpy dtype for a ``DT_*`` enum (``object`` for ``DT_STRING``)."""
-    if dtype == types_pb2.DT_STRING:
-        return np.dtype(object)
-    for np_dtype, dt in _NUMPY_TO_DTYPE.items():
-        if dt == dtype:
-            return np_dtype
-    raise invalid(f"tensors of type {dtype_name(dtype)} are not supported")
+    if dtype not in _FIELD and dtype not in (types_pb2.DT_HALF, types_pb2.DT_STRING):
+        raise invalid(f"tensors of type {dtype_name(dtype)} are not supported")
+    return np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
 
 
 def datatype_of(array: np.ndarray) -> int:
@@ -68,9 +53,12 @@ def datatype_of(array: np.ndarray) -> int:
     if array.dtype.kind in "OSU":
         return types_pb2.DT_STRING
     try:
-        return _NUMPY_TO_DTYPE[array.dtype]
-    except KeyError:
-        raise invalid(f"arrays of dtype {array.dtype} cannot be sent as tensors") from None
+        dtype = tf.dtypes.as_dtype(array.dtype).as_datatype_enum
+    except TypeError:
+        dtype = None
+    if dtype not in _FIELD and dtype != types_pb2.DT_HALF:
+        raise invalid(f"arrays of dtype {array.dtype} cannot be sent as tensors")
+    return dtype
 
 
 def shape_proto(shape) -> tensor_shape_pb2.TensorShapeProto:
@@ -124,14 +112,6 @@ def declared_shape(proto: tensor_pb2.TensorProto, name: str = "tensor") -> tuple
     return shape
 
 
-def element_count(shape: tuple[int, ...]) -> int:
-    """The number of elements of ``shape`` (exact: Python ints do not overflow)."""
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
 def value_count(proto: tensor_pb2.TensorProto) -> int:
     """How many values a TensorProto carries (without converting them)."""
     if proto.dtype == types_pb2.DT_STRING:
@@ -155,7 +135,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarra
         match the shape.
     """
     shape = declared_shape(proto, name)
-    count = element_count(shape)
+    count = math.prod(shape)
     np_dtype = numpy_dtype(proto.dtype)
     if proto.dtype != types_pb2.DT_STRING and proto.tensor_content:
         if len(proto.tensor_content) != count * np_dtype.itemsize:

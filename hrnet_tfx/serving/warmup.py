@@ -1,17 +1,11 @@
 """TF Serving warm-up requests: ``<SavedModel>/assets.extra/tf_serving_warmup_requests``.
 
-TF Serving replays this file (a TFRecord of ``tensorflow.serving.PredictionLog`` records) when it loads a
-version, before the version takes traffic, so the first real request does not pay for graph optimisation
-and kernel initialisation; a version whose warm-up fails is not served. The Pusher calls
-:func:`write_warmup_requests` on the model it pushes; the development server replays the file too.
-
-Records written (for the signatures of :mod:`hrnet_tfx.serving.export` the model has):
-
-* ``predict_images`` and ``predict_images_top_k``: PredictRequests with the images as encoded bytes, for
-  every output (as the client asks: a Predict with an ``output_filter`` runs another pruned graph, built on
-  its first use);
-* ``serving_default``: a ClassifyRequest with the images in ``image/encoded`` of tf.Examples;
-* ``predict_examples``: a PredictRequest with the same serialized tf.Examples.
+TF Serving replays this file (a TFRecord of ``PredictionLog`` records) when it loads a version, before the
+version takes traffic; a version whose warm-up fails is not served. The Pusher writes it
+(:func:`write_warmup_requests`); the development server replays it too. One record per signature the model
+has: Predict with the images (every output, as the client asks: an ``output_filter`` would build another
+pruned graph on first use) for ``predict_images`` and ``predict_images_top_k``, Classify for
+``serving_default`` and Predict with the same tf.Examples for ``predict_examples``.
 """
 
 from __future__ import annotations

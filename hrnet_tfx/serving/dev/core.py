@@ -1,9 +1,6 @@
-"""What both of the development server's protocols share: the served model, and what a client is told when
-something fails that is not its request's fault.
-
-:class:`ServingCore` keeps the latest version of one model loaded (:class:`~hrnet_tfx.serving.dev.watcher.
-ModelWatcher`) and leases its servable to requests, answering TF Serving's NOT_FOUND messages when another
-model or a version not being served is asked for.
+"""What both protocols of the development server share: :class:`ServingCore` keeps the latest version of one
+model loaded and leases it to requests (TF Serving's NOT_FOUND messages for anything else), and
+:func:`internal` is what a client is told when something fails that is not its request's fault.
 """
 
 from __future__ import annotations

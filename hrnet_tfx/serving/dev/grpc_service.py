@@ -1,9 +1,6 @@
-"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.dev.core.ServingCore`.
-
-``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata (Regress and
-MultiInference answer UNIMPLEMENTED, grpc's default); ``tensorflow.serving.ModelService``: GetModelStatus
-(HandleReloadConfigRequest: UNIMPLEMENTED). The request
-and response messages are tensorflow-serving-api's, so any TF Serving client works unchanged.
+"""TF Serving's gRPC services over a :class:`~hrnet_tfx.serving.dev.core.ServingCore`, with
+tensorflow-serving-api's messages: PredictionService (Predict, Classify, GetModelMetadata; Regress and
+MultiInference answer UNIMPLEMENTED) and ModelService (GetModelStatus).
 """
 
 from __future__ import annotations

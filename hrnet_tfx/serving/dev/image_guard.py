@@ -1,24 +1,13 @@
 """Rejects bytes that are not an image, and images too costly to decode, before the model graph runs.
 
-The serving signatures decode images inside the graph (:mod:`hrnet_tfx.serving.export`), and what the graph
-allocates is set by the image's *header*, not by its size in bytes: a few kilobytes can declare gigapixels.
-So the development server reads each image's header with Pillow first (no pixel is decoded) and answers
-``INVALID_ARGUMENT`` naming the input and the limit, for:
-
-* bytes TensorFlow cannot decode: ``tf.io.decode_image`` (TF 2.16) sniffs JPEG, PNG, GIF and BMP by their
-  first bytes; the guard sniffs the same way and requires Pillow to read the same format (so a file that
-  is one format to Pillow and another to TensorFlow is refused). WebP is not decodable by TF 2.16;
-* animated GIFs: TensorFlow decodes *every* frame at the size of the largest (``[frames, max h, max w,
-  3]``) even when only the first is used, while Pillow's size is the first frame's, so a 1x1 first frame
-  can hide an 8000x8000 second one. Animated PNGs are fine: TensorFlow decodes only the default image,
-  whose size is the PNG header's;
-* more than ``max_pixels`` pixels (width x height), or a zero width or height;
-* a long side more than ``max_aspect_ratio`` times the short side: the eval transform resizes the
-  *short* side to ~256 pixels, so a 1,000,000 x 1 image (1 megapixel, ~1 KB as a PNG) would be resized
-  to 256,000,000 x 256.
-
-Which inputs hold images follows the export contract: ``images`` (encoded image bytes) and
-``inputs``/``examples`` (serialized ``tf.Example`` s whose ``image/encoded`` feature holds the image).
+What the graph allocates is set by an image's *header*, not its size in bytes (a few kilobytes can declare
+gigapixels), so each image's header is read with Pillow first (no pixel is decoded); the README's Serving
+table lists what is refused. Two facts behind the rules: ``tf.io.decode_image`` (TF 2.16) sniffs JPEG, PNG,
+GIF and BMP by their first bytes, so the guard sniffs the same way and requires Pillow to read the same
+format; and TensorFlow decodes *every* frame of a GIF at the size of the largest while Pillow's size is the
+first frame's (a 1x1 first frame can hide an 8000x8000 second one), whereas of an animated PNG it decodes
+only the default image. Images are the ``images`` input and the ``image/encoded`` feature of the
+``inputs``/``examples`` tf.Examples.
 """
 
 from __future__ import annotations

@@ -1,29 +1,16 @@
 """The development server's side of TF Serving's REST JSON: requests to arrays/Examples, results to JSON.
 
-Predict request (``POST .../models/NAME[/versions/V]:predict``)::
+Predict takes ``instances`` (row format, answered ``{"predictions": [...]}``) or ``inputs`` (columnar,
+answered ``{"outputs": ...}``), each as a bare value/list for a one-input signature or an object keyed by
+input name; values are strings (text or ``{"b64": ...}``): the HRNet signatures take encoded images or
+serialized tf.Examples, and the development server converts nothing else (TF Serving also takes numbers).
+Classify takes ``{"signature_name": ..., "context": {feature: value}, "examples": [{feature: value}]}``
+(integers and booleans become ``int64_list``, other numbers ``float_list``, strings ``bytes_list``) and
+answers ``{"results": [[[label, score], ...], ...]}``. Errors are ``{"error": "..."}``.
 
-    {"signature_name": "predict_images", "instances": [{"b64": "..."}, ...]}           row format
-    {"signature_name": "predict_images", "instances": [{"images": {"b64": "..."}}]}    row, named inputs
-    {"signature_name": "predict_images", "inputs": {"images": [{"b64": "..."}]}}        columnar format
-    {"signature_name": "predict_images", "inputs": [{"b64": "..."}]}                    columnar, one input
-
-Row requests get ``{"predictions": [...]}``: one entry per row, the bare value when the signature has one
-output, else ``{output: value}``. Columnar requests get ``{"outputs": ...}``: the whole tensor, or
-``{output: tensor}``. Values are written as :mod:`hrnet_tfx.serving.rest_json` writes them.
-
-Classify request (``:classify``): ``{"signature_name": ..., "context": {feature: value}, "examples":
-[{feature: value, ...}, ...]}`` where a value is a number, a string, ``{"b64": ...}`` or a list of one kind;
-integers and booleans become ``int64_list``, other numbers ``float_list``, strings ``bytes_list``. Response:
-``{"results": [[[label, score], ...], ...]}``, one list of (label, score) pairs per example.
-
-Errors are ``{"error": "..."}``.
-
-Inputs are strings (text, or ``{"b64": ...}``): the HRNet signatures take encoded images or serialized
-tf.Examples, and the development server converts nothing else (TF Serving also takes numbers and booleans).
 Requests are bounded before they are expanded: at most :data:`MAX_JSON_VALUES` JSON values per body (a list
-of empty objects costs ~30x its bytes as Python objects), nesting as deep as ``json`` allows, tensors of at
-most 32 dimensions, and at most ``max_items`` instances or examples (a Classify context is merged into
-each example only if the result fits ``max_bytes``).
+of empty objects costs ~30x its bytes as Python objects), tensors of at most 32 dimensions, and at most
+``max_items`` instances or examples (a Classify context is merged into each only if the result fits).
 """
 
 from __future__ import annotations
@@ -40,7 +27,7 @@ from hrnet_tfx.serving.errors import invalid
 from hrnet_tfx.serving.export import SIGNATURE_CLASSIFY
 from hrnet_tfx.serving.rest_json import decode_b64, is_b64
 from hrnet_tfx.serving.tensors import MAX_RANK, dtype_name
-from hrnet_tfx.serving.dev.servable import check_item_count
+from hrnet_tfx.serving.dev.servable import check_examples, check_item_count
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 MAX_JSON_VALUES = 2_000_000
@@ -296,10 +283,8 @@ def json_to_example(obj: Any, where: str):
 
 
 def parse_classify(doc: dict, max_items: int | None = None, max_bytes: int | None = None) -> tuple[str, list[bytes]]:
-    """Reads a Classify request: ``(signature_name, serialized tf.Examples)`` (context merged in).
-
-    At most ``max_items`` examples, and at most ``max_bytes`` bytes once the context is merged into each.
-    """
+    """Reads a Classify request: ``(signature_name, serialized tf.Examples)`` (context merged in), checked by
+    :func:`~hrnet_tfx.serving.dev.servable.check_examples`."""
     signature_name = signature_name_of(doc)
     if "examples" not in doc:
         raise invalid("When method is classify, key 'examples' is expected and was not found")
@@ -308,15 +293,10 @@ def parse_classify(doc: dict, max_items: int | None = None, max_bytes: int | Non
         raise invalid("Expecting 'examples' value to be an list/array")
     if not examples:
         raise invalid("'examples' value is an empty array")
-    check_item_count(len(examples), max_items, "examples")
-    context = b""
-    if "context" in doc:
-        context = json_to_example(doc["context"], "context").SerializeToString()
+    check_item_count(len(examples), max_items, "examples")  # before converting them
+    context = json_to_example(doc["context"], "context").SerializeToString() if "context" in doc else b""
     serialized = [json_to_example(e, f"examples[{i}]").SerializeToString() for i, e in enumerate(examples)]
-    merged = len(context) * len(serialized) + sum(map(len, serialized))
-    if max_bytes is not None and merged > max_bytes:
-        raise invalid(f"{len(serialized):,} examples with a {len(context):,}-byte context make {merged:,} bytes, "
-                      f"more than this server's limit of {max_bytes:,} bytes per request")
+    check_examples(len(serialized), len(context), sum(map(len, serialized)), max_items, max_bytes)
     return signature_name, [context + e for e in serialized]
 
 

@@ -7,23 +7,11 @@ Routes (case-insensitive, as in TF Serving; see :mod:`hrnet_tfx.serving.dev.rest
     POST /v1/models/NAME[/versions/V]:predict       Predict
     POST /v1/models/NAME[/versions/V]:classify      Classify
 
-Errors are ``{"error": "..."}`` with TF Serving's status mapping (400 for INVALID_ARGUMENT and
-FAILED_PRECONDITION, 404 for NOT_FOUND, ...); a request under ``/v1/`` that matches no route is a 400
-"Malformed request", as TF Serving answers it.
-
-HTTP itself is tornado's (a maintained server: strict ``Content-Length`` and chunk-size parsing, bounded
-headers and bodies, timeouts), on one event-loop thread; request bodies are handled on the shared worker
-pool. Tornado was chosen over aiohttp because it bounds the time to receive a request's headers and its
-body (``idle_connection_timeout``, ``body_timeout``), so a client dripping a byte every few seconds is
-disconnected; aiohttp's server has no header or body timeout. What is bounded:
-
-* headers: 64 KiB, received within ``request_timeout`` seconds (also the keep-alive idle limit);
-* body: ``max_request_bytes`` (a larger ``Content-Length`` gets 413 before the body is read; a chunked
-  body that grows past it gets tornado's 400 and the connection is closed), received within
-  ``request_timeout`` seconds;
-* requests being received, handled or waiting for a worker: ``max_concurrent_requests`` (more get 429,
-  RESOURCE_EXHAUSTED), so bodies held at once are at most that many times ``max_request_bytes``; open
-  connections: ``max_connections`` (more get 503 and are closed).
+Errors are ``{"error": "..."}`` with TF Serving's status mapping; a request under ``/v1/`` that matches no
+route is a 400 "Malformed request", as TF Serving answers it. Tornado was chosen over aiohttp because it
+bounds the time to receive a request's headers and its body, so a client dripping a byte every few seconds
+is disconnected (aiohttp's server has neither timeout). The bounds (headers, body, time, connections,
+requests in flight) are the README's Serving table; requests run on the worker pool shared with gRPC.
 """
 
 from __future__ import annotations

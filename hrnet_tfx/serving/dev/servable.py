@@ -1,16 +1,11 @@
-"""One loaded SavedModel version, run the way TF Serving runs it: a TF session over the ``serve`` MetaGraph.
+"""One loaded SavedModel version, run as TF Serving runs it: a TF session over the ``serve`` MetaGraph,
+signatures run by the tensor names in their SignatureDefs (faster to load than ``tf.saved_model.load``, and
+``Session.run`` is thread-safe, so concurrent requests run in parallel).
 
-Like ``tensorflow_model_server`` (and unlike ``tf.saved_model.load``), the development server imports the
-MetaGraph into a graph, restores the variables into a ``tf.compat.v1.Session`` and runs signatures by the
-tensor names in their SignatureDefs. That loads faster than rebuilding the Python object graph, and
-``Session.run`` is thread-safe, so concurrent requests run in parallel.
-
-Request validation follows TF Serving's: an unknown signature is ``FAILED_PRECONDITION`` for Predict
-(``INVALID_ARGUMENT`` for Classify), input names must match the signature's exactly, an unknown output in
-``output_filter`` is ``INVALID_ARGUMENT``, and errors raised by the graph keep TensorFlow's code (with a
-generic message for internal ones, whose details are logged). Beyond TF Serving, a request may carry at
-most ``max_items`` images or examples, and a gRPC tensor's dtype and declared shape are checked against the
-signature before it is converted (:meth:`SavedModelServable.predict_protos`).
+Request validation follows TF Serving's (an unknown signature is ``FAILED_PRECONDITION`` for Predict,
+``INVALID_ARGUMENT`` for Classify; input names must match exactly; graph errors keep TensorFlow's code).
+Beyond it, a request carries at most ``max_items`` images or examples, and a gRPC tensor's dtype and
+declared shape are checked against the signature before it is converted.
 """
 
 from __future__ import annotations
@@ -30,21 +25,18 @@ from hrnet_tfx.serving.dev.core import INTERNAL_MESSAGE
 from hrnet_tfx.serving.dev.image_guard import ImageGuard
 from hrnet_tfx.serving.errors import Code, ServingError, invalid
 from hrnet_tfx.serving.export import INPUT_CLASSIFY, OUTPUT_CLASSES, OUTPUT_SCORES, SIGNATURE_CLASSIFY
-from hrnet_tfx.serving.tensors import declared_shape, dtype_name, numpy_dtype, to_ndarray
+from hrnet_tfx.serving.tensors import datatype_of, declared_shape, dtype_name, numpy_dtype, to_ndarray
 
 log = logging.getLogger(__name__)
 
 _CLIENT_FAULTS = frozenset({Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE, Code.NOT_FOUND})
 
 
-def from_tf_error(error: tf.errors.OpError, limit: int = 2000) -> ServingError:
-    """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature.
-
-    The code is TensorFlow's own (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it).
-    For errors caused by the request the message is TensorFlow's, without the Python-side "Graph execution
-    error" traceback noise; for any other code (out of memory, internal errors) the client gets a generic
-    message and the details are logged.
-    """
+def from_tf_error(error: tf.errors.OpError) -> ServingError:
+    """A :class:`ServingError` for a TensorFlow ``OpError`` raised while running a signature: TensorFlow's
+    code (an undecodable image is ``INVALID_ARGUMENT``, as TF Serving reports it) and, for errors caused by
+    the request, its message without the "Graph execution error" noise; any other error is logged and the
+    client gets a generic message."""
     try:
         code = Code(error.error_code)
     except ValueError:
@@ -55,7 +47,7 @@ def from_tf_error(error: tf.errors.OpError, limit: int = 2000) -> ServingError:
     if code not in _CLIENT_FAULTS:
         log.error("the model failed with %s: %s", code.name, text)
         return ServingError(code, INTERNAL_MESSAGE)
-    return ServingError(code, text[:limit])
+    return ServingError(code, text)
 
 
 def check_item_count(count: int, limit: int | None, what: str) -> None:
@@ -65,34 +57,28 @@ def check_item_count(count: int, limit: int | None, what: str) -> None:
                       "(--max-items-per-request); split the request")
 
 
+def check_examples(count: int, context_bytes: int, examples_bytes: int, max_items: int | None,
+                   max_bytes: int | None) -> None:
+    """INVALID_ARGUMENT for more than ``max_items`` examples, or more than ``max_bytes`` bytes once the
+    context is merged into each (a 1 MiB context with a million empty examples would make a terabyte)."""
+    check_item_count(count, max_items, "examples")
+    merged = count * context_bytes + examples_bytes
+    if max_bytes is not None and merged > max_bytes:
+        raise invalid(f"{count:,} examples with a {context_bytes:,}-byte context make {merged:,} bytes, more "
+                      f"than this server's limit of {max_bytes:,} bytes per request")
+
+
 def input_to_serialized_examples(request_input, max_examples: int | None = None,
                                  max_bytes: int | None = None) -> list[bytes]:
-    """The serialized ``tf.Example`` s of a ``tensorflow.serving.Input`` (a Classify request's input).
-
-    With ``example_list_with_context`` the context's features are merged into every example (an example's
-    own feature wins on a name clash), which is what TF Serving does by concatenating the two serialized
-    messages. The count and the merged size are checked first (a 1 MiB context with a million empty
-    examples would otherwise make a terabyte).
-
-    Raises:
-      ServingError: INVALID_ARGUMENT with more than ``max_examples`` examples or more than ``max_bytes``
-        bytes once the context is merged in.
-    """
+    """The serialized ``tf.Example`` s of a Classify request's ``tensorflow.serving.Input``, checked by
+    :func:`check_examples` first. A context is merged into every example as TF Serving merges it, by
+    concatenating the serialized messages (an example's own feature wins on a name clash)."""
     kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        examples, context = request_input.example_list.examples, None
-    elif kind == "example_list_with_context":
-        examples, context = request_input.example_list_with_context.examples, \
-            request_input.example_list_with_context.context
-    else:
+    if kind not in ("example_list", "example_list_with_context"):
         return []
-    check_item_count(len(examples), max_examples, "examples")
-    if max_bytes is not None and context is not None:
-        merged = len(examples) * context.ByteSize() + sum(e.ByteSize() for e in examples)
-        if merged > max_bytes:
-            raise invalid(f"{len(examples):,} examples with a {context.ByteSize():,}-byte context make "
-                          f"{merged:,} bytes, more than this server's limit of {max_bytes:,} bytes per request")
-    prefix = context.SerializeToString() if context is not None else b""
+    examples = getattr(request_input, kind).examples
+    prefix = request_input.example_list_with_context.context.SerializeToString() if kind.endswith("context") else b""
+    check_examples(len(examples), len(prefix), sum(e.ByteSize() for e in examples), max_examples, max_bytes)
     return [prefix + e.SerializeToString() for e in examples]
 
 
@@ -175,23 +161,22 @@ class SavedModelServable:
                 f"{{{','.join(sorted(expected))}}}; sent extra {{{','.join(extra)}}}, missing "
                 f"{{{','.join(missing)}}}")
 
-    def _check_shape(self, alias: str, info, shape: tuple) -> None:
+    def _check_input(self, alias: str, info, dtype: int, shape: tuple) -> None:
+        """INVALID_ARGUMENT unless an input's dtype and shape fit the signature's and the item cap."""
+        if dtype != info.dtype:
+            raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {dtype_name(dtype)}")
         if not _shape_compatible(info.tensor_shape, shape):
             raise invalid(f"input '{alias}' must have shape {_shape_str(info.tensor_shape)}, got {list(shape)}")
         if shape:
             check_item_count(shape[0], self.max_items, f"items in input '{alias}'")
 
-    def _check_inputs(self, signature_name: str, signature, inputs: dict) -> dict:
+    def _feeds(self, signature_name: str, signature, inputs: dict) -> dict:
         self._check_names(signature_name, signature, inputs)
         feeds = {}
         for alias, info in signature.inputs.items():
             value = np.asarray(inputs[alias])
-            want = numpy_dtype(info.dtype)
-            if value.dtype != want and not (want == object and value.dtype.kind in "OSU"):
-                raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {value.dtype}")
-            value = value.astype(want, copy=False)
-            self._check_shape(alias, info, value.shape)
-            feeds[alias] = value
+            self._check_input(alias, info, datatype_of(value), value.shape)
+            feeds[alias] = value.astype(numpy_dtype(info.dtype), copy=False)
         if self.image_guard is not None:
             self.image_guard.check_inputs(feeds)
         return {signature.inputs[alias].name: value for alias, value in feeds.items()}
@@ -202,10 +187,7 @@ class SavedModelServable:
         signature = self.signature(signature_name)
         self._check_names(signature_name or SIGNATURE_CLASSIFY, signature, tensors)
         for alias, proto in tensors.items():
-            info = signature.inputs[alias]
-            if proto.dtype != info.dtype:
-                raise invalid(f"input '{alias}' must be {dtype_name(info.dtype)}, got {dtype_name(proto.dtype)}")
-            self._check_shape(alias, info, declared_shape(proto, f"input '{alias}'"))
+            self._check_input(alias, signature.inputs[alias], proto.dtype, declared_shape(proto, f"input '{alias}'"))
         inputs = {alias: to_ndarray(proto, f"input '{alias}'") for alias, proto in tensors.items()}
         return self.predict(signature_name, inputs, output_filter)
 
@@ -226,7 +208,7 @@ class SavedModelServable:
                               f"the set {{{','.join(sorted(signature.outputs))}}}.")
         if len(set(aliases)) != len(aliases):
             raise invalid(f"duplicate output tensor alias in output_filter: {list(output_filter)}")
-        feeds = self._check_inputs(signature_name, signature, inputs)
+        feeds = self._feeds(signature_name, signature, inputs)
         outputs = self._run(feeds, [signature.outputs[a].name for a in aliases])
         return dict(zip(aliases, outputs))
 
@@ -253,7 +235,7 @@ class SavedModelServable:
             raise invalid("ClassificationRequest::input is empty.")
         serialized = np.empty(len(examples), dtype=object)
         serialized[:] = list(examples)
-        feeds = self._check_inputs(signature_name, signature, {INPUT_CLASSIFY: serialized})
+        feeds = self._feeds(signature_name, signature, {INPUT_CLASSIFY: serialized})
         outputs = dict(zip(aliases, self._run(feeds, [signature.outputs[a].name for a in aliases])))
         for alias, out in outputs.items():
             if out.ndim != 2 or out.shape[0] != len(examples):

@@ -1,12 +1,7 @@
-"""A development model server speaking TF Serving's gRPC and REST protocols, for when
-``tensorflow_model_server`` is not installed.
-
-It serves the latest version of one model from a TF Serving model base, picks up new versions as they are
-pushed, and answers the same requests with the same messages and status codes as the real server:
-gRPC ``PredictionService`` (Predict, Classify, GetModelMetadata) and ``ModelService`` (GetModelStatus) on
-one port, REST ``/v1/models/...`` on another (:mod:`~hrnet_tfx.serving.dev.rest_server`, on tornado). It is
-meant for development, tests and the demo; deployments should run ``tensorflow_model_server``
-(``hrnet-tfx serve`` does when it is on PATH).
+"""The development server: TF Serving's gRPC and REST protocols for one model, for development, tests and
+the demo when ``tensorflow_model_server`` is not installed (deployments run TF Serving). The README's Serving
+section lists what it bounds; it lacks batching, version labels, several models, Regress/MultiInference,
+REST inputs other than strings and monitoring.
 
 Example::
 
@@ -14,16 +9,6 @@ Example::
 
     with DevServer("/models", "hrnet", DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0)) as server:
         print(server.grpc_address, server.rest_address)   # the ports picked
-        ...
-
-What it adds over TF Serving, so that a hostile request costs bounded memory and time: image headers
-are checked before the graph runs (:mod:`~hrnet_tfx.serving.dev.image_guard`: undecodable bytes, animated
-GIFs, too many pixels, extreme aspect ratios), requests are bounded in size, images/examples, declared
-tensor shapes (checked against the bytes sent and the signature before anything is allocated), requests
-in flight (RESOURCE_EXHAUSTED beyond) and, over REST, connections and the time to send a request; internal
-errors reach the client as a generic message (the details are logged). What it lacks: batching (TF
-Serving's ``--enable_batching``), version labels, more than one model, Regress/MultiInference, REST inputs
-other than strings (the HRNet signatures take none), monitoring.
 """
 
 from __future__ import annotations
@@ -57,8 +42,7 @@ class DevServerOptions:
       max_aspect_ratio: largest long side / short side accepted per image (None/0: no limit).
       max_items_per_request: most images/examples in one request (None: no limit). TF Serving's batching
         refuses requests larger than its batch size; 128 is four of its default batches.
-      max_request_bytes: largest request accepted (gRPC message or REST body). Parsing may cost ~20x this
-        in memory (a protobuf of a million empty strings, a JSON list of empty objects), per worker thread.
+      max_request_bytes: largest request accepted (gRPC message or REST body); parsing may cost ~20x this.
       max_concurrent_requests: requests being received (REST), processed or waiting for a thread, per
         protocol; more get RESOURCE_EXHAUSTED (HTTP 429). With the default request size, at most 512 MiB of
         request bodies are held at once per protocol.

@@ -1,12 +1,9 @@
 """TF Serving's default version policy for the development server: serve the latest complete version.
 
-:class:`ModelWatcher` polls a model directory (:mod:`hrnet_tfx.serving.model_base` finds its versions), loads a
-newer version in the background while the current one keeps serving, switches over once it has loaded, then
-unloads the old one once its in-flight requests have finished (however long they take). A version that fails
-to load (e.g. still being copied by rsync, which writes ``saved_model.pb`` before the variables) is retried,
-like TF Serving retries failed loads, with a back-off that doubles from the poll interval up to
-``max_retry_seconds``, and at once if its ``saved_model.pb`` changes; meanwhile the newest version that loads is
-served.
+:class:`ModelWatcher` loads a newer version while the current one keeps serving, switches over once it has
+loaded, and unloads the old one once its in-flight requests have finished. A version that fails to load
+(e.g. still being copied: rsync writes ``saved_model.pb`` before the variables) is retried with a back-off
+doubling from the poll interval up to ``max_retry_seconds``, or at once if its ``saved_model.pb`` changes.
 """
 
 from __future__ import annotations
