@@ -22,10 +22,11 @@ import tensorflow as tf
 from hrnet_tfx.components import pusher
 from hrnet_tfx.components.pusher import (CLAIMS_DIR, PUSH_RECORD, STAGING_PREFIX, PushError,
                                          next_version, push_saved_model, read_push_record, saved_model_fingerprint)
+from hrnet_tfx.fs import walk_files
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.pipeline import load_config
 from hrnet_tfx.serving import model_base
-from hrnet_tfx.serving.export import export_saved_model, publish_directory, walk_files
+from hrnet_tfx.serving.export import export_saved_model, publish_directory
 from hrnet_tfx.serving.warmup import WARMUP_DIR, read_warmup_requests, sample_images
 
 from conftest import REPO

@@ -348,7 +348,7 @@ def test_evaluation_refuses_one_based_labels_and_scores_zero_based_ones(tmp_path
 
     from hrnet_tfx.components.report import write_report
     from hrnet_tfx.data.labels import read_label_map
-    from hrnet_tfx.serving.export import copy_tree
+    from hrnet_tfx.fs import copy_tree
 
     bucket = f"ram://report-{os.getpid()}"
     copy_tree(str(tmp_path / "out0"), f"{bucket}/evaluation")

@@ -16,9 +16,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from hrnet_tfx import models
+from hrnet_tfx.fs import copy_tree
 from hrnet_tfx.models.inference import INFERENCE_DTYPES, inference_model
-from hrnet_tfx.serving.export import (TRAINING_WEIGHTS, ServingModule, copy_tree, export_saved_model,
-                                      load_weights_into, weights_checkpoint, write_training_weights)
+from hrnet_tfx.serving.export import (TRAINING_WEIGHTS, ServingModule, export_saved_model, load_weights_into,
+                                      weights_checkpoint, write_training_weights)
 from test_inference import natural_images, randomise_batch_norms, relative_error
 
 LABELS = [f"class {i}" for i in range(100)]

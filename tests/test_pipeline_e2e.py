@@ -74,7 +74,7 @@ def test_whole_pipeline_on_a_bucket(tmp_path):
     import tensorflow as tf
 
     from hrnet_tfx.serving import model_base
-    from hrnet_tfx.serving.export import copy_tree
+    from hrnet_tfx.fs import copy_tree
 
     bucket = f"ram://pipeline-{os.getpid()}"
     make_sample(str(tmp_path / "sample"), num_classes=3, train_per_class=4, val_per_class=2, image_size=48)

@@ -165,17 +165,13 @@ def _labels(path: str | None, num_classes: int, weights: str) -> list[str]:
 def _write_checkpoint(model, output: str, info: dict) -> None:
     """A ``tf.train.Checkpoint(model=model)`` in ``output`` (what ``train --init-from`` restores), with
     ``hrnet_model.json``; staged beside ``output`` and published complete (the ``checkpoint`` index last)."""
-    import posixpath
     import uuid
 
     import tensorflow as tf
 
-    from hrnet_tfx.fs import is_uri
-    from hrnet_tfx.serving.export import copy_tree, remove_tree, renames_atomically
+    from hrnet_tfx.fs import copy_tree, join, parent_dir, remove_tree, renames_atomically
 
-    parent = posixpath.dirname(output.rstrip("/")) if is_uri(output) else os.path.dirname(os.path.abspath(output))
-    staging = (posixpath.join if is_uri(output) else os.path.join)(
-        parent, f".import-{os.path.basename(output.rstrip('/'))}-{uuid.uuid4().hex[:12]}")
+    staging = join(parent_dir(output), f".import-{os.path.basename(output.rstrip('/'))}-{uuid.uuid4().hex[:12]}")
     try:
         tf.io.gfile.makedirs(staging)
         tf.train.CheckpointManager(tf.train.Checkpoint(model=model), staging, max_to_keep=1,

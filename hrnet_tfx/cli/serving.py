@@ -129,6 +129,7 @@ def _predict_batch(client, paths, top_k):
     """``(path, ranking or error message)`` for each file: a batch the server refuses as a bad request is
     sent again one image at a time, so one bad file costs only its own answer."""
     from hrnet_tfx.serving.errors import Code, ServingError
+    from hrnet_tfx.serving.export import INPUT_IMAGES
     from hrnet_tfx.serving.images import ImageFileError
 
     try:
@@ -138,14 +139,11 @@ def _predict_batch(client, paths, top_k):
             raise  # the server, not an image: every request would fail the same way
         if len(paths) > 1:
             return [answer for path in paths for answer in _predict_batch(client, [path], top_k)]
-        return [(paths[0], _IMAGE_INDEX.sub("", e.message, count=1))]
+        return [(paths[0], re.sub(rf"^{INPUT_IMAGES}\[0\]:\s*", "", e.message, count=1))]  # the file, not the tensor
     except ImageFileError as e:
         if len(paths) > 1:
             return [answer for path in paths for answer in _predict_batch(client, [path], top_k)]
         return [(paths[0], str(e))]
-
-
-_IMAGE_INDEX = re.compile(r"^images\[0\]:\s*")  # the server names the request's tensor, not the file
 
 
 def _print_answer(path, answer, as_json) -> None:

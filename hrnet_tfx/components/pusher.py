@@ -76,11 +76,10 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import json_utils, path_utils
 
 from hrnet_tfx.data.features import LABEL_MAP_FILENAME
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import copy_tree, is_uri, remove_tree, renames_atomically, walk_files
 from hrnet_tfx.serving import model_base
 from hrnet_tfx.serving.names import check_model_name
-from hrnet_tfx.serving.export import (SAVED_MODEL_PB, TRAINING_WEIGHTS, copy_tree, publish_directory, remove_tree,
-                                     renames_atomically, walk_files)
+from hrnet_tfx.serving.export import SAVED_MODEL_PB, TRAINING_WEIGHTS, publish_directory
 from hrnet_tfx.serving.warmup import WARMUP_DIR, write_warmup_requests
 
 log = logging.getLogger(__name__)

@@ -205,15 +205,10 @@ class Client:
 
     def predict_images(self, images: Sequence[bytes | str | os.PathLike],
                        top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``top_k`` labels and scores of each image (encoded bytes or file paths, local or bucket URIs,
-        read by :func:`hrnet_tfx.serving.images.read_images`: an unreadable file or one over its size limit
-        raises :class:`~hrnet_tfx.serving.images.ImageFileError` before anything is sent), best first.
-
-        Uses the ``predict_images_top_k`` signature, whose answer holds the model's export-time top k (5)
-        instead of every class's probability (over REST that JSON would cost more than the model); models
-        exported without it are asked with ``predict_images``. For a larger ``top_k`` the full distribution is
-        fetched with the Classify API instead.
-        """
+        """The ``top_k`` labels and scores of each image (encoded bytes, or files read by
+        :func:`hrnet_tfx.serving.images.read_images`, whose ImageFileError comes before anything is sent), best
+        first. Asks ``predict_images_top_k`` (the export-time top 5; ``predict_images`` for models exported
+        without it), or the Classify API for a larger ``top_k``."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         data = read_images(images)

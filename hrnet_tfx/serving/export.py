@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import uuid
 from typing import Sequence
 
@@ -34,10 +33,10 @@ import tensorflow as tf
 from hrnet_tfx import quiet
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import copy_tree, join, parent_dir, remove_tree, renames_atomically
 from hrnet_tfx.models.inference import INFERENCE_DTYPES, inference_model
+from hrnet_tfx.serving.model_base import SAVED_MODEL_PB
 
-SAVED_MODEL_PB = "saved_model.pb"
 EXTRA_ASSETS_DIR = "assets.extra"
 """A SavedModel's directory for files that are not part of the graph (TF Serving reads only its warm-up file)."""
 TRAINING_WEIGHTS = f"{EXTRA_ASSETS_DIR}/training_weights/weights"
@@ -151,64 +150,6 @@ class ServingModule(tf.Module):
         }
 
 
-def _join(parent: str, name: str) -> str:
-    return posixpath.join(parent, name) if is_uri(parent) else os.path.join(parent, name)
-
-
-def _parent(path: str) -> str:
-    path = path.rstrip("/")
-    return posixpath.dirname(path) if is_uri(path) else os.path.dirname(os.path.abspath(path))
-
-
-def walk_files(root: str):
-    """``(directory, relative directory, file names)`` for every directory under ``root``, top-down
-    (``tf.io.gfile.walk``, less names a listing reports that do not exist: TF's ``ram://`` lists by
-    prefix, so ``assets/`` appears to hold ``.extra`` when ``assets.extra/`` is its sibling)."""
-    for dirpath, _, filenames in tf.io.gfile.walk(root):
-        rel = posixpath.relpath(dirpath, root) if is_uri(root) else os.path.relpath(dirpath, root)
-        names = [n for n in filenames if not is_uri(root) or tf.io.gfile.exists(_join(dirpath, n))]
-        yield dirpath, rel.replace(os.sep, "/"), names
-
-
-def remove_tree(path: str) -> None:
-    """Deletes directory ``path`` and everything under it (``tf.io.gfile.rmtree``; on URIs file by file,
-    deepest directory first, which also works around ``ram://``'s prefix listing, see :func:`walk_files`)."""
-    if not is_uri(path):
-        tf.io.gfile.rmtree(path)
-        return
-    directories = []
-    for dirpath, _, filenames in walk_files(path):
-        directories.append(dirpath)
-        for name in filenames:
-            tf.io.gfile.remove(_join(dirpath, name))
-    for directory in sorted(directories, key=lambda d: (d.count("/"), len(d)), reverse=True):
-        if tf.io.gfile.exists(directory):
-            tf.io.gfile.rmtree(directory)
-
-
-def copy_tree(src: str, dst: str, last: Sequence[str] = ()) -> None:
-    """Copies directory ``src`` into ``dst`` (created) with ``tf.io.gfile``; the files named in ``last``
-    (paths relative to ``src``) are copied after every other file, in that order."""
-    deferred = []
-    for dirpath, rel, filenames in walk_files(src):
-        target_dir = dst if rel == "." else _join(dst, rel)
-        tf.io.gfile.makedirs(target_dir)
-        for name in filenames:
-            rel_file = posixpath.normpath(posixpath.join(rel, name))
-            if rel_file in last:
-                deferred.append(rel_file)
-                continue
-            tf.io.gfile.copy(_join(dirpath, name), _join(target_dir, name), overwrite=True)
-    for rel_file in sorted(deferred, key=list(last).index):
-        tf.io.gfile.copy(_join(src, rel_file), _join(dst, rel_file), overwrite=True)
-
-
-def renames_atomically(path: str) -> bool:
-    """Whether directories under ``path`` can be renamed into place in one step: local file systems yes;
-    object stores (``gs://``, ``s3://``, TF's in-memory ``ram://``) no."""
-    return not is_uri(path)
-
-
 def publish_directory(staging: str, final: str, *, rename: bool | None = None) -> None:
     """Makes the SavedModel in ``staging`` appear at ``final`` (which must not exist), complete or not at all.
 
@@ -255,22 +196,22 @@ def export_saved_model(
     docstring).
     """
     if tf.io.gfile.exists(export_dir):
-        complete = tf.io.gfile.exists(_join(export_dir, SAVED_MODEL_PB))
+        complete = tf.io.gfile.exists(join(export_dir, SAVED_MODEL_PB))
         raise FileExistsError(f"export directory already exists: {export_dir}" + (
             "" if complete else f" (without {SAVED_MODEL_PB}: left by an interrupted export? remove it)"))
-    parent = _parent(export_dir)
+    parent = parent_dir(export_dir)
     tf.io.gfile.makedirs(parent)
     module = ServingModule(model, labels, image_size, top_k, serving_dtype=serving_dtype, fold=fold)
     name = os.path.basename(export_dir.rstrip("/"))
-    staging = _join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
+    staging = join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     try:
         tf.io.gfile.makedirs(staging)
         with quiet.known_noise_dropped():  # TF lists every captured variable of each signature (~9 KB apiece)
             tf.saved_model.save(module, staging, signatures=module.signatures())
         write_training_weights(model, staging)
         if label_map_path:
-            tf.io.gfile.makedirs(_join(staging, "assets"))
-            tf.io.gfile.copy(label_map_path, _join(_join(staging, "assets"), features.LABEL_MAP_FILENAME),
+            tf.io.gfile.makedirs(join(staging, "assets"))
+            tf.io.gfile.copy(label_map_path, join(join(staging, "assets"), features.LABEL_MAP_FILENAME),
                              overwrite=True)
         publish_directory(staging, export_dir, rename=rename)
     except BaseException:
@@ -290,8 +231,8 @@ def write_training_weights(model, saved_model_dir: str) -> str:
     names = [v.name for v in model.variables]
     if len(set(names)) != len(names):
         raise ValueError(f"{model.name} has variables sharing a name: the training weights are keyed by name")
-    prefix = _join(saved_model_dir, TRAINING_WEIGHTS)
-    tf.io.gfile.makedirs(_parent(prefix))
+    prefix = join(saved_model_dir, TRAINING_WEIGHTS)
+    tf.io.gfile.makedirs(parent_dir(prefix))
     tensors = [tf.cast(v, tf.float32) if v.dtype.is_floating else tf.convert_to_tensor(v) for v in model.variables]
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
     return prefix
@@ -300,10 +241,10 @@ def write_training_weights(model, saved_model_dir: str) -> str:
 def weights_checkpoint(export_dir: str) -> str:
     """The checkpoint prefix of an export's training weights: ``assets.extra/training_weights/weights``, or
     for an export written before it existed, the SavedModel's own ``variables/variables``."""
-    prefix = _join(export_dir, TRAINING_WEIGHTS)
+    prefix = join(export_dir, TRAINING_WEIGHTS)
     if tf.io.gfile.exists(prefix + ".index"):
         return prefix
-    return _join(_join(export_dir, "variables"), "variables")
+    return join(join(export_dir, "variables"), "variables")
 
 
 def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) -> list[str]:
@@ -341,7 +282,7 @@ def load_weights_into(model, export_dir: str, *, new_classifier: bool = True) ->
 def _export_weights(export_dir: str):
     """``({name: shape}, read(name) -> value)`` of an export's training weights (see :func:`load_weights_into`)."""
     prefix = weights_checkpoint(export_dir)
-    if prefix == _join(export_dir, TRAINING_WEIGHTS):
+    if prefix == join(export_dir, TRAINING_WEIGHTS):
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)  # load_checkpoint takes ram:// prefixes for dirs
             shapes = {n: tuple(s) for n, s in reader.get_variable_to_shape_map().items()}

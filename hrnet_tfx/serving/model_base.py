@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import os
 
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import gfile, is_uri
 from hrnet_tfx.serving.names import check_model_name
 
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-
-
-def _gfile():
-    """``tf.io.gfile`` (local paths, ``gs://``, ``s3://``, ``ram://``...), imported when first needed."""
-    import tensorflow as tf
-
-    return tf.io.gfile
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_FILES = (SAVED_MODEL_PB, "saved_model.pbtxt")
 
 
 def _listdir(path: str) -> list[str]:
-    return [name.rstrip("/") for name in _gfile().listdir(path)]
+    return [name.rstrip("/") for name in gfile().listdir(path)]
 
 
 def parse_version(name: str) -> int | None:
@@ -50,7 +44,7 @@ def version_dirs(model_dir: str) -> dict[int, str]:
     for name in names:
         version = parse_version(name)
         path = os.path.join(model_dir, name)
-        if version is not None and _gfile().isdir(path):
+        if version is not None and gfile().isdir(path):
             found[version] = path
     return found
 
@@ -59,7 +53,7 @@ def saved_model_file(version_dir: str) -> str | None:
     """Path of the version's ``saved_model.pb`` (or ``.pbtxt``), or None while the version is incomplete."""
     for name in SAVED_MODEL_FILES:
         path = os.path.join(version_dir, name)
-        if _gfile().exists(path):
+        if gfile().exists(path):
             return path
     return None
 
@@ -84,12 +78,8 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
       model_name: the model's name. Without it, a model directory is named after itself, and a base must
         hold exactly one model.
 
-    Returns:
-      ``(model_name, model_dir)``. The directory may not exist yet when ``model_name`` is given (a server
-      can start before the first push and waits for it).
-
-    Raises:
-      ValueError: no name was given and none can be inferred; the message lists what was found.
+    Returns ``(model_name, model_dir)``; the directory may not exist yet when ``model_name`` is given (a server
+    can start before the first push). Raises ``ValueError`` listing what was found when no name can be inferred.
     """
     base = model_base if is_uri(model_base) else os.path.abspath(model_base)
     base = base.rstrip("/") or "/"
@@ -97,12 +87,12 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
     if model_name:
         check_model_name(model_name)
         candidate = os.path.join(base, model_name)
-        if base_is_model and not _gfile().isdir(candidate):
+        if base_is_model and not gfile().isdir(candidate):
             return model_name, base
         return model_name, candidate
     if base_is_model:
         return os.path.basename(base), base
-    if not _gfile().isdir(base):
+    if not gfile().isdir(base):
         raise ValueError(f"model base {model_base!r} does not exist; pass --model-name to wait for a first push")
     models = sorted(n for n in _listdir(base) if not n.startswith(".") and version_dirs(os.path.join(base, n)))
     if len(models) == 1:

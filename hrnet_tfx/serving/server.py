@@ -25,11 +25,6 @@ log = logging.getLogger(__name__)
 MODEL_SERVER = "tensorflow_model_server"
 
 
-def find_model_server(binary: str | None = None) -> str | None:
-    """Path of ``tensorflow_model_server`` (or of ``binary``) on PATH, or None."""
-    return shutil.which(binary or MODEL_SERVER)
-
-
 def model_server_command(binary: str, model_name: str, model_dir: str, *, grpc_port: int = 8500,
                          rest_port: int = 8501, poll_seconds: float = 1.0, batching_parameters_file: str | None = None,
                          extra_args: Sequence[str] = ()) -> list[str]:
@@ -111,7 +106,7 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
       ValueError: the model base does not name one model.
     """
     name, model_dir = resolve_model(model_base, model_name)
-    binary = find_model_server(model_server_binary) if use_model_server is not False else None
+    binary = shutil.which(model_server_binary or MODEL_SERVER) if use_model_server is not False else None
     if use_model_server and binary is None:
         raise FileNotFoundError(f"{model_server_binary or MODEL_SERVER} is not on PATH; install TF Serving or let "
                                 "the development server run")

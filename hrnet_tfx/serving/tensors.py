@@ -127,12 +127,8 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarra
 
     The declared shape is checked against the values the proto carries *before* anything is allocated:
     TensorFlow fills a short tensor with its last value, so a 40-byte proto could declare a 1 GiB tensor;
-    here every element must be sent (``tensor_content`` of exactly the right length, or one typed value per
-    element).
-
-    Raises:
-      ServingError: INVALID_ARGUMENT for an unsupported dtype, a bad shape or a value count that does not
-        match the shape.
+    here every element must be sent. INVALID_ARGUMENT for an unsupported dtype, a bad shape or a value count
+    that does not match the shape.
     """
     shape = declared_shape(proto, name)
     count = math.prod(shape)

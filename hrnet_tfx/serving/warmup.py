@@ -18,12 +18,12 @@ import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from hrnet_tfx.data import features
-from hrnet_tfx.serving.export import (INPUT_EXAMPLES, INPUT_IMAGES, SIGNATURE_CLASSIFY, SIGNATURE_EXAMPLES,
-                                      SIGNATURE_IMAGES, SIGNATURE_TOP_K)
+from hrnet_tfx.serving.export import (EXTRA_ASSETS_DIR, INPUT_EXAMPLES, INPUT_IMAGES, SAVED_MODEL_PB,
+                                      SIGNATURE_CLASSIFY, SIGNATURE_EXAMPLES, SIGNATURE_IMAGES, SIGNATURE_TOP_K)
 from hrnet_tfx.serving.images import read_images
 from hrnet_tfx.serving.tensors import to_tensor_proto
 
-WARMUP_DIR = "assets.extra"
+WARMUP_DIR = EXTRA_ASSETS_DIR
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 """TF Serving reads at most this many warm-up records."""
@@ -67,11 +67,11 @@ def _signature_names(saved_model_dir: str) -> set[str]:
     import tensorflow as tf
 
     saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+    with tf.io.gfile.GFile(os.path.join(saved_model_dir, SAVED_MODEL_PB), "rb") as f:
         saved_model.ParseFromString(f.read())
     names = set()
     for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
+        if tf.saved_model.SERVING in meta_graph.meta_info_def.tags:
             names.update(meta_graph.signature_def)
     return names
 
@@ -110,8 +110,7 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes | str | o
       saved_model_dir: the exported SavedModel (its ``saved_model.pb`` says which signatures to warm up).
       images: encoded images or image files to put in the requests (default: two small generated JPEGs).
         Keep them few and small: TF Serving runs every record before serving the version.
-      model_name: the model name recorded in the requests (TF Serving ignores it and uses the version
-        being loaded).
+      model_name: the model name recorded in the requests (TF Serving ignores it).
 
     The file is written next to its final name and renamed into place, so a reader never sees half of it.
 

@@ -38,12 +38,16 @@ def _fill_spec(out, name: str, version: int, signature_name: str | None = None) 
         out.signature_name = signature_name
 
 
-def signature_def_map(servable):
-    """The ``SignatureDefMap`` of a servable: every signature of its MetaGraph, as TF Serving reports it."""
-    result = get_model_metadata_pb2.SignatureDefMap()
+def metadata_response(name: str, servable):
+    """``(GetModelMetadataResponse, SignatureDefMap)``: every signature of the servable's MetaGraph, as TF
+    Serving reports it, packed into the response's ``metadata["signature_def"]``."""
+    signatures = get_model_metadata_pb2.SignatureDefMap()
     for key, signature in servable.signature_defs.items():
-        result.signature_def[key].CopyFrom(signature)
-    return result
+        signatures.signature_def[key].CopyFrom(signature)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    _fill_spec(response.model_spec, name, servable.version)
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+    return response, signatures
 
 
 @contextlib.contextmanager
@@ -115,10 +119,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise invalid(f"Metadata field {field} is not supported")
             name, version, label = _spec(request.model_spec)
             with self._core.lease(name, version, label) as servable:
-                response = get_model_metadata_pb2.GetModelMetadataResponse()
-                _fill_spec(response.model_spec, name, servable.version)
-                response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(servable))
-                return response
+                return metadata_response(name, servable)[0]
 
 
 def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:

@@ -30,14 +30,6 @@ _TF_FORMATS = ((b"\xff\xd8\xff", "JPEG", {"JPEG", "MPO"}), (b"\x89PN", "PNG", {"
 SUPPORTED = "JPEG, PNG, GIF or BMP"
 
 
-def tf_format(data: bytes) -> str | None:
-    """The format TensorFlow's decoder will treat ``data`` as (by its first bytes), or None."""
-    for magic, name, _ in _TF_FORMATS:
-        if data.startswith(magic):
-            return name
-    return None
-
-
 class ImageGuard:
     """Header checks on the images of a request.
 
@@ -62,12 +54,12 @@ class ImageGuard:
         if not data:
             raise invalid(f"{where}: empty string, expected encoded image bytes ({SUPPORTED})")
         data = bytes(data)
-        expected = tf_format(data)
+        expected, allowed = next(((name, pil) for magic, name, pil in _TF_FORMATS if data.startswith(magic)),
+                                 (None, ()))
         if expected is None:
             raise invalid(f"{where}: not a decodable image: {len(data)} bytes starting {data[:8]!r} are not "
                           f"{SUPPORTED} (the formats TensorFlow decodes)")
         fmt, width, height, animated = _read_header(data, where)
-        allowed = next(pil for _, name, pil in _TF_FORMATS if name == expected)
         if fmt not in allowed:
             raise invalid(f"{where}: not a decodable image: it starts like {expected} but reads as {fmt}")
         if expected == "GIF" and animated:

@@ -33,7 +33,7 @@ import tornado.web
 from hrnet_tfx.serving import rest_json
 from hrnet_tfx.serving.dev import rest_requests
 from hrnet_tfx.serving.dev.core import ServingCore, internal
-from hrnet_tfx.serving.dev.grpc_service import model_status_response, signature_def_map
+from hrnet_tfx.serving.dev.grpc_service import metadata_response, model_status_response
 from hrnet_tfx.serving.errors import Code, ServingError, invalid
 from hrnet_tfx.serving.model_base import parse_version
 
@@ -116,13 +116,8 @@ class RestApi:
         return rest_requests.dumps(rest_requests.format_classify(classes, scores))
 
     def _metadata(self, name, version, label) -> bytes:
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
         with self.core.lease(name, version, label) as servable:
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = name
-            response.model_spec.version.value = servable.version
-            return rest_requests.dumps(rest_json.format_metadata(response, signature_def_map(servable)))
+            return rest_requests.dumps(rest_json.format_metadata(*metadata_response(name, servable)))
 
 
 class _Limits:
@@ -237,9 +232,7 @@ class RestServer:
 
     Args:
       address: ``(host, port)``; port 0 picks a free port.
-      core: the model; its ``options`` set the limits (``max_request_bytes``, ``request_timeout``: seconds to
-        receive a request's headers, also the keep-alive idle limit, and again its body;
-        ``max_connections``, ``max_concurrent_requests``; see the module docstring).
+      core: the model; its ``options`` set the limits (:class:`~hrnet_tfx.serving.dev.server.DevServerOptions`).
       executor: the worker pool that runs requests (shared with gRPC).
     """
 

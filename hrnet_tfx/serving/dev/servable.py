@@ -192,13 +192,9 @@ class SavedModelServable:
         return self.predict(signature_name, inputs, output_filter)
 
     def predict(self, signature_name: str | None, inputs: dict, output_filter: Sequence[str] = ()) -> dict:
-        """Runs a signature: ``{input alias: array}`` -> ``{output alias: array}`` (Predict API semantics).
-
-        Raises:
-          ServingError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for wrong inputs,
-            bad images, too many items or an unknown output, and TensorFlow's code for errors raised by the
-            graph.
-        """
+        """Runs a signature: ``{input alias: array}`` -> ``{output alias: array}`` (Predict API semantics:
+        FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for wrong inputs, bad images, too many
+        items or an unknown output, TensorFlow's code for errors raised by the graph)."""
         signature_name = signature_name or SIGNATURE_CLASSIFY
         signature = self.signature(signature_name)
         aliases = list(output_filter) or sorted(signature.outputs)
@@ -213,12 +209,8 @@ class SavedModelServable:
         return dict(zip(aliases, outputs))
 
     def classify(self, signature_name: str | None, examples: Sequence[bytes]):
-        """Runs a classification signature on serialized tf.Examples (Classify API semantics).
-
-        Returns:
-          ``(classes, scores)``: ``[N, C]`` arrays (labels as bytes, float32 scores); either may be None when
-          the signature lacks that output.
-        """
+        """Runs a classification signature on serialized tf.Examples (Classify API semantics): ``(classes,
+        scores)``, ``[N, C]`` arrays (labels as bytes, float32 scores), either None if the signature lacks it."""
         signature_name = signature_name or SIGNATURE_CLASSIFY
         signature = self.signature(signature_name, code=Code.INVALID_ARGUMENT)
         if len(signature.inputs) != 1:
@@ -249,11 +241,8 @@ class SavedModelServable:
 
     # -- warm-up and lifetime --------------------------------------------------------------------------
     def warm_up(self) -> int:
-        """Replays ``assets.extra/tf_serving_warmup_requests`` like TF Serving does at load; returns the count.
-
-        Raises:
-          ServingError: a warm-up request failed (TF Serving then refuses to serve the version, and so do we).
-        """
+        """Replays the version's warm-up requests like TF Serving does at load; returns the count. A failed one
+        raises its ServingError (TF Serving then refuses to serve the version, and so do we)."""
         path = warmup.warmup_file(self.path)
         if not tf.io.gfile.exists(path):
             return 0

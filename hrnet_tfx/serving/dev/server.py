@@ -34,12 +34,11 @@ class DevServerOptions:
 
     Attributes:
       host: address to bind (``0.0.0.0``: every interface, like TF Serving; ``127.0.0.1``: this machine).
-      grpc_port: gRPC port (0: pick a free one).
-      rest_port: REST port (0: pick a free one; None: no REST endpoint).
+      grpc_port, rest_port: the ports (0: pick a free one; ``rest_port=None``: no REST endpoint).
       poll_seconds: seconds between scans for new versions (``--file_system_poll_wait_seconds``).
       threads: worker threads, shared by gRPC and REST (requests processed at once).
-      max_image_pixels: largest width x height accepted per image (None/0: no limit).
-      max_aspect_ratio: largest long side / short side accepted per image (None/0: no limit).
+      max_image_pixels, max_aspect_ratio: largest width x height, long side / short side accepted per image
+        (None/0: no limit).
       max_items_per_request: most images/examples in one request (None: no limit). TF Serving's batching
         refuses requests larger than its batch size; 128 is four of its default batches.
       max_request_bytes: largest request accepted (gRPC message or REST body); parsing may cost ~20x this.

@@ -43,13 +43,13 @@ class VersionStatus:
     error_message: str = ""
 
 
+@dataclasses.dataclass
 class _Loaded:
     """A loaded version and the number of requests using it."""
 
-    def __init__(self, version: int, servable: Any):
-        self.version = version
-        self.servable = servable
-        self.inflight = 0
+    version: int
+    servable: Any
+    inflight: int = 0
 
 
 @dataclasses.dataclass
@@ -68,15 +68,13 @@ class ModelWatcher:
       name: the model name clients ask for.
       model_dir: the directory holding ``<version>/`` directories (see
         :func:`~hrnet_tfx.serving.model_base.resolve_model`).
-      load: ``load(version, path)`` returns the servable for a version (any object; if it has ``close()``,
-        that is called when the version is unloaded). It may raise; the version is then reported as END with
-        the error, the previous version keeps serving, and the load is retried (see the module docstring).
+      load: ``load(version, path)`` returns the servable (closed with its ``close()``, if any, when unloaded);
+        if it raises, the version is reported END with the error and retried, and the previous one keeps serving.
       poll_seconds: seconds between scans (TF Serving's ``--file_system_poll_wait_seconds``).
       max_retry_seconds: the longest wait between two load attempts of a version that failed.
-      unload_grace: an old version waiting for its in-flight requests logs a warning every this many
-        seconds (it is closed only when they have finished, or when the watcher stops).
+      unload_grace: seconds between warnings while an old version waits for its in-flight requests.
 
-    Use :meth:`lease` to get a servable for a request: it is never unloaded while leased.
+    :meth:`lease` gives a request its servable, which is never unloaded while leased.
     """
 
     def __init__(self, name: str, model_dir: str, load: Callable[[int, str], Any], *, poll_seconds: float = 1.0,
@@ -264,19 +262,17 @@ class ModelWatcher:
         self._thread.start()
         return self
 
-    def stop(self, unload: bool = True, grace: float = 30.0) -> None:
-        """Stops polling and (by default) unloads every version, waiting up to ``grace`` seconds for requests
-        still running on them."""
+    def stop(self, grace: float = 30.0) -> None:
+        """Stops polling and unloads every version, waiting up to ``grace`` seconds for requests still running."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if unload:
-            with self._poll_lock:
-                self._swap(None)
-            with self._cond:
-                self._close_by = time.monotonic() + grace
-                threads = list(self._unloading)
-                self._cond.notify_all()
-            for thread in threads:
-                thread.join()
+        with self._poll_lock:
+            self._swap(None)
+        with self._cond:
+            self._close_by = time.monotonic() + grace
+            threads = list(self._unloading)
+            self._cond.notify_all()
+        for thread in threads:
+            thread.join()
