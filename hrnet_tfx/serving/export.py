@@ -173,18 +173,9 @@ def publish_directory(staging: str, final: str, *, rename: bool | None = None) -
     remove_tree(staging)
 
 
-def export_saved_model(
-    model,
-    export_dir: str,
-    labels: Sequence[str],
-    *,
-    image_size: int = IMAGE_SIZE,
-    top_k: int = TOP_K,
-    label_map_path: str | None = None,
-    rename: bool | None = None,
-    serving_dtype: str = "float32",
-    fold: bool = True,
-) -> str:
+def export_saved_model(model, export_dir: str, labels: Sequence[str], *, image_size: int = IMAGE_SIZE,
+                       top_k: int = TOP_K, label_map_path: str | None = None, rename: bool | None = None,
+                       serving_dtype: str = "float32", fold: bool = True) -> str:
     """Writes ``model`` with the serving signatures to ``export_dir`` (which must not exist yet).
 
     ``export_dir`` may be local or a bucket URI. The SavedModel is written into a staging directory

@@ -29,13 +29,8 @@ def internal(where: str) -> ServingError:
 
 
 class ServingCore:
-    """Serves the latest version of the model ``model_name`` in ``model_dir``.
-
-    Args:
-      model_name: the name clients ask for.
-      model_dir: the directory holding its versions (see :func:`~hrnet_tfx.serving.model_base.resolve_model`).
-      options: the server's options (poll interval, image checks, items and bytes per request, warm-up).
-    """
+    """Serves the latest version of the model ``model_name`` (the name clients ask for) in ``model_dir`` (its
+    versions' directory), with the server's ``options`` (poll interval, image checks, request caps, warm-up)."""
 
     def __init__(self, model_name: str, model_dir: str, options: "DevServerOptions"):
         self.model_name = model_name

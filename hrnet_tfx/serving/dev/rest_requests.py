@@ -138,16 +138,9 @@ def _check_rows(value: Any, max_items: int | None, what: str) -> None:
 
 def parse_predict(doc: dict, input_infos: Callable[[str], Mapping[str, Any]],
                   max_items: int | None = None) -> tuple[str, dict, bool]:
-    """Reads a Predict request.
-
-    Args:
-      doc: the request object.
-      input_infos: ``signature_name -> {input alias: TensorInfo}`` (raises for an unknown signature).
-      max_items: most instances (or rows of a columnar input) accepted, checked before conversion.
-
-    Returns:
-      ``(signature_name, {alias: array}, row_format)``.
-    """
+    """Reads a Predict request ``doc``: ``(signature_name, {alias: array}, row_format)``. ``input_infos`` maps
+    a signature name to its ``{input alias: TensorInfo}`` (raising for an unknown one); at most ``max_items``
+    instances (or rows of a columnar input) are accepted, counted before conversion."""
     signature_name = signature_name_of(doc)
     infos = input_infos(signature_name)
     names = sorted(infos)

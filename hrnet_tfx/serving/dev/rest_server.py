@@ -17,6 +17,7 @@ requests in flight) are the README's Serving table; requests run on the worker p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import logging
 import re
@@ -120,15 +121,17 @@ class RestApi:
             return rest_requests.dumps(rest_json.format_metadata(*metadata_response(name, servable)))
 
 
+@dataclasses.dataclass
 class _Limits:
     """What the handlers share: the API, the worker pool, the limits and the in-flight count (touched only
     on the event-loop thread)."""
 
-    def __init__(self, api: RestApi, executor: futures.Executor, max_request_bytes: int, max_concurrent: int):
-        self.api, self.executor = api, executor
-        self.max_request_bytes, self.max_concurrent = max_request_bytes, max_concurrent
-        self.active = 0
-        self.stopping = False
+    api: RestApi
+    executor: futures.Executor
+    max_request_bytes: int
+    max_concurrent: int
+    active: int = 0
+    stopping: bool = False
 
 
 @tornado.web.stream_request_body

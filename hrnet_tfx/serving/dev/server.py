@@ -71,14 +71,9 @@ def _host_port(host: str, port: int) -> str:
 
 
 class DevServer:
-    """The development server for one model; see the module docstring.
-
-    Args:
-      model_base: the model base (``<base>/<model_name>/<version>/``) or the model's own directory.
-      model_name: the model name clients use (default: inferred, see
-        :func:`~hrnet_tfx.serving.model_base.resolve_model`).
-      options: see :class:`DevServerOptions`.
-    """
+    """The development server for one model (see the module docstring) on a model base
+    (``<base>/<model_name>/<version>/``) or one model's directory; ``model_name`` defaults to the one
+    :func:`~hrnet_tfx.serving.model_base.resolve_model` infers."""
 
     def __init__(self, model_base: str, model_name: str | None = None, options: DevServerOptions = DevServerOptions()):
         self.model_name, self.model_dir = resolve_model(model_base, model_name)
