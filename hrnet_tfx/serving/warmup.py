@@ -18,6 +18,7 @@ import numpy as np
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from hrnet_tfx.data import features
+from hrnet_tfx.serving.errors import Code, ServingError
 from hrnet_tfx.serving.export import (EXTRA_ASSETS_DIR, INPUT_EXAMPLES, INPUT_IMAGES, SAVED_MODEL_PB,
                                       SIGNATURE_CLASSIFY, SIGNATURE_EXAMPLES, SIGNATURE_IMAGES, SIGNATURE_TOP_K)
 from hrnet_tfx.serving.images import read_images
@@ -149,23 +150,21 @@ def read_warmup_requests(saved_model_dir: str) -> Iterator:
         yield prediction_log_pb2.PredictionLog.FromString(data)
 
 
-def replay_warmup_requests(saved_model_dir: str, stub, model_name: str, timeout: float = 30.0) -> int:
-    """Sends every warm-up record to a ``PredictionServiceStub`` (model name replaced); returns the count.
-
-    Lets a test or an operator check a model's warm-up file against a running server.
-    """
-    count = 0
+def warmup_calls(saved_model_dir: str) -> Iterator[tuple[str, object]]:
+    """``(method, request)`` of each warm-up record: ``"Predict"`` or ``"Classify"`` (what
+    :func:`write_warmup_requests` writes; another kind raises ServingError UNIMPLEMENTED)."""
     for record in read_warmup_requests(saved_model_dir):
         kind = record.WhichOneof("log_type")
-        if kind == "predict_log":
-            request = record.predict_log.request
-            request.model_spec.name = model_name
-            stub.Predict(request, timeout=timeout)
-        elif kind == "classify_log":
-            request = record.classify_log.request
-            request.model_spec.name = model_name
-            stub.Classify(request, timeout=timeout)
-        else:
-            raise ValueError(f"cannot replay warm-up records of type {kind}")
-        count += 1
+        if kind not in ("predict_log", "classify_log"):
+            raise ServingError(Code.UNIMPLEMENTED, f"warm-up records of type {kind} are not supported here")
+        yield kind.removesuffix("_log").capitalize(), getattr(record, kind).request
+
+
+def replay_warmup_requests(saved_model_dir: str, stub, model_name: str, timeout: float = 30.0) -> int:
+    """Sends every warm-up record to a ``PredictionServiceStub`` (model name replaced); returns the count.
+    Lets a test or an operator check a model's warm-up file against a running server."""
+    count = 0
+    for count, (method, request) in enumerate(warmup_calls(saved_model_dir), 1):
+        request.model_spec.name = model_name
+        getattr(stub, method)(request, timeout=timeout)
     return count

@@ -247,26 +247,19 @@ class SavedModelServable:
         if not tf.io.gfile.exists(path):
             return 0
         count, start = 0, time.monotonic()
-        for record in warmup.read_warmup_requests(self.path):
-            try:
-                self._run_record(record)
-            except ServingError as e:
-                raise ServingError(e.code, f"warm-up request {count} in {path} failed: {e.message}") from None
-            count += 1
+        try:
+            for method, request in warmup.warmup_calls(self.path):
+                signature_name = request.model_spec.signature_name
+                if method == "Predict":
+                    self.predict_protos(signature_name, dict(request.inputs), list(request.output_filter))
+                else:
+                    self.classify(signature_name, input_to_serialized_examples(request.input))
+                count += 1
+        except ServingError as e:
+            raise ServingError(e.code, f"warm-up request {count} in {path} failed: {e.message}") from None
         log.info("%s: version %d warmed up with %d requests in %.1f s", self.name, self.version, count,
                  time.monotonic() - start)
         return count
-
-    def _run_record(self, record) -> None:
-        kind = record.WhichOneof("log_type")
-        if kind == "predict_log":
-            request = record.predict_log.request
-            self.predict_protos(request.model_spec.signature_name, dict(request.inputs), list(request.output_filter))
-        elif kind == "classify_log":
-            request = record.classify_log.request
-            self.classify(request.model_spec.signature_name, input_to_serialized_examples(request.input))
-        else:
-            raise ServingError(Code.UNIMPLEMENTED, f"warm-up records of type {kind} are not supported here")
 
     def close(self) -> None:
         """Releases the session (the watcher calls this once in-flight requests have finished)."""
