@@ -74,7 +74,8 @@ def check_keys(data: Any, allowed: Iterable[str], where: str, hints: Iterable[st
     ``where`` starts the message (``"pipeline config, train"``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    allowed, unknown = sorted(allowed), sorted(set(data) - set(allowed))
+    allowed = sorted(allowed)
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
         named = ", ".join(f"{key!r}{did_you_mean(key, [*allowed, *hints])}" for key in unknown)
         raise ConfigError(f"{where}: unknown key(s) [{named}]; allowed: {', '.join(allowed)}")
@@ -133,11 +134,11 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
-def from_dict(cls: type, data: Any, where: str, *, require_all: bool = False, typed: bool = True):
+def from_dict(cls: type, data: Any, where: str, *, require_all: bool = False):
     """``cls`` built from the mapping ``data``: unknown keys refused (:func:`check_keys`; a nested config's key
-    given at the top is pointed to as ``section.key``), every key required when ``require_all``, and each
-    value checked against its field type when ``typed`` (:func:`coerce`). The class's own checks
-    (``__post_init__``) run last; their ``ValueError`` becomes a :class:`ConfigError` starting with ``where``."""
+    given at the top is pointed to as ``section.key``), every key required when ``require_all``, each value
+    checked against its field type (:func:`coerce`). The class's own checks (``__post_init__``) run last; their
+    ``ValueError`` becomes a :class:`ConfigError` starting with ``where``."""
     types = field_types(cls)
     nested = [f"{key}.{name}" for key in sections(cls) for name in field_types(types[key])]
     check_keys(data, types, where, nested)
@@ -145,7 +146,7 @@ def from_dict(cls: type, data: Any, where: str, *, require_all: bool = False, ty
         missing = [name for name in types if name not in data]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {missing}")
-    values = {key: coerce(key, value, types[key], where) if typed else value for key, value in data.items()}
+    values = {key: coerce(key, value, types[key], where) for key, value in data.items()}
     try:
         return cls(**values)
     except ValueError as e:

@@ -157,12 +157,8 @@ class PipelineConfig:
                      hint="PyTorch weights (.pth/.safetensors), a SavedModel directory or a TF checkpoint")
 
     def beam_pipeline_args(self, setup_file: str = "") -> list[str]:
-        """Beam options for ExampleGen and Evaluator: runner, worker count, then ``beam_args``.
-
-        Without a runner anywhere, Beam's in-process FnApiRunner (the DirectRunner's engine). A
-        ``setup_file`` is added for runners that start their own workers (not needed when the package is
-        installed where the components run, as in the container image).
-        """
+        """Beam options for ExampleGen and Evaluator: the runner (none given: Beam's in-process FnApiRunner), the
+        worker count, ``beam_args``, then ``--setup_file`` when given and ``beam_args`` has none."""
         args = [f"--runner={self.beam_runner}"] if self.beam_runner else []
         runner = self.runner
         if self.beam_workers:
@@ -193,10 +189,8 @@ class PipelineConfig:
 
     @property
     def metadata(self) -> str:
-        """The local pipeline's ML Metadata sqlite file: ``metadata_path``, else ``ROOT/metadata.sqlite``.
-
-        sqlite needs a local file: with ``root`` on a bucket, ``metadata_path`` must name a local path.
-        """
+        """The local pipeline's ML Metadata sqlite file (a local path): ``metadata_path``, else
+        ``ROOT/metadata.sqlite``."""
         path = self.metadata_path or os.path.join(self.root, "metadata.sqlite")
         if is_uri(path):
             raise ConfigError(f"pipeline config: metadata_path {path!r} is not a local path (ML Metadata's sqlite "
@@ -239,8 +233,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "input_base": "outputs/sample",
         "convert": {"train_shards": 4, "eval_shards": 2},
         "train": {"model": "tiny.yaml", "image_size": 64, "per_worker_batch_size": 8, "train_steps": 60,
-                  "base_lr": 1.6, "lr_decay_epochs": [4.0], "log_every_steps": 10,
-                  "checkpoint_every_steps": 20},
+                  "base_lr": 1.6, "lr_decay_epochs": [4.0], "log_every_steps": 10, "checkpoint_every_steps": 20},
         "num_workers": 1,
         "top1_lower_bound": 0.5,
         "max_top1_drop": 0.05,
