@@ -1,10 +1,6 @@
-"""The one toolkit behind every hrnet-tfx config (network, training, pipeline): files, strict keys, overrides.
-
-A config is a frozen dataclass. This module reads a YAML/JSON file (local or on a bucket, through
-``tf.io.gfile``), builds the dataclass from a mapping (unknown keys are an error that names the closest
-known key and lists every allowed one; values are checked against the field types; nested dataclass fields
-are built the same way), parses ``key=value`` overrides (``section.key=value`` for nested ones) and writes
-the resolved config as JSON, whole or not at all. Each config module keeps only its own fields and rules.
+"""The one toolkit behind every hrnet-tfx config (network, training, pipeline): a config is a frozen
+dataclass, read from YAML/JSON (local or a bucket), built strictly from a mapping (unknown keys named with the
+closest one, values typed, nested configs alike), overridden by ``key=value`` and saved as JSON atomically.
 """
 
 from __future__ import annotations
@@ -26,9 +22,8 @@ class ConfigError(ValueError):
 
 
 def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
-    """A YAML (or JSON, a subset of YAML) file holding a mapping, local or on a bucket (``gs://...``, read
-    with ``tf.io.gfile``); clear errors for a missing file, a parse error or a non-mapping. An empty file is
-    an empty mapping. ``what`` names the kind of config in errors (``"training config"``)."""
+    """The mapping in a YAML (or JSON) file, local or on a bucket (``tf.io.gfile``); an empty file is ``{}``.
+    ``what`` names the kind of config in errors (``"training config"``)."""
     import tensorflow as tf
     import yaml
 
@@ -52,9 +47,8 @@ def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str,
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` on any ``tf.io.gfile`` file system: to a temporary name beside
-    it, then renamed over it, so readers never see a half-written file (and file systems whose writers
-    append to an existing file, like ``ram://``, still replace it)."""
+    """Writes ``obj`` as JSON to ``path`` (any ``tf.io.gfile`` file system) under a temporary name beside it,
+    then renamed over it: readers never see half a file (and ``ram://``, whose writers append, is replaced)."""
     import tensorflow as tf
 
     directory = posixpath.dirname(path) if is_uri(path) else os.path.dirname(os.path.abspath(path))
@@ -74,22 +68,17 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
-def unknown_keys_error(where: str, unknown: Iterable[str], allowed: Iterable[str]) -> ConfigError:
-    """The error for keys a config does not have: each unknown key with the closest allowed one, then every
-    allowed key. ``where`` starts the message (``"pipeline config, train"``)."""
-    allowed = sorted(allowed)
-    named = ", ".join(f"{key!r}{did_you_mean(key, allowed)}" for key in sorted(unknown))
-    return ConfigError(f"{where}: unknown key(s) [{named}]; allowed: {', '.join(allowed)}")
-
-
-def check_keys(data: Any, allowed: Iterable[str], where: str) -> None:
-    """Raises :class:`ConfigError` unless ``data`` is a mapping whose keys are all in ``allowed``."""
+def check_keys(data: Any, allowed: Iterable[str], where: str, hints: Iterable[str] = ()) -> None:
+    """Raises :class:`ConfigError` unless ``data`` is a mapping whose keys are all in ``allowed``: each unknown
+    key is named with the closest of ``allowed`` and ``hints`` (e.g. ``section.key``), then every allowed key.
+    ``where`` starts the message (``"pipeline config, train"``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    allowed = list(allowed)
+    allowed = sorted(allowed)
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise unknown_keys_error(where, unknown, allowed)
+        named = ", ".join(f"{key!r}{did_you_mean(key, [*allowed, *hints])}" for key in unknown)
+        raise ConfigError(f"{where}: unknown key(s) [{named}]; allowed: {', '.join(allowed)}")
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -100,6 +89,11 @@ def field_types(cls: type) -> dict[str, Any]:
 
 def _is_config(kind: Any) -> bool:
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def sections(cls: type) -> list[str]:
+    """The fields of ``cls`` that are nested configs (``section.key=value`` overrides reach into them)."""
+    return [name for name, kind in field_types(cls).items() if _is_config(kind)]
 
 
 def coerce(key: str, value: Any, kind: Any, where: str) -> Any:
@@ -140,20 +134,23 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
-def from_dict(cls: type, data: Any, where: str, *, require_all: bool = False, typed: bool = True,
-              allowed: Iterable[str] | None = None):
-    """``cls`` built from the mapping ``data``: unknown keys refused (:func:`unknown_keys_error`; ``allowed``
-    narrows the accepted keys), every key required when ``require_all`` (a file that must spell everything
-    out), and each value checked against its field type when ``typed`` (:func:`coerce`). The class's own
-    checks (``__post_init__``) run last."""
+def from_dict(cls: type, data: Any, where: str, *, require_all: bool = False):
+    """``cls`` built from the mapping ``data``: unknown keys refused (:func:`check_keys`; a nested config's key
+    given at the top is pointed to as ``section.key``), every key required when ``require_all``, each value
+    checked against its field type (:func:`coerce`). The class's own checks (``__post_init__``) run last; their
+    ``ValueError`` becomes a :class:`ConfigError` starting with ``where``."""
     types = field_types(cls)
-    check_keys(data, types if allowed is None else allowed, where)
+    nested = [f"{key}.{name}" for key in sections(cls) for name in field_types(types[key])]
+    check_keys(data, types, where, nested)
     if require_all:
         missing = [name for name in types if name not in data]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {missing}")
-    values = {key: coerce(key, value, types[key], where) if typed else value for key, value in data.items()}
-    return cls(**values)
+    values = {key: coerce(key, value, types[key], where) for key, value in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def test_without_placement_one_document_and_cpu_trainer(tmp_path):
         (CLUSTER + ["name=my_pipeline"], r"name 'my_pipeline' must match"),
         (CLUSTER + ["kubeflow.gpus=2"], r"kubeflow: unknown key\(s\) \['gpus'\]"),
         (CLUSTER + ["kubeflow.trainer_gpus=two"], "kubeflow: trainer_gpus='two' is not a valid int"),
-        (CLUSTER + ["kubeflow.trainer_tolerations=[{key: a, effects: NoSchedule}]"], r"unknown key\(s\) \['effects'\]"),
+        (CLUSTER + ["kubeflow.trainer_tolerations=[{key: a, effects: NoSchedule}]"], r"unknown key\(s\) \['effects' \(did you mean 'effect'\?\)\]"),
         (CLUSTER + ["kubeflow.trainer_node_selector=[a]"], "trainer_node_selector must map"),
         (CLUSTER + ["beam_runner=SparkRunner", "beam_workers=4"], "beam_workers is not mapped for runner 'SparkRunner'"),
     ],

@@ -16,6 +16,7 @@ so it never touches the user's ``~/tfx`` nor collides with an earlier run ("Pipe
 ``--engine local`` is always passed: engine auto-detection in TFX 1.16 crashes when kfp is installed.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_pipeline_through_the_tfx_cli(tmp_path):
     sample, root, serving, tfx_home = (tmp_path / d for d in ("sample", "root", "serving", "tfx_home"))
     make_sample(str(sample), num_classes=3, train_per_class=8, val_per_class=3, image_size=48)
     env = _env(tfx_home, f"input_base={sample} root={root} serving_base={serving} "
-                         "train.train_steps=20 top1_lower_bound=0.0")
+                         "train.train_steps=20 top1_lower_bound=0.0 convert.verify=decode fingerprint=files")
 
     created = _tfx(env, tmp_path, "pipeline", "create", "--pipeline_path", str(DSL))
     assert f'Pipeline "{PIPELINE}" created successfully.' in created.stdout
@@ -120,6 +121,15 @@ def test_pipeline_through_the_tfx_cli(tmp_path):
     assert summary[1].startswith("eval top-1 ") and summary[1].endswith("(9 images, step 20)")
     assert summary[5] == f"pushed model:      {serving / 'hrnet' / version}"
     assert "ArtifactQuery.property_predicate" not in ran.stderr  # known noise, filtered by message
+    # The typed sections reached the components: convert:/fingerprint ImageExampleGen's execution, and train:'s
+    # counts left to the data (0) the Trainer's run, which took them from ImageExampleGen's manifest.
+    (gen,) = [e for e in store.get_executions() if "verify" in e.custom_properties]
+    assert (gen.custom_properties["verify"].string_value, gen.custom_properties["fingerprint"].string_value) == (
+        "decode", "files")
+    (run_dir,) = (root / "HorovodTrainer" / "model_run").iterdir()
+    trained = json.loads((run_dir / "train_config.json").read_text())
+    assert (trained["num_classes"], trained["num_train_examples"]) == (3, 24)
+    assert json.loads((root / "pipeline_config.json").read_text())["train"]["num_classes"] == 0
 
     _tfx(env, tmp_path, "run", "create", "--pipeline_name", PIPELINE)  # unchanged inputs: from the cache
     assert {"ImageExampleGen", "HorovodTrainer"} <= _cached_components(store)

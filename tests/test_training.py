@@ -105,6 +105,8 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
     validate(good, 2)
     with pytest.raises(ConfigError, match="unknown model 'hrnet_w99'"):
         validate(good.replace(model="hrnet_w99"), 1)
+    with pytest.raises(ConfigError, match=r"^num_classes is 0 \(from the data\) and no manifest.json gave the class count: set num_classes"):
+        validate(good.replace(num_classes=0), 1)  # the pipeline's "from the data", left unresolved
     with pytest.raises(ConfigError, match="not divisible by 3 workers"):
         validate(good, 3)
     with pytest.raises(ConfigError, match="eval_files: no files match"):

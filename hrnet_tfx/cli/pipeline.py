@@ -36,7 +36,8 @@ def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
     import json
 
     from hrnet_tfx.models.config import ConfigError
-    from hrnet_tfx.pipeline.config import FROM_DATA, load_config
+    from hrnet_tfx.pipeline.config import load_config
+    from hrnet_tfx.training.config import FROM_DATA
 
     try:
         config = load_config(preset, config_file, overrides)
@@ -48,7 +49,7 @@ def run(preset: str, config_file: str, overrides: tuple, dry_run: bool) -> None:
         raise click.ClickException(str(e)) from None
     if dry_run:
         click.echo(json.dumps(resolved.to_dict(), indent=2, sort_keys=True))
-        counted = [f"train.{key}" for key in FROM_DATA if key not in resolved.train]
+        counted = [f"train.{key}" for key in FROM_DATA if not getattr(resolved.train, key)]
         if counted:
             click.echo(f"({' and '.join(counted)}: counted from the converted data at run time)", err=True)
         try:

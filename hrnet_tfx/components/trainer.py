@@ -30,12 +30,10 @@ from tfx.utils import io_utils, path_utils
 
 from hrnet_tfx.data.training_data import training_data_settings
 from hrnet_tfx.training import TrainConfig, launch
+from hrnet_tfx.training.config import ARTIFACT_FIELDS, FROM_DATA
 from hrnet_tfx.training.loop import CONFIG_FILE, METRICS_FILE, TENSORBOARD_SUBDIR
 
 log = logging.getLogger(__name__)
-
-# Fields the component fills from its input artifacts; a train_config may not set them.
-_FROM_ARTIFACTS = ("train_files", "eval_files", "label_map", "model_dir", "export_dir")
 
 
 class HorovodTrainerSpec(ComponentSpec):
@@ -55,15 +53,17 @@ class HorovodTrainerSpec(ComponentSpec):
 
 def resolve_config(train_config: Dict[str, Any], examples_uri: str, model_run_uri: str, model_uri: str,
                    base_model_uri: Optional[str] = None) -> TrainConfig:
-    """The run's TrainConfig: the user's settings plus the data and output paths of this execution."""
-    clash = sorted(set(train_config) & set(_FROM_ARTIFACTS))
+    """The run's TrainConfig: the user's settings plus the data and output paths of this execution; a
+    :data:`~hrnet_tfx.training.config.FROM_DATA` count left out or 0 comes from the examples' manifest."""
+    clash = sorted(set(train_config) & set(ARTIFACT_FIELDS))
     if clash:
         raise ValueError(f"train_config must not set {clash}: the component takes them from its artifacts")
     # Checkpoints outlive a failed execution: same inputs and config -> same directory -> resume.
     key = hashlib.sha256(json.dumps([examples_uri, base_model_uri, train_config], sort_keys=True).encode())
     component_dir = os.path.dirname(os.path.dirname(model_run_uri.rstrip("/")))
     # Examples from another ExampleGen have no manifest: their records are counted by the launcher.
-    settings = {"label_map": "", **training_data_settings(examples_uri, require_manifest=False), **train_config}
+    data = training_data_settings(examples_uri, require_manifest=False)
+    settings = {"label_map": "", **data, **{k: v for k, v in train_config.items() if v or k not in FROM_DATA}}
     settings["export_dir"] = path_utils.serving_model_dir(model_uri)
     if base_model_uri and "init_from" not in settings:
         settings["init_from"] = path_utils.serving_model_path(base_model_uri)
@@ -117,7 +117,7 @@ class HorovodTrainer(base_component.BaseComponent):
         else:
             settings = dict(train_config)
         TrainConfig.from_dict(settings)  # unknown keys and bad values fail here, at definition
-        clash = sorted(set(settings) & set(_FROM_ARTIFACTS))
+        clash = sorted(set(settings) & set(ARTIFACT_FIELDS))
         if clash:
             raise ValueError(f"train_config must not set {clash}: the component takes them from its artifacts")
         spec = HorovodTrainerSpec(

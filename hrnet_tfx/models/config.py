@@ -1,22 +1,15 @@
-"""The frozen configuration type of the HRNet-C family.
-
-A network is fully described by an :class:`HRNetConfig`: the stem, four (or more) stages of
-high-resolution modules, and the classification head. The registered variants are built from it in
-:mod:`hrnet_tfx.models.registry`; custom variants come from a YAML or JSON file through
-:meth:`HRNetConfig.from_file`, which must name every key (unknown or missing keys are errors; only
-configs built in Python, like the registry's, take the official values as defaults).
-
-Reference: Wang et al., "Deep High-Resolution Representation Learning for Visual Recognition",
-TPAMI 2020 (arXiv:1908.07919), and the official HRNet/HRNet-Image-Classification code.
-"""
+"""The frozen network config of the HRNet-C family (Wang et al., "Deep High-Resolution Representation Learning
+for Visual Recognition", TPAMI 2020): stem, stages of high-resolution modules, classification head. A file
+(:meth:`HRNetConfig.from_file`) names every key; only configs built in Python take the official defaults."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping
 
-from hrnet_tfx.config_io import ConfigError, check_keys, read_config_file, to_dict
+from hrnet_tfx.config_io import ConfigError, check_keys, from_dict, read_config_file, to_dict
 
 # ConfigError stays importable from here, its first home.
 __all__ = ["BLOCK_EXPANSION", "ConfigError", "HRNetConfig", "StageConfig", "regular_config"]
@@ -40,24 +33,15 @@ def _as_int_tuple(value: Any, where: str) -> tuple[int, ...]:
 def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     """Refuses keys ``cls`` does not have and requires every key it has: a file names the whole network,
     so nothing silently takes a default."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = [f.name for f in dataclasses.fields(cls)]
     check_keys(data, fields, where)
     missing = [name for name in fields if name not in data]
     if missing:
         official = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        hint = ", ".join(f"{k}: {_yaml_value(official[k])}" for k in missing if k in official)
+        hint = ", ".join(f"{k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                         for k, v in official.items() if k in missing)
         raise ConfigError(f"{where}: missing key(s) {missing}: a network config names every key"
                           + (f" (the official HRNet's: {hint})" if hint else ""))
-
-
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +68,8 @@ class StageConfig:
         object.__setattr__(self, "num_blocks", _as_int_tuple(self.num_blocks, "num_blocks"))
         object.__setattr__(self, "num_channels", _as_int_tuple(self.num_channels, "num_channels"))
         if len(self.num_blocks) != len(self.num_channels):
-            raise ConfigError(
-                f"num_blocks {list(self.num_blocks)} and num_channels {list(self.num_channels)} "
-                "must have one entry per branch"
-            )
+            raise ConfigError(f"num_blocks {list(self.num_blocks)} and num_channels {list(self.num_channels)} "
+                              "must have one entry per branch")
 
     @property
     def num_branches(self) -> int:
@@ -127,9 +109,7 @@ class HRNetConfig:
             if not isinstance(stage, StageConfig):
                 raise ConfigError(f"stages[{k}]: expected a StageConfig, got {type(stage).__name__}")
             if stage.num_branches != k + 1:
-                raise ConfigError(
-                    f"stages[{k}]: stage {k + 1} must have {k + 1} branch(es), got {stage.num_branches}"
-                )
+                raise ConfigError(f"stages[{k}]: stage {k + 1} must have {k + 1} branch(es), got {stage.num_branches}")
         object.__setattr__(self, "stages", stages)
         stem = _as_int_tuple(self.stem_channels, "stem_channels")
         if len(stem) != 2:
@@ -137,9 +117,8 @@ class HRNetConfig:
         object.__setattr__(self, "stem_channels", stem)
         head = _as_int_tuple(self.head_channels, "head_channels")
         if len(head) != stages[-1].num_branches:
-            raise ConfigError(
-                f"head_channels: need one entry per final branch ({stages[-1].num_branches}), got {list(head)}"
-            )
+            raise ConfigError(f"head_channels: need one entry per final branch ({stages[-1].num_branches}), "
+                              f"got {list(head)}")
         object.__setattr__(self, "head_channels", head)
         if not isinstance(self.num_features, int) or self.num_features < 1:
             raise ConfigError(f"num_features must be a positive integer, got {self.num_features!r}")
@@ -164,14 +143,8 @@ class HRNetConfig:
         stages_raw = fields.get("stages")
         if not isinstance(stages_raw, (list, tuple)):
             raise ConfigError(f"stages: expected a list of stage mappings, got {stages_raw!r}")
-        stages = []
-        for k, stage in enumerate(stages_raw):
-            _check_keys(stage, StageConfig, f"stages[{k}]")
-            try:
-                stages.append(StageConfig(**stage))
-            except ConfigError as e:
-                raise ConfigError(f"stages[{k}]: {e}") from None
-        fields["stages"] = tuple(stages)
+        fields["stages"] = tuple(from_dict(StageConfig, stage, f"stages[{k}]", require_all=True)
+                                 for k, stage in enumerate(stages_raw))
         return cls(**fields)
 
     @classmethod

@@ -6,9 +6,9 @@ spelled out. Registering a name twice is an error, and a failed lookup names the
 
 from __future__ import annotations
 
-import difflib
 import os
 
+from hrnet_tfx.config_io import did_you_mean
 from hrnet_tfx.fs import is_uri
 from hrnet_tfx.models.config import ConfigError, HRNetConfig, StageConfig, regular_config
 
@@ -53,15 +53,14 @@ def get_config(name_or_path: str | os.PathLike | HRNetConfig) -> HRNetConfig:
         if bare and not os.path.exists(key):
             if key in packaged_configs():
                 return HRNetConfig.from_file(os.path.join(PACKAGED_CONFIGS, key))
-            raise ConfigError(f"network config file not found: {key} (not in the working directory, nor "
-                              f"packaged).{_suggest(key)} {_known()}")
+            raise ConfigError(f"network config file not found: {key}{_suggest(key)}: not in the working directory, "
+                              f"nor packaged. {_known()}")
         return HRNetConfig.from_file(key)
-    raise ConfigError(f"unknown model {key!r}.{_suggest(key)} {_known()}")
+    raise ConfigError(f"unknown model {key!r}{_suggest(key)}. {_known()}")
 
 
 def _suggest(key: str) -> str:
-    hint = difflib.get_close_matches(key, list(_REGISTRY) + packaged_configs(), n=1)
-    return f" Did you mean {hint[0]!r}?" if hint else ""
+    return did_you_mean(key, list(_REGISTRY) + packaged_configs())
 
 
 def _known() -> str:

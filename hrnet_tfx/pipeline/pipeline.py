@@ -7,6 +7,7 @@ Optional stages are switched by config flags (``evaluate``, ``push``), never by 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from tfx import v1 as tfx
@@ -23,12 +24,9 @@ def create_pipeline(config: PipelineConfig, local: bool = True) -> tfx.dsl.Pipel
     checkout's setup.py. ``local=False`` (Kubeflow): the orchestrator keeps the metadata, and every
     step runs in the container image, which has the package installed.
     """
-    example_gen = ImageExampleGen(
-        resolve_path(config.input_base), layout=config.layout, train_shards=config.train_shards,
-        eval_shards=config.eval_shards, compression=config.compression,
-        max_bad_fraction=config.max_bad_fraction,
-    )
-    trainer = HorovodTrainer(example_gen.outputs["examples"], train_config=config.train,
+    example_gen = ImageExampleGen(resolve_path(config.input_base), layout=config.layout,
+                                  fingerprint=config.fingerprint, **dataclasses.asdict(config.convert))
+    trainer = HorovodTrainer(example_gen.outputs["examples"], train_config=config.to_dict()["train"],
                              num_workers=config.num_workers or None)
     components = [example_gen, trainer]
     examples, model = example_gen.outputs["examples"], trainer.outputs["model"]

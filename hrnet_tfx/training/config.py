@@ -1,8 +1,5 @@
-"""The training configuration: the official HRNet ImageNet recipe by default, every field overridable.
-
-Layers: defaults (the official recipe) -> a YAML/JSON file -> ``key=value`` overrides; unknown keys are
-an error that names them, and the resolved config is written beside the outputs (``train_config.json``).
-"""
+"""The training configuration (:class:`TrainConfig`): the official HRNet ImageNet recipe by default; defaults
+<- a YAML/JSON file <- ``key=value`` overrides, saved beside the outputs as ``train_config.json``."""
 
 from __future__ import annotations
 
@@ -17,39 +14,24 @@ from hrnet_tfx.models.config import INFERENCE_DTYPES
 
 SCHEDULES = ("step", "cosine")
 BACKENDS = ("auto", "horovod", "tf_distribute")
+FROM_DATA = ("num_classes", "num_train_examples")
+"""Fields whose 0 means "from the data": the HorovodTrainer takes them from its examples' manifest (without one,
+the launcher counts ``num_train_examples``; ``hrnet-tfx train --data`` fills both unless set)."""
+ARTIFACT_FIELDS = ("train_files", "eval_files", "label_map", "model_dir", "export_dir")
+"""Fields the HorovodTrainer fills from its artifacts (a pipeline's ``train:`` may not set them)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training or evaluation run needs; the defaults are the official recipe, read from the
-    official HRNet-Image-Classification repository's ``experiments/cls_hrnet_*.yaml`` (the same for all
-    nine variants) and ``tools/train.py``, as in the paper (Wang et al., TPAMI 2020).
+    """Everything a training or evaluation run needs; the defaults are the official recipe (the official
+    HRNet-Image-Classification ``experiments/cls_hrnet_*.yaml`` and ``tools/train.py``; Wang et al., TPAMI 2020).
 
-    Model: ``model`` is a registered variant or a network config file; ``init_from`` starts from
-    official PyTorch weights (.pth/.safetensors; the classifier is skipped when the class count differs),
-    a SavedModel directory or a TF checkpoint.
-
-    Data: ``train_files``/``eval_files`` are glob patterns (comma-separated for several) of TFRecord shards
-    written by ``hrnet-tfx data convert`` or in the inception/TF-slim layout; ``label_map`` is the
-    ``labels.tsv`` written beside them (label strings for the exported model); ``label_offset`` 1 reads
-    inception records (1-based labels) as they are.
-
-    Budget: ``epochs`` of ``num_train_examples`` (0: counted once from the files by the launcher, or by
-    rank 0 under an outside launcher), or ``train_steps`` when > 0.
-
-    Batch: ``per_worker_batch_size`` images per worker (one worker per GPU; official: 32 per GPU, 4 GPUs
-    x 32 = 128), so the global batch is ``per_worker_batch_size`` x workers; or set ``global_batch_size``
-    to fix the global batch whatever the worker count (the per-worker batch is then derived).
-    :meth:`for_workers` resolves both numbers, and the resolved config (``train_config.json``) holds both.
-
-    Optimisation (official): SGD, Nesterov momentum 0.9, lr ``base_lr`` per ``base_batch`` images scaled
-    linearly with the global batch (0.05 per 128 images), weight decay 1e-4 on every parameter (added to
-    each gradient, as PyTorch's SGD does), lr x``lr_decay_rate`` at ``lr_decay_epochs``.
-    ``warmup_epochs`` (linear warm-up, Goyal et al. 2017) defaults to 5 when the global batch exceeds
-    256, else 0.
-
-    Export: ``serving_dtype`` is the exported graph's compute dtype, ``float32`` (default) or ``bfloat16``
-    (BatchNorm folded either way; see :mod:`hrnet_tfx.serving.export`), whatever ``dtype_policy`` trained.
+    ``model`` is a registered variant or a network config file; ``train_files``/``eval_files`` are TFRecord
+    glob patterns (comma-separated for several); ``label_offset`` 1 reads inception's 1-based labels; 0 in a
+    :data:`FROM_DATA` field: from the data. Exports compute in ``serving_dtype``, whatever ``dtype_policy`` trained.
+    The global batch is ``per_worker_batch_size`` x workers unless ``global_batch_size`` fixes it
+    (:meth:`for_workers` resolves both); the lr is ``base_lr`` per ``base_batch`` images, scaled linearly;
+    ``warmup_epochs`` -1: 5 above a global batch of 256, else 0.
     """
 
     model: str = "hrnet_w18"
@@ -94,7 +76,7 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "lr_decay_epochs", tuple(float(e) for e in self.lr_decay_epochs))
         checks = [
-            (self.num_classes >= 1, "num_classes must be >= 1"),
+            (self.num_classes >= 0, "num_classes must be >= 1 (or 0: from the data)"),
             (self.image_size > 0 and self.image_size % 32 == 0, "image_size must be a positive multiple of 32"),
             (self.per_worker_batch_size >= 1, "per_worker_batch_size must be >= 1"),
             (self.global_batch_size >= 0, "global_batch_size must be >= 0 (0: per_worker_batch_size x workers)"),
@@ -109,7 +91,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(f"training config: {message}")
+                raise ConfigError(message)
 
     # -- derived values --------------------------------------------------------------------------
     def for_workers(self, workers: int) -> "TrainConfig":

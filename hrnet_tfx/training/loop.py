@@ -78,6 +78,9 @@ def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> 
 
 def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
     get_config(config.model)  # unknown network -> ConfigError naming the known ones
+    if not config.num_classes:
+        raise ConfigError("num_classes is 0 (from the data) and no manifest.json gave the class count: set "
+                          "num_classes, or train on converted data (hrnet-tfx data convert, ImageExampleGen)")
     if not config.model_dir:
         raise ConfigError("model_dir is not set")
     config.for_workers(num_workers)  # an explicit global batch must divide by the workers
