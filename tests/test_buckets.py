@@ -221,22 +221,23 @@ def test_version_names_are_ascii_digits_only(tmp_path):
 
 
 KILLED_PUSH = """
-import sys
+import sys, threading
 from hrnet_tfx.components.pusher import push_saved_model
+from hrnet_tfx.serving import warmup
+warmup.read_images = lambda *args, **kwargs: threading.Event().wait()  # a read that never ends: killed here
 push_saved_model(sys.argv[1], sys.argv[2], "hrnet", warmup_images=[sys.argv[3]], rename=False)
 """
 
 
 @pytest.mark.e2e  # a real process killed with SIGKILL: importing TFX in it takes ~20 s on 2 cores
 def test_a_killed_push_leaves_staging_that_a_later_push_cleans_once_stale(tmp_path, ram_models):
-    """The push is killed while staging (blocked reading its warm-up image from a FIFO): its staging
-    directory stays; a later push leaves it while it may be live, and removes it once stale."""
+    """The push is killed while staging (held in reading its warm-up images; a FIFO is refused there, not
+    waited on): its staging directory stays; a later push leaves it while it may be live, and removes it
+    once stale."""
     source, base = tmp_path / "model", tmp_path / "serving"
     pusher.copy_tree(f"{ram_models}/good", str(source))
-    fifo = tmp_path / "image.jpg"
-    os.mkfifo(fifo)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_PUSH, str(source), str(base), str(fifo)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PUSH, str(source), str(base), "image.jpg"], env=env)
     try:
         deadline = time.time() + 120
         staged = []
