@@ -40,8 +40,8 @@ _BN_POLICY = {"mixed_bfloat16": "float32"}
 computes in float32 (Keras casts its input up and the next layer's input back down): TensorFlow 2.16's
 oneDNN runs bfloat16 BN in its generic kernel for every channel count that is not a multiple of 16
 (256 of HRNet-W18's 325 BNs), 1.9x the float32 BN time, and its remapper does not fuse a bfloat16 BN
-into the convolution; the float32 BN made the ``mixed_bfloat16`` training step 11% cheaper per CPU-second
-(``benchmarks/README.md``). The variables are float32 under either policy."""
+into the convolution; with float32 BN the ``mixed_bfloat16`` training step took 3-11% less CPU in
+interleaved A/B runs, inference the same (``benchmarks/README.md``). The variables are float32 either way."""
 
 
 @keras.saving.register_keras_serializable(package="hrnet_tfx")
