@@ -243,6 +243,11 @@ def test_mixed_precision_keeps_float32_variables_and_logits(tiny_config_path, po
     model = models.build_model(str(tiny_config_path), num_classes=5, image_size=64, dtype_policy=policy)
     compute = policy.split("_")[1]
     assert model.get_layer("layer1.0.conv1").compute_dtype == compute
+    # bfloat16 BN is TF's generic oneDNN kernel on the CPU (1.9x the float32 BN): BN computes in float32
+    bn_dtype = "float32" if policy == "mixed_bfloat16" else compute
+    assert {layer.compute_dtype for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {bn_dtype}
+    assert model.get_layer("layer1.0.relu1").compute_dtype == compute
     assert all(v.dtype == tf.float32 for v in model.weights)
     logits = model(tf.random.normal([2, 64, 64, 3]), training=False)
     assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
@@ -292,3 +297,34 @@ def test_packaged_config_resolves_by_file_name():
     assert models.get_config("tiny.yaml") == HRNetConfig.from_file(
         pathlib.Path(models.__file__).parent.parent / "configs" / "tiny.yaml"
     )
+
+
+def test_nearest_upsampling_gradient_is_the_window_sum():
+    """The gradient is one pooling pass (not a Sum over the broadcast axes: 3-5x the CPU) and equals the
+    stock layer's (bit for bit for 2x2 windows; summation order aside for larger ones)."""
+    dy = tf.random.normal([2, 8, 16, 3], seed=6)
+    for size in (2, 4, (2, 8)):
+        x = tf.random.normal([2, 8 // (size if isinstance(size, int) else size[0]),
+                              16 // (size if isinstance(size, int) else size[1]), 3], seed=7)
+        grads = []
+        for layer in (NearestUpSampling2D(size), keras.layers.UpSampling2D(size, interpolation="nearest")):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+            grads.append(tape.gradient(y, x, output_gradients=dy).numpy())
+        if size == 2:
+            np.testing.assert_array_equal(*grads)
+        np.testing.assert_allclose(*grads, rtol=1e-6, atol=1e-6)
+
+    layer = NearestUpSampling2D(2)
+    x = tf.TensorSpec([2, 4, 4, 3], tf.float32)
+
+    @tf.function
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return tape.gradient(y, x, output_gradients=tf.ones([2, 8, 8, 3]))
+
+    ops = {op.type for op in gradient.get_concrete_function(x).graph.get_operations()}
+    assert "AvgPool" in ops and "Sum" not in ops, sorted(ops)

@@ -35,15 +35,23 @@ from hrnet_tfx.models.config import BLOCK_EXPANSION, HRNetConfig, StageConfig
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
+_BN_POLICY = {"mixed_bfloat16": "float32"}
+"""BatchNormalization's dtype policy under a model policy, where it differs. Under ``mixed_bfloat16`` BN
+computes in float32 (Keras casts its input up and the next layer's input back down): TensorFlow 2.16's
+oneDNN runs bfloat16 BN in its generic kernel for every channel count that is not a multiple of 16
+(256 of HRNet-W18's 325 BNs), 1.9x the float32 BN time, and its remapper does not fuse a bfloat16 BN
+into the convolution; with float32 BN the ``mixed_bfloat16`` training step took 3-11% less CPU in
+interleaved A/B runs, inference the same (``benchmarks/README.md``). The variables are float32 either way."""
+
 
 @keras.saving.register_keras_serializable(package="hrnet_tfx")
 class NearestUpSampling2D(keras.layers.UpSampling2D):
     """Nearest-neighbour upsampling by integer factors, written as reshape + broadcast.
 
     The same layer and config as ``UpSampling2D(interpolation="nearest")`` (NHWC) with the same output,
-    but its gradient is a sum over the copies instead of ``ResizeNearestNeighborGrad``, which XLA has no
-    kernel for: training with ``jit_compile`` works, and on the CPU it is no slower (both are memory
-    copies).
+    but its gradient is a sum over each window of copies (an average pool times the window size) instead of
+    ``ResizeNearestNeighborGrad``, which XLA has no kernel for: training with ``jit_compile`` works, and on
+    the CPU the forward is no slower (both are memory copies) and the gradient is one pooling pass.
     """
 
     def __init__(self, size=(2, 2), **kwargs):
@@ -53,15 +61,34 @@ class NearestUpSampling2D(keras.layers.UpSampling2D):
             raise ValueError("NearestUpSampling2D supports channels_last only")
 
     def call(self, inputs):
-        sh, sw = self.size
-        shape = tf.shape(inputs)
-        n, h, w, c = shape[0], shape[1], shape[2], shape[3]
-        x = tf.reshape(inputs, tf.stack([n, h, 1, w, 1, c]))
-        x = tf.broadcast_to(x, tf.stack([n, h, sh, w, sw, c]))
-        x = tf.reshape(x, tf.stack([n, h * sh, w * sw, c]))
+        x = _nearest_upsample(inputs, *self.size)
         # Keep the static shape Keras computed (tf.reshape with a dynamic shape loses it).
         x.set_shape(self.compute_output_shape(inputs.shape))
         return x
+
+
+def _nearest_upsample(inputs, sh: int, sw: int):
+    """Nearest upsampling of NHWC ``inputs`` by ``(sh, sw)``. Its gradient sums each ``sh x sw`` window of
+    the incoming gradient as an average pool times ``sh * sw``: one oneDNN pooling pass, 3-5x less CPU
+    than the ``Sum`` over the broadcast axes that autodiff of the broadcast runs (HRNet-W18's 31
+    upsamplings spent ~2% of a float32 training step there; ``benchmarks/README.md``). Exact up to the
+    float32 summation order (bit-identical for 2x2 windows)."""
+
+    @tf.custom_gradient
+    def upsample(x):
+        shape = tf.shape(x)
+        n, h, w, c = shape[0], shape[1], shape[2], shape[3]
+        y = tf.reshape(x, tf.stack([n, h, 1, w, 1, c]))
+        y = tf.broadcast_to(y, tf.stack([n, h, sh, w, sw, c]))
+        y = tf.reshape(y, tf.stack([n, h * sh, w * sw, c]))
+
+        def grad(dy):
+            pooled = tf.nn.avg_pool2d(dy, (sh, sw), (sh, sw), "VALID")
+            return pooled * tf.cast(sh * sw, dy.dtype)
+
+        return y, grad
+
+    return upsample(inputs)
 
 
 def _kaiming_fan_out() -> keras.initializers.Initializer:
@@ -84,6 +111,7 @@ class _Builder:
 
     def __init__(self, dtype_policy: str | None):
         self.dtype = dtype_policy
+        self.bn_dtype = _BN_POLICY.get(dtype_policy, dtype_policy)
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str, bias: bool = False):
         """Conv2D named ``name``; stride-2 convs pad symmetrically like PyTorch's ``padding=k//2``."""
@@ -108,7 +136,7 @@ class _Builder:
 
     def bn(self, x, name: str):
         return keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=self.dtype
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=self.bn_dtype
         )(x)
 
     def relu(self, x, name: str):
