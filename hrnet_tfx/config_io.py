@@ -9,12 +9,11 @@ import dataclasses
 import difflib
 import json
 import os
-import posixpath
 import typing
 import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import parent_dir
 
 
 class ConfigError(ValueError):
@@ -51,8 +50,7 @@ def write_json(path: str, obj: Any) -> None:
     then renamed over it: readers never see half a file (and ``ram://``, whose writers append, is replaced)."""
     import tensorflow as tf
 
-    directory = posixpath.dirname(path) if is_uri(path) else os.path.dirname(os.path.abspath(path))
-    tf.io.gfile.makedirs(directory)
+    tf.io.gfile.makedirs(parent_dir(path))
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
