@@ -17,7 +17,7 @@ import tf_keras as keras
 
 from hrnet_tfx import models
 from hrnet_tfx.models.config import ConfigError, HRNetConfig
-from hrnet_tfx.models.hrnet import NearestUpSampling2D, count_macs, count_weights
+from hrnet_tfx.models.hrnet import BatchNormalization, NearestUpSampling2D, count_macs, count_weights
 
 # Official HRNet-Image-Classification: trainable params (exact) and its "GFLOPs" counter (conv+linear MACs / 1024**3).
 OFFICIAL = {
@@ -328,3 +328,57 @@ def test_nearest_upsampling_gradient_is_the_window_sum():
 
     ops = {op.type for op in gradient.get_concrete_function(x).graph.get_operations()}
     assert "AvgPool" in ops and "Sum" not in ops, sorted(ops)
+
+
+def _bn_pair(channels: int):
+    """Our BatchNormalization and Keras' with the same (non-trivial) weights and moving statistics."""
+    layers = [BatchNormalization(momentum=0.9, epsilon=1e-5),
+              keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)]
+    rng = np.random.default_rng(3)
+    weights = [rng.uniform(0.5, 1.5, channels), rng.normal(size=channels), rng.normal(size=channels),
+               rng.uniform(0.5, 2.0, channels)]
+    for layer in layers:
+        layer.build([None, 6, 10, channels])
+        layer.set_weights([w.astype(np.float32) for w in weights])
+    return layers
+
+
+def test_narrow_batch_norm_matches_keras_and_leaves_the_fused_kernel():
+    """A float32 training step of an 18-channel BN (not a multiple of 4: oneDNN's generic kernel) runs the
+    row-view batch norm, with Keras' output, gradients and moving statistics (unbiased variance); a
+    32-channel BN, inference and bfloat16 still run Keras' fused op."""
+    x = tf.random.normal([4, 6, 10, 18], 2.0, 3.0, seed=8)
+    dy = tf.random.normal([4, 6, 10, 18], seed=9)
+    results = []
+    for layer in _bn_pair(18):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        grads = tape.gradient(y, [x, layer.gamma, layer.beta], output_gradients=dy)
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance,
+                        layer(x, training=False)])
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-5, atol=2e-5)
+
+    def op_types(layer, shape, training, dtype=tf.float32):
+        fn = tf.function(lambda x: layer(x, training=training))
+        return {op.type for op in fn.get_concrete_function(tf.TensorSpec(shape, dtype)).graph.get_operations()}
+
+    assert "FusedBatchNormV3" not in op_types(_bn_pair(18)[0], [4, 6, 10, 18], True)
+    assert "FusedBatchNormV3" in op_types(_bn_pair(18)[0], [4, 6, 10, 18], False)
+    assert "FusedBatchNormV3" in op_types(_bn_pair(32)[0], [4, 6, 10, 32], True)
+    half = BatchNormalization(dtype="mixed_bfloat16")
+    assert "FusedBatchNormV3" in op_types(half, [4, 6, 10, 18], True, tf.bfloat16)
+
+
+def test_models_use_the_narrow_batch_norm_and_it_round_trips():
+    """The network's BNs are our subclass (so an 18-channel branch trains without the generic kernel), and
+    the layer rebuilds from its config under its registered name."""
+    model = models.build_model("tiny.yaml", num_classes=5, image_size=32)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(type(layer) is BatchNormalization for layer in bns)
+    layer = BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn")
+    config = keras.saving.serialize_keras_object(layer)
+    assert config["registered_name"] == "hrnet_tfx>BatchNormalization"
+    again = keras.saving.deserialize_keras_object(config)
+    assert type(again) is BatchNormalization and again.get_config() == layer.get_config()

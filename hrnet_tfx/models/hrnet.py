@@ -91,6 +91,82 @@ def _nearest_upsample(inputs, sh: int, sw: int):
     return upsample(inputs)
 
 
+_VIEW_ROWS = (16, 8, 4, 2)
+
+
+def _view_rows(shape) -> int:
+    """How many pixels :func:`_batch_norm_train` folds into one row (0: the shape does not suit it)."""
+    if len(shape) != 4 or None in shape[1:] or shape[-1] % 4 == 0:
+        return 0
+    return next((k for k in _VIEW_ROWS if shape[1] * shape[2] % k == 0), 0)
+
+
+def _batch_norm_train(x, gamma, beta, epsilon: float, k: int):
+    """Training-mode batch norm of float32 NHWC ``x`` over (N, H, W), with its gradient written out.
+
+    The sums run on a ``[N*H*W/k, k*C]`` view of ``x`` (``k`` pixels per row), so a narrow channel axis
+    (HRNet-W18's 18) still gives long vectorized rows. oneDNN 3.3 runs a BN whose channel count is not a
+    multiple of 4 in its generic kernel: for [8, 56, 56, 18], forward + gradient took 12.8 ms of CPU fused
+    and 4.6 ms here (``benchmarks/README.md``). Returns (output, batch mean, biased batch variance).
+    """
+
+    @tf.custom_gradient
+    def bn(x, gamma, beta):
+        c = x.shape[-1]
+        rows = tf.reshape(x, [-1, k * c])
+        n = tf.cast(tf.shape(rows)[0] * k, x.dtype)
+
+        def channel_sum(r):
+            return tf.reduce_sum(tf.reshape(tf.reduce_sum(r, 0), [k, c]), 0)
+
+        mean = channel_sum(rows) / n
+        variance = tf.maximum(channel_sum(rows * rows) / n - mean * mean, 0.0)
+        inv = tf.math.rsqrt(variance + epsilon)
+        scale = gamma * inv
+        y = x * scale + (beta - mean * scale)
+
+        def grad(dy, dmean, dvariance):
+            del dmean, dvariance  # the statistics only feed the moving averages
+            dy_rows = tf.reshape(dy, [-1, k * c])
+            dbeta = channel_sum(dy_rows)
+            dgamma = (channel_sum(dy_rows * rows) - mean * dbeta) * inv
+            # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = (x - mean) * inv
+            slope = scale * inv * dgamma / n
+            dx = dy * scale - x * slope + (mean * slope - scale * dbeta / n)
+            return dx, dgamma, dbeta
+
+        return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), grad
+
+    return bn(x, gamma, beta)
+
+
+@keras.saving.register_keras_serializable(package="hrnet_tfx")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' ``BatchNormalization`` (same variables, config, results and moving-average rule), except that
+    a float32 channels-last training step whose channel count is not a multiple of 4 runs
+    :func:`_batch_norm_train` instead of oneDNN's generic kernel. Everything else (inference, other
+    dtypes and widths, frozen layers) is the parent's code."""
+
+    def call(self, inputs, training=None, mask=None):
+        training = self._get_training_value(training)
+        k = _view_rows(inputs.shape)
+        if (training is not True or mask is not None or not k or inputs.dtype != tf.float32
+                or self.compute_dtype != "float32" or list(self.axis) != [len(inputs.shape) - 1]
+                or not (self.center and self.scale) or self.renorm or self.virtual_batch_size is not None):
+            return super().call(inputs, training=training, mask=mask)
+        y, mean, variance = _batch_norm_train(inputs, self.gamma, self.beta, self.epsilon, k)
+        n = tf.cast(tf.size(inputs) // inputs.shape[-1], variance.dtype)
+        self._assign_moving_average(self.moving_mean, mean, self.momentum, None)
+        self._assign_moving_average(self.moving_variance, variance * n / tf.maximum(n - 1.0, 1.0),
+                                    self.momentum, None)
+        return y
+
+    def get_build_config(self):
+        """None, as for Keras' own layers: a model rebuilt from its config builds this layer when it calls
+        it, inside the layer's name scope, so the weights keep their names (``bn1/gamma:0``)."""
+        return None
+
+
 def _kaiming_fan_out() -> keras.initializers.Initializer:
     """PyTorch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / fan_out).
 
@@ -135,7 +211,7 @@ class _Builder:
         )(x)
 
     def bn(self, x, name: str):
-        return keras.layers.BatchNormalization(
+        return BatchNormalization(
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=self.bn_dtype
         )(x)
 
