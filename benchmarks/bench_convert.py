@@ -6,8 +6,8 @@ smooth blobs + gradients + noise) in the image-folder layout, then in the same r
 
 * ``ours``: ``hrnet_tfx.data.convert`` end to end (discovery, planning, Beam FnApiRunner start-up, the
   shards, publishing; valid JPEGs kept as bytes after a header + end-marker check), with one Beam worker
-  (in-process; its read-ahead and writer threads use the second core) and, with ``--workers 2``, also two
-  worker processes (``direct_running_mode=multi_processing``);
+  (in-process) and, with ``--workers 2``, also two worker processes
+  (``direct_running_mode=multi_processing``);
 * ``ours, fixed cost``: the same on a 30-image set (Beam start-up and bookkeeping), so the per-image rate
   after it is ``N / (end to end - fixed)``;
 * ``naive``: a plain loop that fully decodes and re-encodes every image with TensorFlow
@@ -21,59 +21,60 @@ measured just before it and the CPU time per image of this process and its Beam 
 machine the wall-clock figures need a quiet re-run, the CPU figures much less so. ``--breakdown`` also
 times each stage of ours alone, one thread, on the same files.
 
-Measured (``--images 4000``: 4,200 JPEGs of 500x375, mean 107.5 KB; best of 3 rounds; the shared 2-core
-machine ran other jobs at load average 5.7-7.3 throughout, and ``perf stat`` showed the converter getting
-~0.5 of a core, so every wall-clock figure is far below what a quiet machine gives):
+Measured on the idle 2-core machine (2026-11-30, load 0.7-0.9; ``--images 4000 --breakdown``: 4,200 JPEGs of
+500x375, mean 107.5 KB, best of 3 interleaved rounds):
 
-===============================================  ============  ============  =======
-row                                              img/s         CPU us/img    load
-===============================================  ============  ============  =======
-naive TF decode + re-encode per image            123-156       3,900-4,200   5.8-7.3
-naive TF decode per image (keep bytes)           203-294       2,300-2,400   5.8-7.0
-ours (Beam, 1 worker, end to end)                2,393-2,680   248-288       5.9-6.7
-ours, per image after the fixed cost (~0.3 s)    3,004-3,298
-===============================================  ============  ============  =======
+===============================================  ============  ============
+row                                              img/s         CPU us/img
+===============================================  ============  ============
+naive TF decode + re-encode per image            294           3,395
+naive TF decode per image (keep bytes)           472           2,114
+ours (Beam, 1 worker, end to end)                4,366         224
+ours, per image after the fixed cost (0.12 s)    4,960
+===============================================  ============  ============
 
-Ratio ours / naive decode + re-encode: 15.3x and 21.9x (CPU per image: 14.5x and 15.8x); ours / naive
-decode only: 8.1x and 13.2x.
+Ratio ours / naive decode + re-encode: 14.8x (CPU per image: 15.2x); ours / naive decode only: 9.2x. The
+12x goal is met; 7,000 img/s is not.
 
-So the 12x goal is met, in wall clock and in CPU per image, and 7,000 img/s end to end is not: 2,680 at
-best, 2.6x short, on a machine whose other jobs left the converter half a core. One run with ``--repeat 2``
-(its one warm round disturbed) gave 527 img/s and 4.6x: on this machine read a single round as noise. The
-CPU per image bounds what a quiet machine can give: 248 us over three threads is at most ~8,000 img/s on
-two free cores, and with the ~0.15-0.3 s of Beam per run ~6,000-6,500 img/s end to end on 4,200 images;
-whether 7,000 is reached needs that quiet run (CPU figures also shrink without contention). The first Beam
-run in a process costs ~3 s more (Beam's one-time imports; 4.3-5.6 s vs 1.5-2.3 s measured back to back),
-which the best of 3 leaves out; ``hrnet-tfx data convert`` pays it once per command.
+**Threads cost more than they overlapped.** Until this run the converter read its inputs ahead in two
+threads and wrote the records from a third, so that reads, CRCs and writes would run beside the converting
+thread. The same morning, same machine, idle, that design ran 2,011-2,863 img/s at 314-395 us of CPU per
+image, while the stages' own work (below) is ~130 us: ``perf`` showed ~24% of the CPU in futex wake-ups
+as the threads handed each other the GIL and the records. Interleaved in one process, 3 timed rounds
+each (img/s, CPU us per image): threads 2,011-2,341 / 314-379; reads and writes in the converting thread
+3,430-4,009 / 212-217; only the reads there 2,363-3,072 / 274-300; only the writes 1,984-2,327 / 338-383.
+So local inputs are now read, and local shards written, in the converting thread; a bucket's inputs are
+still read ahead by 16 threads and its shards written from a writer thread, since there each request
+waits tens of milliseconds (not measured here).
 
-Where the time goes per image (``--breakdown``; CPU time of one thread, 50 files at a time; "before" = the
-converter before this rewrite, measured the same way in interleaved runs at load 3-9 when it was
-rewritten; "now" = two runs at load 6.6-6.7 with those above; load inflates every figure, so the
-before/now ratios are what to read):
+**More workers do not pay at this size.** Two Beam worker processes
+(``--direct_num_workers=2 --direct_running_mode=multi_processing``) took 6.9-8.5 s for the 4,200 images
+(each worker starts a Python with TensorFlow and Beam); two worker threads in one process
+(``multi_threading``) 1.6-1.8 s, slower than one. So one in-process worker is what the DirectRunner does
+best here, and its ceiling is one core: the stages alone sum to ~130-140 us per image (~7,200 img/s), and
+Beam's per-run cost and the per-image bookkeeping come on top. The second core would pay on inputs large
+enough to hide the workers' start-up (ImageNet: 1.28 M images; not measured here, where writes beyond
+~1.3 GB of new page cache cost 10-15x the CPU).
 
-=============================================  ==========  ==========  ===================================
-stage                                          before      now         now done by
-=============================================  ==========  ==========  ===================================
-read the file (open, fstat, read, close)       53-56 us    41 us       read-ahead thread(s), GIL released
-check it                                       76-93 us    11 us       converting thread
-build + serialize the tf.Example               81-97 us    42 us       converting thread
-frame + CRC-32C + write                        103-112 us  54-114 us   writer thread, GIL released
-sum                                            ~320 us     148-209 us
-Beam per element                               0           0           one element per shard
-Beam per run (start-up, bookkeeping)           ~0.25 s     0.13-0.17 s CPU; wall 0.27-0.36 s at load 6-7
-=============================================  ==========  ==========  ===================================
+Where the time goes per image (``--breakdown``; CPU time of one thread, 50 files at a time, load 0.9):
 
-Before: PIL ``Image.open`` per image, a new Example message per image, ``tf.io.TFRecordWriter`` (its CRC
-is several times slower than ``google_crc32c``'s), all in one thread, and a second Reshuffle. Now: the
-JPEG header is walked in Python and PIL opens only what is unusual (the same decisions, tested on mutated
-headers); one Example message per shard is refilled; uncompressed records are framed with
-``google_crc32c`` and written with one ``os.writev`` each (TFRecordWriter's bytes, tested;
-``tf.io.gfile``'s ``GFile.write`` would hold the GIL during the write); inputs are read ahead by a thread
-and records written by another, so reads, CRCs and writes run beside the converting thread, whose own
-work is ~50 us per image; one in-process worker skips Create's Reshuffle. What is left per image is
-mostly copying: the kernel's copy in and out of the page cache, and protobuf's copies of the image into
-the message and out of it. Two worker processes (``--workers 2``) pay ~10-15 s of start-up each run
-(every worker imports TensorFlow and Beam), so they pay only on large inputs.
+=============================================  ==========
+stage                                          us/image
+=============================================  ==========
+read the file (open, fstat, read, close)       35.5
+check it (JPEG header walk, end marker)        11.5
+build + serialize the tf.Example               40.6
+frame + CRC-32C + write                        50.9
+sum                                            138.5
+Beam per element                               0 (one element per shard)
+Beam per run (start-up, bookkeeping)           0.12 s
+=============================================  ==========
+
+The JPEG header is walked in Python and PIL opens only what is unusual (the same decisions, tested on
+mutated headers); one Example message per shard is refilled; uncompressed records are framed with
+``google_crc32c`` and written with one ``os.writev`` each (TFRecordWriter's bytes, tested); one in-process
+worker skips Create's Reshuffle. What is left per image is mostly copying: the kernel's copy in and out of
+the page cache, and protobuf's copies of the image into the message and out of it.
 
     python benchmarks/bench_convert.py --images 4000 --breakdown
     python benchmarks/bench_convert.py --images 4000 --workers 2

@@ -25,16 +25,36 @@ def _files(tmp_path, sizes) -> list[str]:
     return paths
 
 
-def test_order_and_errors_in_place(tmp_path):
+@pytest.mark.parametrize("threads", [0, 3])
+def test_order_and_errors_in_place(tmp_path, threads):
     paths = _files(tmp_path, [10, 2000, 5, 300])
     os.mkfifo(tmp_path / "fifo")
     paths[2:2] = [str(tmp_path / "missing"), str(tmp_path / "fifo"), str(tmp_path / "big")]
     (tmp_path / "big").write_bytes(b"x" * 5000)
-    with storage.ReadAhead(paths, max_bytes=4000, threads=3) as reads:
+    with storage.ReadAhead(paths, max_bytes=4000, threads=threads) as reads:
         got = list(reads)
     assert [len(d) if d is not None else e.reason for d, e, _ in got] == [
         10, 2000, "unreadable", "not_a_file", "too_large", 5, 300]
     assert [n for _, _, n in got] == [10, 2000, 0, 0, 0, 5, 300]
+
+
+def test_local_files_are_read_in_the_consumers_thread_as_they_are_used(tmp_path):
+    """Local reads start no thread (handing files and the GIL between threads cost the converter more CPU
+    than it overlapped); a bucket's files are read ahead in threads."""
+    paths = _files(tmp_path, [100] * 20)
+    before = threading.active_count()
+    with storage.ReadAhead(paths, max_bytes=1000) as reads:
+        for i, (data, _, n) in enumerate(reads):
+            assert threading.active_count() == before and reads._next_read == 0
+            assert data == bytes([i]) * 100
+            reads.release(n)
+    assert reads._used == 0
+    remote = [f"ram://local_or_not/{i}" for i in range(3)]
+    for path in remote:
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(b"x")
+    with storage.ReadAhead(remote, max_bytes=1000) as reads:
+        assert len(reads._threads) == 3 and len(list(reads)) == 3
 
 
 def test_reads_go_ahead_up_to_the_budget_and_no_further(tmp_path):

@@ -18,10 +18,11 @@ Four stages:
    task is written to its own small JSON file in the staging area.
 2. **Run** (Beam): ``Create(task files) | ParDo(WriteShard)`` (``Create`` ends in a ``Reshuffle`` that
    spreads the tasks over the workers, unless one in-process worker runs them all). Each task (one Beam
-   element per shard, so Beam costs nothing per image) reads its inputs ahead in threads
-   (:class:`hrnet_tfx.data.storage.ReadAhead`), checks and fixes them (:mod:`hrnet_tfx.data.images`),
-   builds the records in key order while a writer thread writes them to the shard
-   (:class:`hrnet_tfx.data.records.RecordWriter`), renames the shard into place, then writes a small
+   element per shard, so Beam costs nothing per image) reads its inputs
+   (:class:`hrnet_tfx.data.storage.ReadAhead`: as they are used when local, ahead in threads from a
+   bucket), checks and fixes them (:mod:`hrnet_tfx.data.images`), builds the records in key order and
+   writes them to the shard (:class:`hrnet_tfx.data.records.RecordWriter`; from a writer thread when the
+   output is a bucket), renames the shard into place, then writes a small
    result file (counts, skipped and fixed inputs). Only file names cross the shuffle, never image bytes,
    so the DirectRunner's memory stays flat even for ImageNet; a worker holds at most the read-ahead budget
    of input bytes per shard in flight.
@@ -293,10 +294,11 @@ class WriteShard(beam.DoFn):
 
 
 class _ShardWriter:
-    """Writes a shard's records in order from a background thread: the CRC and (local) write calls release
-    the GIL, so they run on another core while the next image is checked and built. Each record's ``done``
-    callback runs once it is written (it returns the input's bytes to the read-ahead budget). A write
-    error stops the writing and is raised by the next :meth:`write` or on leaving the context."""
+    """Writes a shard's records in order: a local shard in the calling thread (handing each record to a
+    writing thread cost more CPU than the write itself, see :data:`storage.READ_AHEAD_THREADS`), a bucket's
+    from a background thread, so its uploads overlap the next images. Each record's ``done`` callback runs
+    once it is written (it returns the input's bytes to the read-ahead budget). A write error stops the
+    writing and is raised by the next :meth:`write` or on leaving the context."""
 
     _QUEUE = 16  # records waiting: enough to smooth the two threads, few enough that memory is reused
 
@@ -305,33 +307,41 @@ class _ShardWriter:
         self._queue: queue.Queue = queue.Queue(self._QUEUE)
         self._error: BaseException | None = None
         self.examples = self.bytes = 0
-        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if not storage.is_local(path):
+            self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+            self._thread.start()
 
     def write(self, record: bytes, done: Callable[[], None] | None = None) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put((record, done))
+        if self._thread is None:
+            self._write(record, done)
+        else:
+            self._queue.put((record, done))
+
+    def _write(self, record: bytes, done: Callable[[], None] | None) -> None:
+        if self._error is None:
+            try:
+                self._writer.write(record)
+                self.examples += 1
+                self.bytes += len(record)
+            except BaseException as e:  # raised by the next write() or on leaving
+                self._error = e
+        if done:
+            done()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            record, done = item
-            if self._error is None:
-                try:
-                    self._writer.write(record)
-                    self.examples += 1
-                    self.bytes += len(record)
-                except BaseException as e:  # raised in the converting thread
-                    self._error = e
-            if done:
-                done()
+            self._write(*item)
 
     def __enter__(self) -> "_ShardWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
         try:
             self._writer.close()
         except Exception:

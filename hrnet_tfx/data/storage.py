@@ -199,22 +199,25 @@ READ_AHEAD_FILES_PER_THREAD = 4
 """How many files :class:`ReadAhead` reads ahead per thread at most (at least 8): enough to keep a local
 disk or an object store busy, and few enough that the memory of files just used is reused for the next
 ones (reading hundreds ahead costs ~15 fresh-page faults per 110 KB file, measured)."""
-READ_AHEAD_THREADS = {"local": 2, "remote": 16}
-"""Reading threads: a read from the page cache takes tens of microseconds, so one thread keeps ahead of the
-consumer and a second keeps a cold disk's queue busy (1 and 2 measure the same from the cache); an object
-store answers each request after tens of milliseconds, so many requests are kept open."""
+READ_AHEAD_THREADS = {"local": 0, "remote": 16}
+"""Reading threads (0: each file is read when it is used, in the consumer's thread). A local read from the
+page cache takes ~30 us and holds the CPU anyway, and handing each file and the GIL between threads cost
+more than it overlapped: the converter with one reading and one writing thread beside it used 314-379 us
+of CPU per image, in one thread 212-217 us, and ran 1.5-1.7x faster (``benchmarks/bench_convert.py``). An
+object store answers each request after tens of milliseconds, so there many requests are kept open."""
 
 
 class ReadAhead:
-    """Reads input files (:func:`read_input`'s checks and bounds) in threads ahead of their use, in order.
+    """Reads input files (:func:`read_input`'s checks and bounds) in threads ahead of their use, in order,
+    or with ``threads=0`` (local files, :data:`READ_AHEAD_THREADS`) each in the consumer's thread as it is
+    used.
 
     Iterating yields ``(data, error, nbytes)`` per path: the bytes, or None and the
     :class:`InputFileError`. The ``nbytes`` of each file stay counted against ``budget`` until the consumer
     calls :meth:`release` with them (after it has written what it made of them): a read waits while the
     budget is spent, except the read of the file the consumer needs next, so at most ``budget`` bytes plus
     one file are held beyond what the consumer holds, whatever the files' sizes, and a file larger than the
-    budget never blocks the pipeline. Local reads release the GIL, so they overlap the consumer's work on
-    another core; on an object store many requests wait at once. Threads and consumer share one lock and
+    budget never blocks the pipeline. On an object store many requests wait at once. Threads and consumer share one lock and
     wake each other only when one of them waits. Use it as a context manager: leaving it (also by an
     exception) stops the reads.
     """
@@ -228,7 +231,7 @@ class ReadAhead:
         self._consumer_waits = self._closed = False
         if threads is None:
             threads = READ_AHEAD_THREADS["local" if all(is_local(p) for p in self._paths[:1]) else "remote"]
-        threads = max(1, min(threads, len(self._paths)))
+        threads = min(threads, len(self._paths))
         self._ahead = max(8, READ_AHEAD_FILES_PER_THREAD * threads)
         self._threads = [threading.Thread(target=self._run, name="read-ahead", daemon=True)
                          for _ in range(threads)]
@@ -294,6 +297,11 @@ class ReadAhead:
 
     def __iter__(self) -> Iterator[tuple[bytes | None, InputFileError | None, int]]:
         for index in range(len(self._paths)):
+            if not self._threads:  # read now, in this thread
+                self._next_use = index
+                data, error, nbytes = self._read(index, self._paths[index])
+                yield data, error, nbytes
+                continue
             with self._cond:
                 self._next_use = index
                 if self._sleepers:
