@@ -2,12 +2,18 @@
 
 Not a user script. Protocol, one JSON object per line: after start-up the worker prints
 ``{"ready": ...}`` (or ``{"error": ...}`` and exits); then for every request read from stdin,
-``{"op": "infer" | "train", "steps": N, "bf16": bool}``, it runs N steps and prints
+``{"op": "infer" | "train", "steps": N, "bf16": bool, "frozen": bool}``, it runs N steps and prints
 ``{"seconds": ...}``. ``{"op": "quit"}`` or end of input stops it. Between requests it only blocks on
 stdin, so it never competes with the Keras measurements for the CPU.
+
+``frozen`` (inference only) runs the model as PyTorch's own inference-only form: ``torch.jit.trace``, then
+``torch.jit.freeze`` (BN folded into the convolutions, weights as constants) and
+``torch.jit.optimize_for_inference`` (oneDNN weight prepacking), built on first use; the bf16 one is the
+model cast to bfloat16 (weights and input, as our folded bf16 export) rather than autocast.
 """
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -63,14 +69,28 @@ def main():
         loss.backward()
         opt.step()
 
-    steps = {"infer": infer, "train": train}
+    frozen = {}
+
+    def infer_frozen(bf16):
+        if bf16 not in frozen:
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            net = copy.deepcopy(model).eval().to(dtype)
+            with torch.inference_mode(False), torch.no_grad():
+                traced = torch.jit.trace(net, x.to(dtype))
+                frozen[bf16] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                for _ in range(3):  # the profiling executor specializes on the first calls
+                    frozen[bf16](x.to(dtype))
+        with torch.no_grad():
+            frozen[bf16](x.to(torch.bfloat16 if bf16 else torch.float32))
+
+    steps = {"infer": infer, "train": train, "infer_frozen": infer_frozen}
     reply(ready=True, torch=torch.__version__, timm=timm.__version__,
           threads=torch.get_num_threads(), inter_threads=torch.get_num_interop_threads())
     for line in sys.stdin:
         req = json.loads(line)
         if req["op"] == "quit":
             break
-        fn = steps[req["op"]]
+        fn = steps["infer_frozen" if req.get("frozen") else req["op"]]
         start = time.perf_counter()
         for _ in range(req["steps"]):
             fn(req.get("bf16", False))

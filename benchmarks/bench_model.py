@@ -27,7 +27,10 @@ other processes on a shared machine hits both sides alike.
 (what a serving process can set): oneDNN then reorders each convolution's weights into its blocked layout
 once and reuses them, instead of on every call (8-15% of a folded inference step here). The setting is
 process-wide and ignores later changes to the weights (a training step would keep computing with the first
-weights), so it is for serving processes only and this mode has no train column.
+weights), so it is for serving processes only and this mode has no train column. With ``--vs-timm`` it also
+measures timm's own inference-only form (``timm ... frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` +
+``torch.jit.optimize_for_inference``, which folds BN and prepacks the oneDNN weights; bf16 as a model cast
+to bfloat16), so the weight-caching rows are compared with timm given the same advantage.
 
 Reading the ratio: ``ours/timm`` is Keras images/s divided by timm images/s measured in the same run;
 above 1 means ours is faster. Compare ratios between runs, not absolute images/s (those depend on
@@ -177,11 +180,11 @@ class TimmWorker:
 
 
 class TimmRow:
-    def __init__(self, label, worker, bf16, ops=OPS):
-        self.label, self.worker, self.bf16, self.ops = label, worker, bf16, ops
+    def __init__(self, label, worker, bf16, ops=OPS, frozen=False):
+        self.label, self.worker, self.bf16, self.ops, self.frozen = label, worker, bf16, ops, frozen
 
     def run(self, op, steps):
-        return self.worker.request(op=op, steps=steps, bf16=self.bf16)["seconds"]
+        return self.worker.request(op=op, steps=steps, bf16=self.bf16, frozen=self.frozen)["seconds"]
 
 
 def measure(rows, args):
@@ -219,10 +222,10 @@ def report(rows, results, args):
     print(f"{'':34s}{'inference img/s':>24s}{'train step img/s':>24s}")
     for r in rows:
         print(f"{r.label:34s}{cell(r.label, 'infer'):>24s}{cell(r.label, 'train'):>24s}")
-    timm_rows = {r.bf16: r for r in rows if isinstance(r, TimmRow)}
     for r in rows:
-        ref = timm_rows.get(r.bf16)
-        if isinstance(r, KerasRow) and ref is not None:
+        for ref in [t for t in rows if isinstance(t, TimmRow) and t.bf16 == r.bf16]:
+            if not isinstance(r, KerasRow):
+                continue
             ratios = [f"{statistics.median(results[(r.label, op)]) / statistics.median(results[(ref.label, op)]):.2f}"
                       if (r.label, op) in results else "-" for op in OPS]
             name = f"ratio ({r.label[6:]}/{ref.label[5:]})"
@@ -264,6 +267,10 @@ def main(argv=None):
         rows.append(TimmRow("timm float32", worker, False, args.ops))
         if bf16:
             rows.append(TimmRow("timm bf16", worker, True, args.ops))
+        if args.assume_frozen_weights:  # timm's own inference-only form beside ours
+            rows.append(TimmRow("timm float32 frozen", worker, False, ("infer",), frozen=True))
+            if bf16:
+                rows.append(TimmRow("timm bf16 frozen", worker, True, ("infer",), frozen=True))
     try:
         print("# tracing/compiling (first call of every function) ...", file=sys.stderr, flush=True)
         for r in rows:

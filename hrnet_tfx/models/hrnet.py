@@ -2,8 +2,10 @@
 
 The network is assembled from small functional building blocks (:func:`basic_block`,
 :func:`bottleneck`, :func:`transition`, :func:`hr_module`, :func:`classification_head`) out of stock
-Keras layers plus one weightless subclass of ``UpSampling2D`` (:class:`NearestUpSampling2D`, same
-config, same output, XLA-trainable); :func:`count_weights` runs the same description on shapes to count
+Keras layers plus two subclasses with the parent's config, variables and results: a weightless
+``UpSampling2D`` (:class:`NearestUpSampling2D`, XLA-trainable, cheaper gradient) and a
+``BatchNormalization`` whose training step avoids oneDNN's generic kernel for narrow channel counts
+(:class:`BatchNormalization`); :func:`count_weights` runs the same description on shapes to count
 the weights and multiply-adds of a full-size variant without building it. The model serialises
 (``get_config``, SavedModel, checkpoints); a Keras SavedModel loads without custom objects, and exports for
 TFMA/TF Serving are plain SavedModels.

@@ -1,6 +1,8 @@
 """``serve()``: TF Serving's ``tensorflow_model_server`` on a model base when it is installed, else the
 development server (:mod:`hrnet_tfx.serving.dev`, for development, tests and the demo). Both serve the latest
-version of one model on the same ports and stop cleanly on SIGINT/SIGTERM; only TF Serving batches.
+version of one model on the same ports and stop cleanly on SIGINT/SIGTERM; only TF Serving batches; only
+the development server is started with oneDNN weight caching (:data:`WEIGHT_CACHE_ENV`, measured here;
+TF Serving is not installed on the machines this project is measured on).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_SERVER = "tensorflow_model_server"
+
+WEIGHT_CACHE_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+"""With ``1``, TensorFlow's oneDNN convolutions reorder their weights into oneDNN's layout once and reuse
+them, instead of on every call (8-15% of a float32 folded inference step; ``benchmarks/README.md``). It
+is read once per process and ignores later changes to a loaded model's weights, so it is only for a
+process that never trains; each newly loaded version gets its own kernels (tested)."""
 
 
 def model_server_command(binary: str, model_name: str, model_dir: str, *, grpc_port: int = 8500,
@@ -78,7 +86,7 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
           host: str = "0.0.0.0", poll_seconds: float = 1.0, batching: BatchingOptions | None = None,
           use_model_server: bool | None = None, model_server_binary: str | None = None,
           dev_options: "DevServerOptions | None" = None, extra_model_server_args: Sequence[str] = (),
-          grace: float = 10.0) -> int:
+          grace: float = 10.0, cache_weights: bool = False) -> int:
     """Serves the latest version of a model from a TF Serving model base until SIGINT/SIGTERM.
 
     Args:
@@ -97,6 +105,9 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
         arguments above).
       extra_model_server_args: more ``tensorflow_model_server`` flags.
       grace: development server only: seconds in-flight requests get at shutdown.
+      cache_weights: development server only: sets :data:`WEIGHT_CACHE_ENV` to 1 (unless it is set) before
+        the model loads. Only for a process that never trains (``hrnet-tfx serve`` passes True); it has no
+        effect once the process has run a convolution.
 
     Returns:
       The exit code: 0 after a clean shutdown (the model server's own code when it runs).
@@ -132,6 +143,9 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
     if batching is not None:
         log.warning("batching is done by tensorflow_model_server; the development server runs each request on "
                     "its own")
+    if cache_weights:
+        os.environ.setdefault(WEIGHT_CACHE_ENV, "1")
+    log.info("oneDNN weight caching (%s): %s", WEIGHT_CACHE_ENV, os.environ.get(WEIGHT_CACHE_ENV, "unset"))
     options = dataclasses.replace(dev_options or DevServerOptions(), host=host, grpc_port=grpc_port,
                                   rest_port=rest_port or None, poll_seconds=poll_seconds)
     return run_dev_server(model_base, name, options, grace=grace)
