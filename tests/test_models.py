@@ -382,3 +382,15 @@ def test_models_use_the_narrow_batch_norm_and_it_round_trips():
     assert config["registered_name"] == "hrnet_tfx>BatchNormalization"
     again = keras.saving.deserialize_keras_object(config)
     assert type(again) is BatchNormalization and again.get_config() == layer.get_config()
+
+
+def test_narrow_batch_norm_is_exact_for_a_large_mean():
+    """The variance is taken around the batch mean: inputs at mean 1000, std 0.5 (where E[x^2] - mean^2 in
+    float32 would lose most digits) normalize like a float64 reference."""
+    x = (1000.0 + 0.5 * np.random.default_rng(4).standard_normal([4, 6, 10, 18])).astype(np.float32)
+    layer = BatchNormalization(momentum=0.0, epsilon=1e-5)
+    y = layer(tf.constant(x), training=True).numpy()
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), var * x[..., 0].size / (x[..., 0].size - 1), rtol=1e-3)

@@ -106,35 +106,33 @@ def _view_rows(shape) -> int:
 def _batch_norm_train(x, gamma, beta, epsilon: float, k: int):
     """Training-mode batch norm of float32 NHWC ``x`` over (N, H, W), with its gradient written out.
 
-    The sums run on a ``[N*H*W/k, k*C]`` view of ``x`` (``k`` pixels per row), so a narrow channel axis
-    (HRNet-W18's 18) still gives long vectorized rows. oneDNN 3.3 runs a BN whose channel count is not a
-    multiple of 4 in its generic kernel: for [8, 56, 56, 18], forward + gradient took 12.8 ms of CPU fused
-    and 4.6 ms here (``benchmarks/README.md``). Returns (output, batch mean, biased batch variance).
+    The sums run on a ``[N*H*W/k, k*C]`` view (``k`` pixels per row), so a narrow channel axis (HRNet-W18's
+    18) still gives long vectorized rows. oneDNN 3.3 runs a BN whose channel count is not a multiple of 4
+    in its generic kernel: for [8, 56, 56, 18], forward + gradient took 13.7 ms of CPU fused and 4.5 ms
+    here (``benchmarks/README.md``). The variance is taken around the batch mean (two passes), so a large
+    mean does not cancel it away. Returns (output, batch mean, biased batch variance).
     """
+    c = x.shape[-1]
+
+    def channel_sum(t):
+        return tf.reduce_sum(tf.reshape(tf.reduce_sum(tf.reshape(t, [-1, k * c]), 0), [k, c]), 0)
 
     @tf.custom_gradient
     def bn(x, gamma, beta):
-        c = x.shape[-1]
-        rows = tf.reshape(x, [-1, k * c])
-        n = tf.cast(tf.shape(rows)[0] * k, x.dtype)
-
-        def channel_sum(r):
-            return tf.reduce_sum(tf.reshape(tf.reduce_sum(r, 0), [k, c]), 0)
-
-        mean = channel_sum(rows) / n
-        variance = tf.maximum(channel_sum(rows * rows) / n - mean * mean, 0.0)
+        n = tf.cast(tf.size(x) // c, x.dtype)
+        mean = channel_sum(x) / n
+        centered = x - mean
+        variance = channel_sum(centered * centered) / n
         inv = tf.math.rsqrt(variance + epsilon)
         scale = gamma * inv
-        y = x * scale + (beta - mean * scale)
+        y = centered * scale + beta
 
         def grad(dy, dmean, dvariance):
             del dmean, dvariance  # the statistics only feed the moving averages
-            dy_rows = tf.reshape(dy, [-1, k * c])
-            dbeta = channel_sum(dy_rows)
-            dgamma = (channel_sum(dy_rows * rows) - mean * dbeta) * inv
-            # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = (x - mean) * inv
-            slope = scale * inv * dgamma / n
-            dx = dy * scale - x * slope + (mean * slope - scale * dbeta / n)
+            dbeta = channel_sum(dy)
+            dgamma = channel_sum(dy * centered) * inv
+            # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = centered * inv
+            dx = (dy - dbeta / n - centered * (inv * dgamma / n)) * scale
             return dx, dgamma, dbeta
 
         return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), grad
