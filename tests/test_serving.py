@@ -863,7 +863,8 @@ def test_with_weight_caching_a_new_version_serves_its_own_weights(exported, imag
     base = tmp_path / "base"
     shutil.copytree(exported["v1"], base / "hrnet" / "1")
     staged = tmp_path / "staging-2"
-    copy_version(str(exported["v1"]), str(staged), lambda name, value, shapes: value * 0.5 if len(shapes[name]) == 4 else value)
+    copy_version(str(exported["v1"]), str(staged),
+                 lambda name, value, shapes: value * 0.5 if len(shapes[name]) == 4 else value)  # every kernel
     expected_v2 = tf.saved_model.load(str(staged)).signatures["predict_images"](
         images=tf.constant(images))["probabilities"].numpy()
     assert np.abs(expected_v2 - reference["probabilities"]).max() > 1e-3  # the versions answer differently

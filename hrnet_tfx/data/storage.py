@@ -217,8 +217,8 @@ class ReadAhead:
     calls :meth:`release` with them (after it has written what it made of them): a read waits while the
     budget is spent, except the read of the file the consumer needs next, so at most ``budget`` bytes plus
     one file are held beyond what the consumer holds, whatever the files' sizes, and a file larger than the
-    budget never blocks the pipeline. On an object store many requests wait at once. Threads and consumer share one lock and
-    wake each other only when one of them waits. Use it as a context manager: leaving it (also by an
+    budget never blocks the pipeline. On an object store many requests wait at once. Threads and consumer
+    share one lock and wake each other only when one of them waits. Use it as a context manager: leaving it (also by an
     exception) stops the reads.
     """
 
