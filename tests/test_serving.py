@@ -887,15 +887,19 @@ def test_serve_sets_weight_caching_only_when_asked(exported, monkeypatch):
     set it; the Python API leaves it alone (a process that trains must not have it)."""
     import hrnet_tfx.serving.server as server_lib
 
+    original = os.environ.get(server_lib.WEIGHT_CACHE_ENV)
     calls = []
     monkeypatch.setattr("hrnet_tfx.serving.dev.server.run_dev_server", lambda *a, **k: calls.append(
         os.environ.get(server_lib.WEIGHT_CACHE_ENV)) or 0)
-    monkeypatch.delenv(server_lib.WEIGHT_CACHE_ENV, raising=False)
+    monkeypatch.setenv(server_lib.WEIGHT_CACHE_ENV, "x")  # records the original state, restored after the test
+    monkeypatch.delenv(server_lib.WEIGHT_CACHE_ENV)
     assert serve(str(exported["base"]), use_model_server=False) == 0
     assert serve(str(exported["base"]), use_model_server=False, cache_weights=True) == 0
     monkeypatch.setenv(server_lib.WEIGHT_CACHE_ENV, "0")
     assert serve(str(exported["base"]), use_model_server=False, cache_weights=True) == 0
     assert calls == [None, "1", "0"]
+    monkeypatch.undo()
+    assert os.environ.get(server_lib.WEIGHT_CACHE_ENV) == original  # nothing leaks into later tests' workers
 
 
 def hold_runs(server):

@@ -120,6 +120,20 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
         validate(good.replace(init_from=str(tmp_path / "w.pth")), 1)
 
 
+def test_training_refuses_serving_weight_caching(color_records, tmp_path, monkeypatch):
+    """TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 (what ``hrnet-tfx serve`` sets) makes oneDNN keep the first weights it
+    saw; a 2-worker training run under it went NaN. Training refuses it, naming it; evaluation does not."""
+    good = _config(color_records, tmp_path / "m")
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+    with pytest.raises(ConfigError, match=r"^TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 is set: oneDNN would keep computing "
+                       r"with the first weights .* unset it to train"):
+        validate(good, 1)
+    with pytest.raises(ConfigError, match="eval-only needs a checkpoint"):  # past the check
+        validate(good, 1, eval_only=True)
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "0")
+    validate(good, 1)
+
+
 def test_worker_command_is_the_outside_launcher_entry_point():
     cmd = worker_command("/cfg.json", eval_only=True)
     assert cmd[1:] == ["-m", "hrnet_tfx.training.worker", "--config", "/cfg.json", "--eval-only"]

@@ -68,6 +68,11 @@ def _one_line(error: tf.errors.OpError) -> str:
     return " ".join(error.message.split())
 
 
+FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+"""oneDNN's weight caching for serving (``hrnet_tfx.serving.server.WEIGHT_CACHE_ENV``): a training run
+refuses it."""
+
+
 def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> None:
     """Checks everything that can be checked before a worker starts, with messages naming the problem."""
     try:
@@ -91,6 +96,10 @@ def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
                 f"eval-only needs a checkpoint: {checkpoint_dir(config)} has none and init_from is empty"
             )
     else:
+        if os.environ.get(FROZEN_WEIGHTS_ENV, "0").strip().lower() not in ("", "0", "false"):
+            raise ConfigError(f"{FROZEN_WEIGHTS_ENV}={os.environ[FROZEN_WEIGHTS_ENV]} is set: oneDNN would keep "
+                              "computing with the first weights each convolution saw and the training would diverge; "
+                              "it is for serving processes only, unset it to train")
         data_files(config.train_files, "train_files")
         if config.export_dir and tf.io.gfile.exists(config.export_dir):
             raise ConfigError(f"export_dir {config.export_dir} already exists: remove it or export elsewhere")
