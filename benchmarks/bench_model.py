@@ -54,10 +54,9 @@ import subprocess
 import sys
 import time
 
-import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from hrnet_tfx import WEIGHT_CACHE_ENV  # (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 OPS = ("infer", "train")
-FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_timm_worker.py")
 
 
@@ -80,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--timm-layout", default="channels_last", choices=("channels_last", "nchw"),
                    help="timm's memory format (default channels_last: PyTorch's fastest on the CPU)")
     p.add_argument("--assume-frozen-weights", action="store_true",
-                   help=f"inference only, with {FROZEN_WEIGHTS_ENV}=1 (oneDNN caches reordered weights; serving only)")
+                   help=f"inference only, with {WEIGHT_CACHE_ENV}=1 (oneDNN caches reordered weights; serving only)")
     p.add_argument("--settle", type=float, default=0.3, help="idle seconds before each timed run")
     args = p.parse_args(argv)
     args.ops = ("infer",) if args.assume_frozen_weights else OPS
@@ -236,7 +235,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if args.assume_frozen_weights:  # read once, when TensorFlow's first oneDNN convolution runs
-        os.environ[FROZEN_WEIGHTS_ENV] = "1"
+        os.environ[WEIGHT_CACHE_ENV] = "1"
     worker = TimmWorker(args) if args.vs_timm else None  # fail fast before the slow Keras build
 
     import tensorflow as tf
@@ -250,7 +249,7 @@ def main(argv=None):
           f"inter {args.inter_threads}; {args.repeats} timed runs of {args.steps} steps after "
           f"{args.warmup} warm-up rounds; median (min-max)")
     print(f"# TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, "
-          f"{FROZEN_WEIGHTS_ENV}={os.environ.get(FROZEN_WEIGHTS_ENV, 'unset')}"
+          f"{WEIGHT_CACHE_ENV}={os.environ.get(WEIGHT_CACHE_ENV, 'unset')}"
           + (f"; torch {worker.info['torch']}, timm {worker.info['timm']} (threads "
              f"{worker.info['threads']}/{worker.info['inter_threads']}"
              f", {args.timm_layout})" if worker else ""))

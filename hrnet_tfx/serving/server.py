@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from typing import TYPE_CHECKING, Sequence
 
+from hrnet_tfx import WEIGHT_CACHE_ENV
 from hrnet_tfx.serving.batching import BatchingOptions
 from hrnet_tfx.serving.model_base import resolve_model
 
@@ -26,11 +27,6 @@ log = logging.getLogger(__name__)
 
 MODEL_SERVER = "tensorflow_model_server"
 
-WEIGHT_CACHE_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
-"""With ``1``, TensorFlow's oneDNN convolutions reorder their weights into oneDNN's layout once and reuse
-them, instead of on every call (8-15% of a float32 folded inference step; ``benchmarks/README.md``). It
-is read once per process and ignores later changes to a loaded model's weights, so it is only for a
-process that never trains; each newly loaded version gets its own kernels (tested)."""
 
 
 def model_server_command(binary: str, model_name: str, model_dir: str, *, grpc_port: int = 8500,

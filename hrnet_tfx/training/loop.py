@@ -19,7 +19,7 @@ import logging
 import os
 import time
 
-import hrnet_tfx  # noqa: F401
+from hrnet_tfx import WEIGHT_CACHE_ENV  # (also sets TF_USE_LEGACY_KERAS first)
 import tensorflow as tf
 import tf_keras as keras
 
@@ -68,11 +68,6 @@ def _one_line(error: tf.errors.OpError) -> str:
     return " ".join(error.message.split())
 
 
-FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
-"""oneDNN's weight caching for serving (``hrnet_tfx.serving.server.WEIGHT_CACHE_ENV``): a training run
-refuses it."""
-
-
 def validate(config: TrainConfig, num_workers: int, eval_only: bool = False) -> None:
     """Checks everything that can be checked before a worker starts, with messages naming the problem."""
     try:
@@ -96,8 +91,8 @@ def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
                 f"eval-only needs a checkpoint: {checkpoint_dir(config)} has none and init_from is empty"
             )
     else:
-        if os.environ.get(FROZEN_WEIGHTS_ENV, "0").strip().lower() not in ("", "0", "false"):
-            raise ConfigError(f"{FROZEN_WEIGHTS_ENV}={os.environ[FROZEN_WEIGHTS_ENV]} is set: oneDNN would keep "
+        if os.environ.get(WEIGHT_CACHE_ENV, "0").strip().lower() not in ("", "0", "false"):
+            raise ConfigError(f"{WEIGHT_CACHE_ENV}={os.environ[WEIGHT_CACHE_ENV]} is set: oneDNN would keep "
                               "computing with the first weights each convolution saw and the training would diverge; "
                               "it is for serving processes only, unset it to train")
         data_files(config.train_files, "train_files")
