@@ -33,8 +33,14 @@ ours (Beam, 1 worker, end to end)                4,366         224
 ours, per image after the fixed cost (0.12 s)    4,960
 ===============================================  ============  ============
 
-Ratio ours / naive decode + re-encode: 14.8x (CPU per image: 15.2x); ours / naive decode only: 9.2x. The
-12x goal is met; 7,000 img/s is not.
+Ratio ours / naive decode + re-encode: 14.8x (CPU per image: 15.2x); ours / naive decode only: 9.2x. A
+re-run later that day (load 1.1-1.2): ours 4,344 img/s, 200 us/img (5,192 after a 0.16 s fixed cost),
+naive 273 and 454 img/s, 15.9x and 9.6x. The 12x goal is met; 7,000 img/s is not.
+
+**A larger run** (``--images 4000 --links 10 --workers 2 --no-naive``: 42,000 inputs, ten hard links to
+each of the 4,200 files, so the reads still come from the page cache; best of 3, load 1.0-1.4): one
+in-process worker 6,300 img/s end to end, 150 us of CPU per image, 6,420 img/s after the fixed cost; two
+worker processes 3,328 img/s, 465 us per image (0.53x one worker).
 
 **Threads cost more than they overlapped.** Until this run the converter read its inputs ahead in two
 threads and wrote the records from a third, so that reads, CRCs and writes would run beside the converting
@@ -47,14 +53,13 @@ So local inputs are now read, and local shards written, in the converting thread
 still read ahead by 16 threads and its shards written from a writer thread, since there each request
 waits tens of milliseconds (not measured here).
 
-**More workers do not pay at this size.** Two Beam worker processes
+**More workers do not pay here.** Two Beam worker processes
 (``--direct_num_workers=2 --direct_running_mode=multi_processing``) took 6.9-8.5 s for the 4,200 images
-(each worker starts a Python with TensorFlow and Beam); two worker threads in one process
-(``multi_threading``) 1.6-1.8 s, slower than one. So one in-process worker is what the DirectRunner does
-best here, and its ceiling is one core: the stages alone sum to ~130-140 us per image (~7,200 img/s), and
-Beam's per-run cost and the per-image bookkeeping come on top. The second core would pay on inputs large
-enough to hide the workers' start-up (ImageNet: 1.28 M images; not measured here, where writes beyond
-~1.3 GB of new page cache cost 10-15x the CPU).
+(each worker starts a Python with Beam, ~2.3 s to import alone, and TensorFlow); two worker threads in one
+process (``multi_threading``) 1.6-1.8 s, slower than one. On ten times the inputs (above) the two processes
+are still 0.53x one worker, at three times its CPU per image. So one in-process worker is what the
+DirectRunner does best on these 2 cores, and its ceiling is one core: the stages alone sum to ~130 us
+per image (~7,700 img/s), and Beam's per-run cost and the per-image bookkeeping (~20 us) come on top.
 
 Where the time goes per image (``--breakdown``; CPU time of one thread, 50 files at a time, load 0.9):
 
@@ -70,6 +75,8 @@ Beam per element                               0 (one element per shard)
 Beam per run (start-up, bookkeeping)           0.12 s
 =============================================  ==========
 
+(The re-run later that day: 33.0, 9.7, 36.5 and 49.8 us, sum 129.0; Beam per run 0.16 s.)
+
 The JPEG header is walked in Python and PIL opens only what is unusual (the same decisions, tested on
 mutated headers); one Example message per shard is refilled; uncompressed records are framed with
 ``google_crc32c`` and written with one ``os.writev`` each (TFRecordWriter's bytes, tested); one in-process
@@ -78,6 +85,7 @@ the page cache, and protobuf's copies of the image into the message and out of i
 
     python benchmarks/bench_convert.py --images 4000 --breakdown
     python benchmarks/bench_convert.py --images 4000 --workers 2
+    python benchmarks/bench_convert.py --images 4000 --links 10 --workers 2 --no-naive
 """
 
 from __future__ import annotations
@@ -123,6 +131,22 @@ def generate(cache: str, n: int, width: int, height: int, classes: int = 10, see
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
     open(done, "w").close()
     return cache
+
+
+def hard_linked(cache: str, copies: int) -> str:
+    """A folder with ``copies`` hard links to each image of ``cache``, named apart: a conversion ``copies``
+    times larger whose inputs share one page-cache copy, without generating or storing more bytes."""
+    root = f"{cache}_links{copies}"
+    if os.path.exists(os.path.join(root, ".done")):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    for path in _files(cache):
+        rel = os.path.relpath(path, cache)
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        for k in range(copies):
+            os.link(path, os.path.join(root, os.path.dirname(rel), f"copy{k}_{os.path.basename(rel)}"))
+    open(os.path.join(root, ".done"), "w").close()
+    return root
 
 
 def _files(root: str) -> list[str]:
@@ -215,6 +239,10 @@ def main(argv=None) -> None:
                    help="interleaved rounds; the best time of each counts (the first round's Beam run also pays "
                         "the process's one-time Beam imports, ~3 s, so at least 2)")
     p.add_argument("--breakdown", action="store_true", help="also time each stage of ours alone per image")
+    p.add_argument("--links", type=int, default=1,
+                   help="convert this many hard-linked copies of each image (a larger run, e.g. to see whether "
+                        "--workers 2 pays once its start-up is spread over more images)")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive converters (slow on large runs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -222,6 +250,8 @@ def main(argv=None) -> None:
                      args.width, args.height)
     tiny = generate(os.path.join(args.cache, f"v2_{FIXED_IMAGES}_{args.width}x{args.height}"), FIXED_IMAGES,
                     args.width, args.height)
+    if args.links > 1:
+        cache = hard_linked(cache, args.links)
     files = _files(cache)
     sizes = [os.path.getsize(f) for f in files]
     for f in files:  # warm the page cache so every side reads from memory
@@ -248,9 +278,9 @@ def main(argv=None) -> None:
     raw = gz = 0
 
     def run(name, fn, *fn_args):
-        """Times one run, then deletes what it wrote: on this VM, writes beyond ~1.3 GB of live new
-        page cache cost 10-15x the CPU (a plain os.write loop of 107 KB records: 27-29 us each, then
-        170-450 us), so every run starts from the same page-cache state."""
+        """Times one run, then deletes what it wrote, so every run starts from the same page-cache state:
+        on this VM writes into the page cache are at times much dearer (a plain os.write loop of 107 KB
+        records: 27-29 us each, in one run 170-450 us once ~1.3 GB was cached)."""
         nonlocal raw, gz
         out = fn_args[1]  # both converters take (inputs, output, ...)
         keep(name, timed(fn, *fn_args))
@@ -262,8 +292,9 @@ def main(argv=None) -> None:
 
     try:
         for r in range(args.repeat):  # interleaved rounds, best of each: other jobs on the machine add noise
-            run("naive TF decode+encode per image", naive_convert, files, os.path.join(work, "n"), True)
-            run("naive TF decode per image (keep bytes)", naive_convert, files, os.path.join(work, "d"), False)
+            if not args.no_naive:
+                run("naive TF decode+encode per image", naive_convert, files, os.path.join(work, "n"), True)
+                run("naive TF decode per image (keep bytes)", naive_convert, files, os.path.join(work, "d"), False)
             for i, (name, (root, beam_args)) in enumerate(ours.items()):
                 run(name, ours_convert, root, os.path.join(work, f"ours{r}-{i}"), beam_args)
         stages = breakdown(files, work) if args.breakdown else []
@@ -276,11 +307,15 @@ def main(argv=None) -> None:
         count = n_tiny if "fixed cost" in name else n
         print(f"  {name:<48} {count / seconds:8.0f} {seconds:8.2f} {cpu / count * 1e6:11.0f} {load:5.1f}")
     fixed = next(v[0] for k, v in best.items() if "fixed cost" in k)
-    ours_s, naive_s = best["ours (Beam, 1 worker, end to end)"][0], best["naive TF decode+encode per image"][0]
-    decode_s = best["naive TF decode per image (keep bytes)"][0]
+    ours_s = best["ours (Beam, 1 worker, end to end)"][0]
     print(f"  {'ours (1 worker), per image after the fixed cost':<48} {n / max(ours_s - fixed, 1e-9):8.0f}")
-    print(f"ratio ours / naive decode+encode: {naive_s / ours_s:.1f}x")
-    print(f"ratio ours / naive decode-only:   {decode_s / ours_s:.1f}x")
+    for label, name in [("decode+encode", "naive TF decode+encode per image"),
+                        ("decode-only", "naive TF decode per image (keep bytes)")]:
+        if name in best:
+            print(f"ratio ours / naive {label}: {best[name][0] / ours_s:.1f}x")
+    if args.workers > 1:
+        many = best[f"ours (Beam, {args.workers} worker processes, end to end)"][0]
+        print(f"ratio {args.workers} worker processes / 1 worker: {ours_s / many:.2f}x")
     print(f"GZIP (zlib level 6) on 4 shards: {gz / raw * 100:.1f}% of the uncompressed size")
     if stages:
         print(f"per image, each stage alone in one thread (CPU, load {stage_load:.1f}):")
