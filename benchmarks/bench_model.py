@@ -11,9 +11,16 @@ and the median images/s is printed with the min-max spread. ``--jit-compile`` ad
 ``--dtype-policy mixed_bfloat16`` a bfloat16 row (both need extra compile time).
 
 Rows: ``keras float32`` is the training graph (``model(x, training=False)`` for inference);
-``keras float32 folded`` is :func:`hrnet_tfx.models.inference.inference_model` (BatchNorm folded into the
-convolutions: what an export should serve), inference only; with ``--dtype-policy mixed_bfloat16`` the same
-two again in bfloat16 (the folded one with bfloat16 weights).
+``keras float32 served`` is what an export serves (:class:`hrnet_tfx.serving.export.ServingModule`'s
+``logits``: BatchNorm folded into the convolutions by :func:`hrnet_tfx.models.inference.inference_model`,
+weights frozen into graph constants, so oneDNN reorders each filter once), inference only; with
+``--dtype-policy mixed_bfloat16`` the same two again in bfloat16 (the served one with bfloat16 weights).
+``keras float32 folded, variables`` is the served network with its weights left in variables (what the
+exports served until 2026-11-30): beside ``served`` it shows what the constant weights gain.
+The served rows' model gets random, non-trivial BatchNorm statistics first, as a trained model has: with a
+fresh model's (mean 0, variance 1, beta 0) every folded bias is exactly 0, grappler deletes each constant
+zero ``BiasAdd``, and the convolutions lose their fusion with the bias and ReLU (measured: 292 plain
+convolutions and 280 separate ReLUs instead of 325 fused), which no trained model would see.
 
 ``--vs-timm PYTHON`` also measures ``timm.create_model(model, pretrained=False)`` (eval mode for
 inference, train mode + ``torch.optim.SGD(momentum=0.9)`` for the step; bf16 rows use
@@ -23,14 +30,15 @@ PyTorch user picks for CPU inference; ``--timm-layout nchw`` for the default con
 counts. Rounds are interleaved (Keras, timm, timm, Keras, ...) and strictly one at a time, so load from
 other processes on a shared machine hits both sides alike.
 
-``--assume-frozen-weights`` measures inference only, in a process with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``
-(what a serving process can set): oneDNN then reorders each convolution's weights into its blocked layout
-once and reuses them, instead of on every call (8-15% of a folded inference step here). The setting is
-process-wide and ignores later changes to the weights (a training step would keep computing with the first
-weights), so it is for serving processes only and this mode has no train column. With ``--vs-timm`` it also
-measures timm's own inference-only form (``timm ... frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` +
-``torch.jit.optimize_for_inference``, which folds BN and prepacks the oneDNN weights; bf16 as a model cast
-to bfloat16), so the weight-caching rows are compared with timm given the same advantage.
+``--vs-timm`` also measures timm's own inference-only form (``timm ... frozen``: ``torch.jit.trace`` +
+``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``, which folds BN and prepacks the oneDNN weights;
+bf16 as a model cast to bfloat16), the counterpart of our served rows: both fold BN and reorder weights once.
+
+``--assume-frozen-weights`` measures inference only, in a process with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``:
+oneDNN then also reorders the weights of the training graph's variables once and reuses them, instead of
+on every call (8-15% of a folded inference step with variables). The setting is process-wide and ignores
+later changes to the weights (a training step would keep computing with the first weights), so this mode
+has no train column; the served rows need no such setting.
 
 Reading the ratio: ``ours/timm`` is Keras images/s divided by timm images/s measured in the same run;
 above 1 means ours is faster. Compare ratios between runs, not absolute images/s (those depend on
@@ -98,23 +106,41 @@ def parse_args(argv=None):
 class KerasRow:
     """Our model with compiled inference and training-step functions.
 
-    ``folded=True`` measures inference only, of :func:`hrnet_tfx.models.inference.inference_model` (BN
-    folded into the convolutions; bfloat16 weights when the policy is mixed_bfloat16).
+    ``form="served"`` measures inference only, of what an export serves (``ServingModule(...).logits``: BN
+    folded, weights as constants; bfloat16 weights when the policy is mixed_bfloat16); ``form="folded"``
+    the same folded network with its weights in variables (what exports served before). Both on a model
+    with random BatchNorm statistics (module docstring).
     """
 
-    def __init__(self, label, args, tf, keras, dtype_policy, jit, folded=False):
+    def __init__(self, label, args, tf, keras, dtype_policy, jit, form="training"):
+        import numpy as np
+
         from hrnet_tfx import models
         from hrnet_tfx.models.inference import inference_model
+        from hrnet_tfx.serving.export import ServingModule
 
         self.label, self.bf16 = label, dtype_policy != "float32"
-        self.ops = ("infer",) if folded else args.ops
+        self.ops = args.ops if form == "training" else ("infer",)
         model = models.build_model(args.model, num_classes=1000, image_size=args.image_size,
                                    dtype_policy=dtype_policy)
-        if folded:
-            model = inference_model(model)
-        opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         x = tf.random.normal((args.batch, args.image_size, args.image_size, 3))
         y = tf.random.uniform((args.batch,), 0, 1000, dtype=tf.int32)
+        if form != "training":
+            rng = np.random.default_rng(0)
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    n = layer.moving_mean.shape[0]
+                    layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.3, n), rng.normal(0, 0.5, n),
+                                       rng.uniform(0.5, 2.0, n)])
+            dtype = "bfloat16" if self.bf16 else "float32"
+            if form == "served":
+                logits = ServingModule(model, [str(i) for i in range(1000)], args.image_size,
+                                       serving_dtype=dtype).logits
+            else:
+                logits = inference_model(model, dtype=dtype)
+            self.fns = {"infer": tf.function(lambda: logits(x), autograph=False)}
+            return
+        opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
 
         @tf.function(jit_compile=jit, autograph=False)
         def infer():
@@ -218,17 +244,17 @@ def report(rows, results, args):
         v = results.get((label, op))
         return f"{statistics.median(v):8.2f} ({min(v):.2f}-{max(v):.2f})" if v else "-"
 
-    print(f"{'':34s}{'inference img/s':>24s}{'train step img/s':>24s}")
+    print(f"{'':48s}{'inference img/s':>24s}{'train step img/s':>24s}")
     for r in rows:
-        print(f"{r.label:34s}{cell(r.label, 'infer'):>24s}{cell(r.label, 'train'):>24s}")
+        print(f"{r.label:48s}{cell(r.label, 'infer'):>24s}{cell(r.label, 'train'):>24s}")
     for r in rows:
         for ref in [t for t in rows if isinstance(t, TimmRow) and t.bf16 == r.bf16]:
             if not isinstance(r, KerasRow):
                 continue
             ratios = [f"{statistics.median(results[(r.label, op)]) / statistics.median(results[(ref.label, op)]):.2f}"
-                      if (r.label, op) in results else "-" for op in OPS]
+                      if (r.label, op) in results and (ref.label, op) in results else "-" for op in OPS]
             name = f"ratio ({r.label[6:]}/{ref.label[5:]})"
-            print(f"{name:34s}{ratios[0]:>24s}{ratios[1]:>24s}")
+            print(f"{name:48s}{ratios[0]:>24s}{ratios[1]:>24s}")
 
 
 def main(argv=None):
@@ -256,20 +282,20 @@ def main(argv=None):
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
     rows = [KerasRow("keras float32", args, tf, keras, "float32", False),
-            KerasRow("keras float32 folded", args, tf, keras, "float32", False, folded=True)]
+            KerasRow("keras float32 folded, variables", args, tf, keras, "float32", False, form="folded"),
+            KerasRow("keras float32 served", args, tf, keras, "float32", False, form="served")]
     if args.jit_compile:
         rows.append(KerasRow("keras float32 xla", args, tf, keras, "float32", True))
     if bf16:
         rows.append(KerasRow("keras bf16", args, tf, keras, "mixed_bfloat16", False))
-        rows.append(KerasRow("keras bf16 folded", args, tf, keras, "mixed_bfloat16", False, folded=True))
+        rows.append(KerasRow("keras bf16 served", args, tf, keras, "mixed_bfloat16", False, form="served"))
     if worker:
         rows.append(TimmRow("timm float32", worker, False, args.ops))
         if bf16:
             rows.append(TimmRow("timm bf16", worker, True, args.ops))
-        if args.assume_frozen_weights:  # timm's own inference-only form beside ours
-            rows.append(TimmRow("timm float32 frozen", worker, False, ("infer",), frozen=True))
-            if bf16:
-                rows.append(TimmRow("timm bf16 frozen", worker, True, ("infer",), frozen=True))
+        rows.append(TimmRow("timm float32 frozen", worker, False, ("infer",), frozen=True))  # beside our served rows
+        if bf16:
+            rows.append(TimmRow("timm bf16 frozen", worker, True, ("infer",), frozen=True))
     try:
         print("# tracing/compiling (first call of every function) ...", file=sys.stderr, flush=True)
         for r in rows:

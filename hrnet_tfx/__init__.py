@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 WEIGHT_CACHE_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 """With ``1``, TensorFlow's oneDNN convolutions reorder their weights into oneDNN's layout once and reuse
 them instead of on every call (8-15% of a float32 folded inference step; ``benchmarks/README.md``). It is
-read once per process and ignores later changes to a loaded model's weights: ``hrnet-tfx serve`` sets it for
-the development server, and training refuses it."""
+read once per process and ignores later changes to a loaded model's weights, so training refuses it. The
+exports do not need it: their weights are graph constants, whose reordered form oneDNN keeps anyway."""

@@ -14,7 +14,6 @@ silences a whole logger or a whole warning category, so real errors and unknown 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -90,17 +89,3 @@ def install() -> None:
         specs.append(f"ignore:{message}:{category.__name__}")
     inherited = [s for s in os.environ.get("PYTHONWARNINGS", "").split(",") if s]
     os.environ["PYTHONWARNINGS"] = ",".join(inherited + [s for s in specs if s not in inherited])
-
-
-@contextlib.contextmanager
-def known_noise_dropped():
-    """Drops the :data:`KNOWN_NOISE` records inside the ``with`` block only (for library code, which must
-    not change a caller's logging for good)."""
-    added = [(logging.getLogger(name), noise) for name, noise in _filters().items()]
-    for logger, noise in added:
-        logger.addFilter(noise)
-    try:
-        yield
-    finally:
-        for logger, noise in added:
-            logger.removeFilter(noise)

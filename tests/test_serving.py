@@ -72,31 +72,18 @@ def example_bytes(image):
         features.IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})).SerializeToString()
 
 
-def make_version_2(v1_dir, dest, boosted_class):
-    """A copy of version 1 whose classifier bias favours ``boosted_class`` by +100 logits."""
-    def boost(name, value, shapes):
-        biases = [k for k, s in shapes.items() if s == [len(LABELS)]]
-        assert len(biases) == 1, biases  # the classifier's bias is the only variable with one value per class
-        if name == biases[0]:
-            value = value.copy()
-            value[boosted_class] += 100.0
-        return value
+def make_version_2(model, dest, boosted_class):
+    """An export of ``model`` (version 1's network) whose classifier bias favours ``boosted_class`` by +100
+    logits (the exported weights are graph constants, so a new version is a new export)."""
+    from hrnet_tfx.serving.export import export_saved_model
 
-    copy_version(v1_dir, dest, boost)
-
-
-def copy_version(v1_dir, dest, change):
-    """A copy of version 1 whose variables are ``change(name, value, shapes)``."""
-    shutil.copytree(v1_dir, dest)
-    prefix = os.path.join(v1_dir, "variables", "variables")
-    reader = tf.train.load_checkpoint(prefix)
-    shapes = reader.get_variable_to_shape_map()
-    names = sorted(shapes)
-    tensors = [tf.constant(change(name, reader.get_tensor(name), shapes)) for name in names]
-    for f in os.listdir(os.path.join(dest, "variables")):
-        os.remove(os.path.join(dest, "variables", f))
-    tf.raw_ops.SaveV2(prefix=os.path.join(dest, "variables", "variables"), tensor_names=names,
-                      shape_and_slices=[""] * len(names), tensors=tensors)
+    bias = model.get_layer("classifier").bias
+    original = bias.numpy()
+    bias.assign(original + 100.0 * np.eye(len(LABELS), dtype=np.float32)[boosted_class])
+    try:
+        export_saved_model(model, dest, LABELS, image_size=IMAGE_SIZE)
+    finally:
+        bias.assign(original)
 
 
 # -- fixtures --------------------------------------------------------------------------------------------
@@ -116,7 +103,7 @@ def exported(tmp_path_factory):
     warmup.write_warmup_requests(str(v1))
     stage = root / "stage"
     stage.mkdir()
-    return {"base": root / "base", "v1": v1, "stage": stage}
+    return {"base": root / "base", "v1": v1, "stage": stage, "model": model}
 
 
 @pytest.fixture(scope="module")
@@ -800,7 +787,7 @@ def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images
     shutil.copytree(exported["v1"], base / "hrnet" / "1")
     boosted = (int(reference["top_k_ids"][0][0]) + 1) % len(LABELS)
     staged = tmp_path / "staging-2"
-    make_version_2(str(exported["v1"]), str(staged), boosted)
+    make_version_2(exported["model"], str(staged), boosted)
     options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, poll_seconds=0.2, warmup=False)
     with DevServer(str(base), options=options) as server, Client(server.grpc_address, timeout=TIMEOUT) as client:
         assert server.model_name == "hrnet"
@@ -823,83 +810,6 @@ def test_a_pushed_version_is_picked_up_and_the_old_one_unloaded(exported, images
         with pytest.raises(ServingError) as err:
             Client(server.grpc_address, version=1, timeout=TIMEOUT).predict_images(images[:1])
         assert err.value.code == Code.NOT_FOUND
-
-
-WEIGHT_CACHE_SCRIPT = """
-import json, os, sys
-import hrnet_tfx
-import numpy as np
-import tensorflow as tf
-from hrnet_tfx.serving.client import Client
-from hrnet_tfx.serving.dev.server import DevServer, DevServerOptions
-
-base, staged, v1, *paths = sys.argv[1:]
-images = tf.constant([open(p, "rb").read() for p in paths])
-# The cache is in effect in this process: halving a loaded model's convolution kernels after its first call
-# does not change its answers.
-loaded = tf.saved_model.load(v1)
-fn = loaded.signatures["predict_images"]
-before = fn(images=images)["probabilities"].numpy()
-for v in fn.variables:
-    if len(v.shape) == 4:
-        v.assign(v * 0.5)
-out = {"cached": bool(np.array_equal(before, fn(images=images)["probabilities"].numpy()))}
-options = DevServerOptions(host="127.0.0.1", grpc_port=0, rest_port=0, poll_seconds=0.2, warmup=False)
-with DevServer(base, options=options) as server:
-    with Client(server.grpc_address, timeout=120) as client:
-        out["v1"] = client.predict({"images": images.numpy().tolist()}, "predict_images")["probabilities"].tolist()
-    os.rename(staged, os.path.join(base, "hrnet", "2"))
-    assert server.core.watcher.wait_for_version(2, timeout=300)
-    with Client(server.grpc_address, version=2, timeout=120) as client:
-        out["v2"] = client.predict({"images": images.numpy().tolist()}, "predict_images")["probabilities"].tolist()
-print(json.dumps(out))
-"""
-
-
-def test_with_weight_caching_a_new_version_serves_its_own_weights(exported, images, reference, tmp_path):
-    """``hrnet-tfx serve`` runs the development server with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1, under which
-    oneDNN keeps the first weights a convolution saw. A pushed version whose every kernel differs must still
-    be served with its own weights, not the cached ones of version 1."""
-    base = tmp_path / "base"
-    shutil.copytree(exported["v1"], base / "hrnet" / "1")
-    staged = tmp_path / "staging-2"
-    copy_version(str(exported["v1"]), str(staged),
-                 lambda name, value, shapes: value * 0.5 if len(shapes[name]) == 4 else value)  # every kernel
-    expected_v2 = tf.saved_model.load(str(staged)).signatures["predict_images"](
-        images=tf.constant(images))["probabilities"].numpy()
-    assert np.abs(expected_v2 - reference["probabilities"]).max() > 1e-3  # the versions answer differently
-    paths = []
-    for i, data in enumerate(images):
-        paths.append(tmp_path / f"{i}.jpg")
-        paths[-1].write_bytes(data)
-    env = dict(os.environ, TF_ONEDNN_ASSUME_FROZEN_WEIGHTS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-c", WEIGHT_CACHE_SCRIPT, str(base), str(staged), str(exported["v1"]),
-                           *map(str, paths)], capture_output=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    out = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    assert out["cached"], "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS had no effect: this test would prove nothing"
-    np.testing.assert_allclose(out["v1"], reference["probabilities"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["v2"], expected_v2, rtol=1e-5, atol=1e-6)
-
-
-def test_serve_sets_weight_caching_only_when_asked(exported, monkeypatch):
-    """``serve(cache_weights=True)`` (the CLI) sets the variable for the development server unless the user
-    set it; the Python API leaves it alone (a process that trains must not have it)."""
-    import hrnet_tfx.serving.server as server_lib
-
-    original = os.environ.get(server_lib.WEIGHT_CACHE_ENV)
-    calls = []
-    monkeypatch.setattr("hrnet_tfx.serving.dev.server.run_dev_server", lambda *a, **k: calls.append(
-        os.environ.get(server_lib.WEIGHT_CACHE_ENV)) or 0)
-    monkeypatch.setenv(server_lib.WEIGHT_CACHE_ENV, "x")  # records the original state, restored after the test
-    monkeypatch.delenv(server_lib.WEIGHT_CACHE_ENV)
-    assert serve(str(exported["base"]), use_model_server=False) == 0
-    assert serve(str(exported["base"]), use_model_server=False, cache_weights=True) == 0
-    monkeypatch.setenv(server_lib.WEIGHT_CACHE_ENV, "0")
-    assert serve(str(exported["base"]), use_model_server=False, cache_weights=True) == 0
-    assert calls == [None, "1", "0"]
-    monkeypatch.undo()
-    assert os.environ.get(server_lib.WEIGHT_CACHE_ENV) == original  # nothing leaks into later tests' workers
 
 
 def hold_runs(server):
@@ -1077,7 +987,6 @@ def test_serve_command_runs_the_dev_server_and_stops_cleanly_on_sigterm(exported
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.5)
         assert "no-such-model-server is not on PATH" in log_path.read_text()
-        assert "oneDNN weight caching (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS): 1" in log_path.read_text()
         with Client(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT) as client:
             top = client.predict_images(images[:1], top_k=1)
         assert top[0][0][0] == reference["top_k_labels"][0][0].decode()

@@ -121,8 +121,8 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
 
 
 def test_training_refuses_serving_weight_caching(color_records, tmp_path, monkeypatch):
-    """TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 (what ``hrnet-tfx serve`` sets) makes oneDNN keep the first weights it
-    saw; a 2-worker training run under it went NaN. Training refuses it, naming it; evaluation does not."""
+    """TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 (a serving setting) makes oneDNN keep the first weights it saw; a
+    2-worker training run under it went NaN. Training refuses it, naming it; evaluation does not."""
     good = _config(color_records, tmp_path / "m")
     monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
     with pytest.raises(ConfigError, match=r"^TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 is set: oneDNN would keep computing "

@@ -64,9 +64,7 @@ def serve(model_base, model_name, grpc_port, rest_port, host, poll_seconds, enab
 
     MODEL_BASE holds <model_name>/<version>/saved_model.pb (what the Pusher writes); new versions are picked
     up as they appear. Runs tensorflow_model_server when it is on PATH, else a development server speaking
-    the same protocols (for development and tests). Stops cleanly on Ctrl-C or SIGTERM. The development
-    server caches the convolutions' reordered weights (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 unless set; export
-    it as 0 to turn that off).
+    the same protocols (for development and tests). Stops cleanly on Ctrl-C or SIGTERM.
     """
     from hrnet_tfx.serving.batching import BatchingOptions
     from hrnet_tfx.serving.server import serve as run
@@ -83,7 +81,7 @@ def serve(model_base, model_name, grpc_port, rest_port, host, poll_seconds, enab
     try:
         code = run(model_base, model_name, grpc_port, rest_port, host=host, poll_seconds=poll_seconds,
                    batching=batching, use_model_server=use, model_server_binary=model_server_binary,
-                   dev_options=dev_options, cache_weights=True)
+                   dev_options=dev_options)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if code:

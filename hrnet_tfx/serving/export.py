@@ -15,7 +15,11 @@ send encoded images or tf.Examples, never pixels):
     (``benchmarks/bench_serving.py``).
 
 The served graph is :func:`hrnet_tfx.models.inference.inference_model` of the model (BatchNorm folded, in
-``serving_dtype``); its variables are the only ones in the SavedModel. The training weights go beside it in
+``serving_dtype``), with its weights frozen into graph constants: the SavedModel holds no variables and one
+copy of the weights. A convolution whose filter is a constant lets TensorFlow's oneDNN kernels reorder the
+filter into their blocked layout once and keep it, in TF Serving as in any other runtime (with variables
+every call reorders all 325 filters of hrnet_w18: ~17% of its oneDNN time; ``benchmarks/README.md``). The
+training weights go beside it in
 ``assets.extra/training_weights/`` (read by :func:`load_weights_into`). Every file goes through
 ``tf.io.gfile``, and :func:`publish_directory` makes a complete export appear at once (README, Training).
 """
@@ -30,7 +34,8 @@ from typing import Sequence
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from hrnet_tfx import quiet
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
 from hrnet_tfx.data import features
 from hrnet_tfx.data.preprocessing import IMAGE_SIZE, eval_transform_batch
 from hrnet_tfx.fs import copy_tree, join, parent_dir, remove_tree, renames_atomically
@@ -43,6 +48,9 @@ TRAINING_WEIGHTS = f"{EXTRA_ASSETS_DIR}/training_weights/weights"
 """Checkpoint prefix, relative to an export, of the training weights (see the module docstring)."""
 SERVING_DTYPES = INFERENCE_DTYPES
 """Compute dtypes of the served graph: ``float32`` (default) or ``bfloat16``."""
+MAX_GRAPH_WEIGHT_BYTES = 2**31 - 2**27
+"""The most weight bytes an export takes: they are constants of ``saved_model.pb``, a protobuf message,
+which cannot exceed 2 GiB (128 MiB are left for the rest of the graph; hrnet_w64 in float32 is 512 MB)."""
 STAGING_PREFIX = ".export-"
 # The serving contract's names (clients, warm-up, TFMA and the development server import them from here).
 SIGNATURE_CLASSIFY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default": TFMA, Classify API
@@ -77,9 +85,9 @@ def _predictions(logits_fn, images, labels: tf.Tensor, top_k: int) -> dict[str, 
 
 
 class ServingModule(tf.Module):
-    """What the SavedModel holds: the served network's variables (``inference_variables``), ``logits``
-    (normalised images -> float32 logits, traced once and shared by every signature) and the serving
-    signatures. A plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs no Keras.
+    """What the SavedModel holds: ``logits`` (normalised images -> float32 logits, traced once with the
+    served network's weights as constants, and shared by every signature) and the serving signatures. A
+    plain ``tf.Module``: saving skips Keras' per-layer tracing, loading needs no Keras.
 
     Args:
       model: the trained functional Keras model (any dtype policy); not modified.
@@ -102,15 +110,20 @@ class ServingModule(tf.Module):
         if not fold and serving_dtype != "float32":
             raise ValueError("an unfolded export serves the model as it is: serving_dtype must be float32")
         served = inference_model(model, dtype=serving_dtype) if fold else model
-        self.inference_variables = list(served.variables)
+        weight_bytes = sum(v.shape.num_elements() * v.dtype.size for v in served.variables)
+        if weight_bytes > MAX_GRAPH_WEIGHT_BYTES:
+            raise ValueError(f"the served network's weights take {weight_bytes:,} bytes; the export keeps them as "
+                             f"constants in the SavedModel's graph, which protobuf caps at 2 GiB (at most "
+                             f"{MAX_GRAPH_WEIGHT_BYTES:,} bytes of weights here): serve in bfloat16 or a smaller "
+                             "network")
         self.label_strings = tf.constant(list(labels), dtype=tf.string)
         self.image_size = image_size
         self.top_k = top_k
-        self.logits = tf.function(
-            lambda images: tf.cast(served(images, training=False), tf.float32),
-            input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")],
-            autograph=False,  # plain Keras layers: converting them only makes tracing 10x slower
-        )
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+        traced = tf.function(lambda images: tf.cast(served(images, training=False), tf.float32),
+                             autograph=False)  # plain Keras layers: converting them only makes tracing 10x slower
+        frozen = convert_variables_to_constants_v2(traced.get_concrete_function(spec))
+        self.logits = tf.function(lambda images: frozen(images)[0], input_signature=[spec], autograph=False)
 
     def _decode_examples(self, serialized):
         spec = {features.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
@@ -197,8 +210,7 @@ def export_saved_model(model, export_dir: str, labels: Sequence[str], *, image_s
     staging = join(parent, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     try:
         tf.io.gfile.makedirs(staging)
-        with quiet.known_noise_dropped():  # TF lists every captured variable of each signature (~9 KB apiece)
-            tf.saved_model.save(module, staging, signatures=module.signatures())
+        tf.saved_model.save(module, staging, signatures=module.signatures())
         write_training_weights(model, staging)
         if label_map_path:
             tf.io.gfile.makedirs(join(staging, "assets"))

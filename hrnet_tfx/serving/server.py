@@ -1,8 +1,8 @@
 """``serve()``: TF Serving's ``tensorflow_model_server`` on a model base when it is installed, else the
 development server (:mod:`hrnet_tfx.serving.dev`, for development, tests and the demo). Both serve the latest
-version of one model on the same ports and stop cleanly on SIGINT/SIGTERM; only TF Serving batches; only
-the development server is started with oneDNN weight caching (:data:`WEIGHT_CACHE_ENV`, measured here;
-TF Serving is not installed on the machines this project is measured on).
+version of one model on the same ports and stop cleanly on SIGINT/SIGTERM; only TF Serving batches. Both
+run the exported graph, whose weights are constants, so oneDNN reorders each filter once in either
+(:mod:`hrnet_tfx.serving.export`); no process-wide setting is needed for that.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from typing import TYPE_CHECKING, Sequence
 
-from hrnet_tfx import WEIGHT_CACHE_ENV
 from hrnet_tfx.serving.batching import BatchingOptions
 from hrnet_tfx.serving.model_base import resolve_model
 
@@ -82,7 +81,7 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
           host: str = "0.0.0.0", poll_seconds: float = 1.0, batching: BatchingOptions | None = None,
           use_model_server: bool | None = None, model_server_binary: str | None = None,
           dev_options: "DevServerOptions | None" = None, extra_model_server_args: Sequence[str] = (),
-          grace: float = 10.0, cache_weights: bool = False) -> int:
+          grace: float = 10.0) -> int:
     """Serves the latest version of a model from a TF Serving model base until SIGINT/SIGTERM.
 
     Args:
@@ -101,9 +100,6 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
         arguments above).
       extra_model_server_args: more ``tensorflow_model_server`` flags.
       grace: development server only: seconds in-flight requests get at shutdown.
-      cache_weights: development server only: sets :data:`WEIGHT_CACHE_ENV` to 1 (unless it is set) before
-        the model loads. Only for a process that never trains (``hrnet-tfx serve`` passes True); it has no
-        effect once the process has run a convolution.
 
     Returns:
       The exit code: 0 after a clean shutdown (the model server's own code when it runs).
@@ -139,9 +135,6 @@ def serve(model_base: str, model_name: str | None = None, grpc_port: int = 8500,
     if batching is not None:
         log.warning("batching is done by tensorflow_model_server; the development server runs each request on "
                     "its own")
-    if cache_weights:
-        os.environ.setdefault(WEIGHT_CACHE_ENV, "1")
-    log.info("oneDNN weight caching (%s): %s", WEIGHT_CACHE_ENV, os.environ.get(WEIGHT_CACHE_ENV, "unset"))
     options = dataclasses.replace(dev_options or DevServerOptions(), host=host, grpc_port=grpc_port,
                                   rest_port=rest_port or None, poll_seconds=poll_seconds)
     return run_dev_server(model_base, name, options, grace=grace)
