@@ -17,10 +17,8 @@ weights frozen into graph constants, so oneDNN reorders each filter once), infer
 ``--dtype-policy mixed_bfloat16`` the same two again in bfloat16 (the served one with bfloat16 weights).
 ``keras float32 folded, variables`` is the served network with its weights left in variables (what the
 exports served until 2026-11-30): beside ``served`` it shows what the constant weights gain.
-The served rows' model gets random, non-trivial BatchNorm statistics first, as a trained model has: with a
-fresh model's (mean 0, variance 1, beta 0) every folded bias is exactly 0, grappler deletes each constant
-zero ``BiasAdd``, and the convolutions lose their fusion with the bias and ReLU (measured: 292 plain
-convolutions and 280 separate ReLUs instead of 325 fused), which no trained model would see.
+The served and folded rows' model gets random, non-zero BatchNorm statistics first, as a trained model
+has (``_trained_like.py`` says why a fresh model's would mislead).
 
 ``--vs-timm PYTHON`` also measures ``timm.create_model(model, pretrained=False)`` (eval mode for
 inference, train mode + ``torch.optim.SGD(momentum=0.9)`` for the step; bf16 rows use
@@ -113,8 +111,7 @@ class KerasRow:
     """
 
     def __init__(self, label, args, tf, keras, dtype_policy, jit, form="training"):
-        import numpy as np
-
+        from _trained_like import with_trained_like_batch_norms
         from hrnet_tfx import models
         from hrnet_tfx.models.inference import inference_model
         from hrnet_tfx.serving.export import ServingModule
@@ -126,12 +123,7 @@ class KerasRow:
         x = tf.random.normal((args.batch, args.image_size, args.image_size, 3))
         y = tf.random.uniform((args.batch,), 0, 1000, dtype=tf.int32)
         if form != "training":
-            rng = np.random.default_rng(0)
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    n = layer.moving_mean.shape[0]
-                    layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.3, n), rng.normal(0, 0.5, n),
-                                       rng.uniform(0.5, 2.0, n)])
+            with_trained_like_batch_norms(model)
             dtype = "bfloat16" if self.bf16 else "float32"
             if form == "served":
                 logits = ServingModule(model, [str(i) for i in range(1000)], args.image_size,

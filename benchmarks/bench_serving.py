@@ -14,7 +14,9 @@ top k only, what :meth:`~hrnet_tfx.serving.client.Client.predict_images` asks), 
 * ``rest``: full: ``POST /v1/models/hrnet:predict`` with ``{"instances": [{"b64": ...}]}`` over a keep-alive
   ``requests.Session``, JSON parsed; top-k: ``Client(rest=True).predict_images``.
 
-The export serves the BatchNorm-folded network (:mod:`hrnet_tfx.serving.export`), in ``--serving-dtype``.
+The export serves the BatchNorm-folded network (:mod:`hrnet_tfx.serving.export`), in ``--serving-dtype``,
+with its weights as graph constants; the model gets random non-zero BatchNorm statistics first, as a trained
+one has (``_trained_like.py``).
 ``--compare-unfolded`` also exports the same weights unfolded (the training graph,
 ``export_saved_model(..., fold=False)``) and adds its two in-process modes (``unfolded`` and ``unfolded
 session``) to the same interleaved rounds: the served model's compute, folded vs not, side by side.
@@ -116,12 +118,13 @@ def export_model(args, root, unfolded_dir=None):
     """Exports the served version under ``root`` (folded) and, with ``unfolded_dir``, the same weights unfolded."""
     import tensorflow as tf
 
+    from _trained_like import with_trained_like_batch_norms
     from hrnet_tfx.models import build_model
     from hrnet_tfx.serving.export import export_saved_model
     from hrnet_tfx.serving.warmup import write_warmup_requests
 
     tf.random.set_seed(0)
-    model = build_model(args.model, num_classes=args.num_classes, image_size=None)
+    model = with_trained_like_batch_norms(build_model(args.model, num_classes=args.num_classes, image_size=None))
     version_dir = os.path.join(root, args.model_name, "1")
     labels = [f"class_{i:04d}" for i in range(args.num_classes)]
     export_saved_model(model, version_dir, labels, image_size=args.image_size, serving_dtype=args.serving_dtype)
