@@ -67,13 +67,14 @@ def make_step(name, args):
     import tensorflow as tf
     import tf_keras as keras
 
+    from _trained_like import with_trained_like_batch_norms
     from hrnet_tfx import models
     from hrnet_tfx.models.inference import inference_model
 
     op, policy, fold, dtype = GRAPHS[name]
     model = models.build_model(args.model, num_classes=1000, image_size=args.image_size, dtype_policy=policy)
-    if fold:
-        model = inference_model(model, dtype=dtype)
+    if fold:  # a fresh model's folded biases are all 0, which a frozen graph loses (_trained_like.py)
+        model = inference_model(with_trained_like_batch_norms(model), dtype=dtype)
     x = tf.random.normal((args.batch, args.image_size, args.image_size, 3))
     y = tf.random.uniform((args.batch,), 0, 1000, dtype=tf.int32)
     if op == "infer" and fold == "frozen":  # weights as graph constants: oneDNN caches reordered filters
