@@ -70,20 +70,19 @@ def make_step(name, args):
     from _trained_like import with_trained_like_batch_norms
     from hrnet_tfx import models
     from hrnet_tfx.models.inference import inference_model
+    from hrnet_tfx.serving.export import ServingModule
 
     op, policy, fold, dtype = GRAPHS[name]
     model = models.build_model(args.model, num_classes=1000, image_size=args.image_size, dtype_policy=policy)
-    if fold:  # a fresh model's folded biases are all 0, which a frozen graph loses (_trained_like.py)
-        model = inference_model(with_trained_like_batch_norms(model), dtype=dtype)
     x = tf.random.normal((args.batch, args.image_size, args.image_size, 3))
     y = tf.random.uniform((args.batch,), 0, 1000, dtype=tf.int32)
-    if op == "infer" and fold == "frozen":  # weights as graph constants: oneDNN caches reordered filters
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-        spec = tf.TensorSpec(x.shape, tf.float32)
-        frozen = convert_variables_to_constants_v2(
-            tf.function(lambda images: model(images, training=False), autograph=False).get_concrete_function(spec))
-        return tf.function(lambda: frozen(x)[0], autograph=False)
+    if fold:  # a fresh model's folded biases are all 0, which a frozen graph loses (_trained_like.py)
+        with_trained_like_batch_norms(model)
+    if fold == "frozen":  # what the export serves: BN folded, weights as constants (oneDNN keeps its filters)
+        logits = ServingModule(model, [str(i) for i in range(1000)], args.image_size, serving_dtype=dtype).logits
+        return tf.function(lambda: logits(x), autograph=False)
+    if fold:
+        model = inference_model(model, dtype=dtype)
     if op == "infer":
         return tf.function(lambda: model(x, training=False), autograph=False)
     opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)

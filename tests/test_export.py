@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from hrnet_tfx import models
+from hrnet_tfx import WEIGHT_CACHE_ENV, models
 from hrnet_tfx.fs import copy_tree
 from hrnet_tfx.models.inference import INFERENCE_DTYPES, inference_model
 from hrnet_tfx.serving.export import (TRAINING_WEIGHTS, ServingModule, export_saved_model, load_weights_into,
@@ -141,7 +141,7 @@ def test_the_served_graph_reorders_each_filter_once(exports, tmp_path):
     reordered every filter again (17% of hrnet_w18's oneDNN time), unless a process-wide setting said so."""
     image = tmp_path / "query.jpg"
     image.write_bytes(_jpeg())
-    env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"}
+    env = {k: v for k, v in os.environ.items() if k != WEIGHT_CACHE_ENV}  # the graph alone must do it
     env.update(ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run([sys.executable, "-c", SESSION_SCRIPT, exports["float32"], str(image)],
                           capture_output=True, text=True, env=env, timeout=600)
