@@ -17,8 +17,9 @@ smooth blobs + gradients + noise) in the image-folder layout, then in the same r
   do for ordinary JPEGs; they re-encode only PNG/CMYK files).
 
 The file cache is warmed first so disk speed does not decide. Every row shows the load average (1 min)
-measured just before it and the CPU time per image of this process and its Beam workers: on a shared
-machine the wall-clock figures need a quiet re-run, the CPU figures much less so. ``--breakdown`` also
+measured just before it and the CPU time per image of this process and its Beam workers, with the kernel's
+share of it (system time: the copies into and out of the page cache): on a shared machine the wall-clock
+figures need a quiet re-run, the CPU figures much less so. ``--breakdown`` also
 times each stage of ours alone, one thread, on the same files.
 
 Measured on the idle 2-core machine (2026-11-30, load 0.7-0.9; ``--images 4000 --breakdown``: 4,200 JPEGs of
@@ -40,7 +41,9 @@ naive 273 and 454 img/s, 15.9x and 9.6x. The 12x goal is met; 7,000 img/s is not
 **A larger run** (``--images 4000 --links 10 --workers 2 --no-naive``: 42,000 inputs, ten hard links to
 each of the 4,200 files, so the reads still come from the page cache; best of 3, load 1.0-1.4): one
 in-process worker 6,300 img/s end to end, 150 us of CPU per image, 6,420 img/s after the fixed cost; two
-worker processes 3,328 img/s, 465 us per image (0.53x one worker).
+worker processes 3,328 img/s, 465 us per image (0.53x one worker). The same command without ``--workers 2``
+a day later, nothing in the converter changed: 4,174 img/s, 227 us per image, 95 us of it in the kernel
+(this VM backs fresh memory lazily; ``benchmarks/README.md``, fourth phase).
 
 **Threads cost more than they overlapped.** Until this run the converter read its inputs ahead in two
 threads and wrote the records from a third, so that reads, CRCs and writes would run beside the converting
@@ -188,14 +191,16 @@ def ours_convert(root: str, output: str, beam_args: list[str]) -> dict:
     return result.manifest
 
 
-def timed(fn, *args) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds of this process and its finished children, load average before)."""
+def timed(fn, *args) -> tuple[float, float, float, float]:
+    """(wall seconds, CPU seconds of this process and its finished children, the kernel's share of those
+    (system time: mostly copying into and out of the page cache), load average before)."""
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), os.times()
     fn(*args)
     t1, c1 = time.perf_counter(), os.times()
-    cpu = sum(getattr(c1, k) - getattr(c0, k) for k in ("user", "system", "children_user", "children_system"))
-    return t1 - t0, cpu, load
+    user, system = (sum(getattr(c1, k) - getattr(c0, k) for k in keys)
+                    for keys in (("user", "children_user"), ("system", "children_system")))
+    return t1 - t0, user + system, system, load
 
 
 def breakdown(files: list[str], work: str, chunk: int = 50) -> list[tuple[str, float]]:
@@ -302,10 +307,11 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"  {'':<48} {'img/s':>8} {'wall s':>8} {'CPU us/img':>11} {'load':>5}")
-    for name, (seconds, cpu, load) in best.items():
+    print(f"  {'':<48} {'img/s':>8} {'wall s':>8} {'CPU us/img':>11} {'of it kernel':>13} {'load':>5}")
+    for name, (seconds, cpu, system, load) in best.items():
         count = n_tiny if "fixed cost" in name else n
-        print(f"  {name:<48} {count / seconds:8.0f} {seconds:8.2f} {cpu / count * 1e6:11.0f} {load:5.1f}")
+        print(f"  {name:<48} {count / seconds:8.0f} {seconds:8.2f} {cpu / count * 1e6:11.0f} "
+              f"{system / count * 1e6:13.0f} {load:5.1f}")
     fixed = next(v[0] for k, v in best.items() if "fixed cost" in k)
     ours_s = best["ours (Beam, 1 worker, end to end)"][0]
     print(f"  {'ours (1 worker), per image after the fixed cost':<48} {n / max(ours_s - fixed, 1e-9):8.0f}")
