@@ -38,9 +38,10 @@ on every call (8-15% of a folded inference step with variables). The setting is 
 later changes to the weights (a training step would keep computing with the first weights), so this mode
 has no train column; the served rows need no such setting.
 
-Reading the ratio: ``ours/timm`` is Keras images/s divided by timm images/s measured in the same run;
-above 1 means ours is faster. Compare ratios between runs, not absolute images/s (those depend on
-the machine and its load; the load average is printed). Where the time goes (profiles, the levers tried
+Reading the ratio: ``ours/timm`` is Keras images/s divided by timm images/s measured in the same run
+(the ratio of the medians, then the min-max of the per-round ratios); above 1 means ours is faster.
+Compare ratios between runs, not absolute images/s (those depend on the machine and its load; the load
+average is printed). Where the time goes (profiles, the levers tried
 and their effect) is written up in ``benchmarks/README.md``; ``profile_model.py`` reproduces it.
 
 Example::
@@ -243,10 +244,17 @@ def report(rows, results, args):
         for ref in [t for t in rows if isinstance(t, TimmRow) and t.bf16 == r.bf16]:
             if not isinstance(r, KerasRow):
                 continue
-            ratios = [f"{statistics.median(results[(r.label, op)]) / statistics.median(results[(ref.label, op)]):.2f}"
+            ratios = [_ratio(results[(r.label, op)], results[(ref.label, op)])
                       if (r.label, op) in results and (ref.label, op) in results else "-" for op in OPS]
             name = f"ratio ({r.label[6:]}/{ref.label[5:]})"
             print(f"{name:48s}{ratios[0]:>24s}{ratios[1]:>24s}")
+
+
+def _ratio(ours: list[float], theirs: list[float]) -> str:
+    """The ratio of the medians, and the min-max of the per-round ratios (both sides of a round ran back to
+    back, so a round's ratio is the figure least moved by load that changes between rounds)."""
+    per_round = [a / b for a, b in zip(ours, theirs)]
+    return f"{statistics.median(ours) / statistics.median(theirs):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
 
 
 def main(argv=None):
