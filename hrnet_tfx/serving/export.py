@@ -33,7 +33,6 @@ from typing import Sequence
 
 import hrnet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
-
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from hrnet_tfx.data import features
