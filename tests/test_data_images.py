@@ -76,6 +76,28 @@ def test_truncated_jpeg_rejected(verify, save):
     assert e.value.reason == "truncated"
 
 
+def test_decode_mode_catches_a_corrupt_huffman_table_that_markers_mode_keeps():
+    data = _image(size=(64, 64))
+    bad = bytearray(data)
+    bad[data.index(b"\xff\xc4") + 5 + 15] = 255  # the first Huffman table's last count: over 256 codes
+    bad = bytes(bad)
+    assert prepare_image(bad, "markers").encoded == bad  # the header still parses; its contents are not checked
+    with pytest.raises(BadImageError) as e:
+        prepare_image(bad, "decode")
+    assert e.value.reason == "corrupt" and "broken data stream" in str(e.value)
+
+
+def test_damaged_entropy_data_is_not_caught_by_either_mode():
+    """What the README says neither mode does: libjpeg only warns about damage inside the scan, and the
+    image decodes (to wrong pixels) in PIL as it does in TensorFlow."""
+    data = _image(size=(64, 64))
+    bad = bytearray(data)
+    bad[len(data) // 2] ^= 0x55
+    bad = bytes(bad)
+    for verify in ("markers", "decode"):
+        assert prepare_image(bad, verify).encoded == bad
+
+
 def test_truncated_png_rejected():
     data = _image(fmt="PNG", size=(64, 64))
     with pytest.raises(BadImageError) as e:

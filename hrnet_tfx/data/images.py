@@ -175,8 +175,9 @@ def prepare_image(data: bytes, verify: str = "markers") -> PreparedImage:
         the header is anything but plain) and checks that the last scan ends with an end-of-image marker,
         which catches empty, non-image, cut-short and header-corrupt files without decoding pixels (the
         failures that also make ``tf.io.decode_jpeg`` fail); ``decode`` decodes every image fully with PIL
-        (about 20-40x slower; also catches damaged entropy data, which libjpeg and TensorFlow only warn
-        about).
+        (about 20-40x slower), which also catches what libjpeg treats as an error, such as a corrupt
+        Huffman or quantization table. Neither mode catches damage inside the entropy-coded data: libjpeg
+        (in PIL and in TensorFlow alike) only warns about it and decodes wrong pixels.
 
     Every image's declared size is bounded before it is decoded (:func:`_check_pixels`): a small file
     whose header claims 60000x60000 pixels is ``too_large``, not a 10 GB allocation.
