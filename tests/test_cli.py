@@ -136,6 +136,36 @@ def test_import_weights_checkpoint_is_what_init_from_restores(tmp_path):
     assert info["labels"] == [f"class_{i}" for i in range(10)]
 
 
+@pytest.mark.parametrize("fmt", ["savedmodel", "checkpoint"])
+def test_import_weights_to_a_bucket(fmt):
+    """``--output`` on a file system without directory renames (TF's in-memory ``ram://``): the output is
+    complete, no staging directory is left beside it, and a second import into it is refused."""
+    import uuid
+
+    import tensorflow as tf
+
+    from hrnet_tfx import models
+    from hrnet_tfx.serving.export import load_weights_into
+
+    parent = f"ram://import-{uuid.uuid4().hex[:8]}"
+    out = f"{parent}/{fmt}"
+    weights = str(FIXTURES / "timm_tiny" / "state_dict.safetensors")
+    args = ["models", "import-weights", "tiny.yaml", weights, "-o", out, "--image-size", "64", "--format", fmt]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert tf.io.gfile.listdir(parent) == [fmt]
+    model = models.build_model("tiny.yaml", num_classes=10, image_size=64)
+    if fmt == "checkpoint":
+        tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(out)).expect_partial() \
+            .assert_existing_objects_matched()
+    else:
+        assert load_weights_into(model, out, new_classifier=False) == []
+    x, expected = _fixture_inputs_and_logits()
+    np.testing.assert_allclose(model(x, training=False), expected, rtol=1e-4, atol=1e-3)
+    again = _run(*args)
+    assert again.exit_code != 0 and "output directory is not empty" in again.output
+
+
 def test_import_weights_refusals_name_the_problem(tmp_path):
     import yaml
 

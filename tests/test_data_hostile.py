@@ -9,6 +9,7 @@ import io
 import os
 import re
 import resource
+import socket
 import struct
 import subprocess
 import sys
@@ -59,11 +60,15 @@ def _sparse(path, size):
 NEWLINE_NAME = "new\nline\tname.jpg"
 HOSTILE = {  # file in train/cats -> (reason in bad_files.tsv, words in the detail)
     "fifo.jpg": ("not_a_file", "FIFO"),
+    "fifo_link.jpg": ("not_a_file", "FIFO"),
+    "socket.jpg": ("not_a_file", "a socket"),
+    "socket_link.jpg": ("not_a_file", "a socket"),
     "zero.jpg": ("not_a_file", "character device"),
     "huge.jpg": ("too_large", f"{HUGE} bytes"),
     "loop.jpg": ("symlink_loop", "symbolic links"),
     NEWLINE_NAME: ("not_an_image", "not an image"),
     "bomb.jpg": ("too_large", "3600000000 pixels) exceeds"),
+    "bomb_100mp.jpg": ("too_large", "(100000000 pixels) exceeds limit of 89478485 pixels"),  # PIL's warning level
 }
 
 
@@ -80,11 +85,18 @@ def hostile_conversion(tmp_path_factory):
                 (src / split / cls / name).write_bytes(_jpeg(color=(200 - 150 * k, 30, 30 + 150 * k)))
     cats = src / "train" / "cats"
     os.mkfifo(cats / "fifo.jpg")
+    os.mkfifo(root / "outside.fifo")
+    (cats / "fifo_link.jpg").symlink_to(root / "outside.fifo")
+    for name in ("socket.jpg", "outside.sock"):  # bound, then closed: the socket file stays
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str((cats if name == "socket.jpg" else root) / name))
+    (cats / "socket_link.jpg").symlink_to(root / "outside.sock")
     (cats / "zero.jpg").symlink_to("/dev/zero")
     _sparse(cats / "huge.jpg", HUGE)
     (cats / "loop.jpg").symlink_to("loop.jpg")
     (cats / NEWLINE_NAME).write_bytes(b"this is not an image")
     (cats / "bomb.jpg").write_bytes(_claiming(60000, 60000))
+    (cats / "bomb_100mp.jpg").write_bytes(_claiming(10000, 10000))
     out = root / "out"
     code = ("import sys; from hrnet_tfx.cli import main; "
             f"sys.argv = ['hrnet-tfx', 'data', 'convert', {str(src)!r}, {str(out)!r}, '--train-shards', '2', "
@@ -104,7 +116,7 @@ def test_hostile_conversion_keeps_the_good_images(hostile_conversion):
     manifest = L.load_manifest(str(out))
     assert manifest["splits"]["train"]["num_examples"] == 6
     assert manifest["splits"]["train"]["num_bad"] == len(HOSTILE)
-    assert "train: 6 examples in 2 shards (0 re-encoded, 6 skipped)" in proc.stdout
+    assert f"train: 6 examples in 2 shards (0 re-encoded, {len(HOSTILE)} skipped)" in proc.stdout
 
 
 def test_report_stays_one_line_per_file_with_four_columns(hostile_conversion):

@@ -716,6 +716,31 @@ def memory_attacks(tmp_path) -> dict[str, tuple[pathlib.Path, str]]:
                 f.truncate(8 + length)
         add(name, path, "WeightsFileError: .*header of \\d+ bytes is over")
 
+    # over the 4 GiB budget for weights (weights.MAX_TENSOR_BYTES), sparse on disk: 2**30 + 1 float32s
+    k = (1 << 30) + 1
+    path = tmp_path / "over_budget.pth"
+    with open(path, "wb") as f:
+        f.write(legacy_bytes(pkl(odict((s("a"), tensor(legacy_pid("0", k), (k,))))), [], keys=pkl(lst(s("0")))))
+        f.write(struct.pack("<q", k))
+        f.seek(4 * k, os.SEEK_CUR)
+        f.truncate()
+    add("legacy storage of 4 GiB + 4 bytes", path,
+        f"WeightsFileError: .*its tensors take {4 * k} bytes, over the 4096 MiB limit for weights")
+    header = json.dumps({"a": {"dtype": "F32", "shape": [k], "data_offsets": [0, 4 * k]}}).encode()
+    path = tmp_path / "over_budget.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 4 * k)
+    add("safetensors of 4 GiB + 4 bytes", path, "WeightsFileError: .*over the 4096 MiB limit for weights")
+    # a pickle longer than weights.MAX_METADATA_BYTES (16 MiB): one 17 MiB string
+    long_pickle = b"\x80\x02X" + struct.pack("<I", 17 << 20) + b"a" * (17 << 20) + b"."
+    add("legacy: first pickle of 17 MiB", write_legacy(tmp_path / "long_magic.pth", b"", [], magic=long_pickle),
+        "WeightsFileError: .*a pickle is longer than the 16 MiB limit")
+    add("legacy: data pickle of 17 MiB", write_legacy(tmp_path / "long_data.pth", long_pickle, []),
+        "WeightsFileError: .*a pickle is longer than the 16 MiB limit")
+    add("zip: data.pkl of 17 MiB", write_zip(tmp_path / "long.zip.pth", long_pickle, {}),
+        "WeightsFileError: .*zip member archive/data.pkl declares 17825800 bytes, over 16777216")
+
     return attacks
 
 

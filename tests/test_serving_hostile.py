@@ -17,6 +17,7 @@ import re
 import resource
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -249,7 +250,20 @@ def grpc_error(call):
 
 
 # -- images whose header hides the cost --------------------------------------------------------------------
+def jpeg_claiming(width, height):
+    """A 16x16 JPEG whose frame header says ``width x height``: TF would allocate for the claimed size."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (90, 120, 30)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 IMAGES = {
+    # the server runs with the default --max-image-pixels (25,000,000): both refused by the header alone
+    "jpeg_header_60000x60000": (lambda: jpeg_claiming(60000, 60000), "image too large to decode (Image size "
+                                "(3600000000 pixels) exceeds limit of 178956970 pixels"),  # Pillow's own bomb check
+    "jpeg_header_6000x5000": (lambda: jpeg_claiming(6000, 5000), "image is 6000x5000 = 30,000,000 pixels, more "
+                              "than this server's limit of 25,000,000 pixels per image (--max-image-pixels)"),
     # 44 KB: frame 1 is 1x1, frame 2 8000x8000; TF decodes 2 x 8000 x 8000 x 3 bytes, then resizes floats.
     "gif_hidden_frame": (lambda: gif_bomb(8000, 8000), "animated GIF refused (more than one frame)"),
     "png_1000000x1": (lambda: encode(Image.new("L", (1_000_000, 1)), "PNG"), "an aspect ratio of 1,000,000.0"),

@@ -118,6 +118,14 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
         validate(good, 1, eval_only=True)
     with pytest.raises(ConfigError, match="init_from not found"):
         validate(good.replace(init_from=str(tmp_path / "w.pth")), 1)
+    import tensorflow as tf
+
+    validate(good.replace(export_dir=str(tmp_path / "new-export")), 1)
+    for existing in (tmp_path / "export", f"ram://{uuid.uuid4().hex}/export"):  # local and a bucket-like path
+        tf.io.gfile.makedirs(str(existing))
+        with pytest.raises(ConfigError, match=rf"^export_dir {re.escape(str(existing))} already exists: remove it "
+                                              "or export elsewhere$"):
+            validate(good.replace(export_dir=str(existing)), 1)
 
 
 def test_training_refuses_serving_weight_caching(color_records, tmp_path, monkeypatch):
@@ -730,3 +738,44 @@ def test_failed_horovod_workers_are_one_message_with_the_exit_code(color_records
     assert re.search(r"horovodrun: Horovod detected that one or more processes exited with non-zero status, thus "
                      r"causing the job to be terminated\. The first process to do so was: Process name: [01] "
                      r"Exit code: 1\n\Z", worker_output), worker_output[-600:]
+
+
+_REPLICA_CHECK = '''
+import sys
+import tensorflow as tf
+import tf_keras as keras
+from hrnet_tfx.training.distribute import HorovodBackend
+from hrnet_tfx.training.loop import check_replicas_consistent
+
+backend = HorovodBackend()
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_initializer="ones"),
+                          keras.layers.BatchNormalization()])
+if sys.argv[1] == "diverge" and backend.rank == 1:
+    model.layers[1].moving_mean.assign_add([0.0, 1e-6, 0.0])  # a non-trainable weight, barely off
+try:
+    rows = check_replicas_consistent(model, backend)
+except RuntimeError as e:
+    print(f"rank {backend.rank}: {e}", flush=True)
+    sys.exit(3)
+print(f"rank {backend.rank}: consistent {len(rows)}", flush=True)
+'''
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", ["same", "diverge"])
+def test_replica_check_fails_when_horovod_workers_hold_different_weights(case, tmp_path):
+    """The check behind "silently diverging workers fail the run", on two real Horovod ranks: equal weights
+    pass, and one BatchNorm statistic off by 1e-6 on rank 1 fails both ranks."""
+    script = tmp_path / "check.py"
+    script.write_text(_REPLICA_CHECK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-m", "hrnet_tfx.training.horovodrun", "-np", "2", "-H", "localhost:2",
+                          "--gloo", sys.executable, str(script), case], capture_output=True, text=True, env=env,
+                         timeout=600)
+    out = run.stdout + run.stderr
+    if case == "same":
+        assert run.returncode == 0, out
+        assert "rank 0: consistent 2" in out and "rank 1: consistent 2" in out
+    else:
+        assert run.returncode == 1, out
+        assert re.search(r"rank [01]: data-parallel workers hold different weights after training", out), out

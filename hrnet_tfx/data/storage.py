@@ -362,6 +362,8 @@ def open_input(path: str, buffered: bool = True) -> tuple[IO, int]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise InputFileError("symlink_loop", "too many levels of symbolic links") from None
+        if e.errno == errno.ENXIO and _is_socket(path):  # what open() says for a UNIX socket
+            raise InputFileError("not_a_file", "a socket") from None
         raise InputFileError("unreadable", f"{type(e).__name__}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
@@ -376,6 +378,13 @@ def open_input(path: str, buffered: bool = True) -> tuple[IO, int]:
 def _check_size(size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise InputFileError("too_large", f"{size} bytes or more, above the limit of {max_bytes} bytes")
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat_lib.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _kind(mode: int) -> str:

@@ -116,7 +116,7 @@ class MPIJobSpec:
 def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool = False) -> None:
     """Checks what can be checked without the cluster's files; raises :class:`ConfigError` naming the field.
 
-    Every path must be visible from every pod: a URI (``gs://``, ``s3://``, ``hdfs://``) or an absolute
+    Every path must be visible from every pod: a URI TensorFlow reads (``gs://``) or an absolute
     path. ``model_dir`` and ``export_dir`` must also outlive the pods (rank 0 writes them, and a restarted
     job may resume on another node): a URI or a path inside the mounted data volume. An explicit global
     batch must split evenly over the ``workers * slots`` processes.
@@ -132,15 +132,15 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
         for part in filter(None, (p.strip() for p in getattr(config, key).split(","))):
             if not (_URI.match(part) or posixpath.isabs(part)):
                 raise ConfigError(f"{key} {part!r} is a relative path the pods cannot see: use an absolute "
-                                  "path (in the image or the data volume) or a gs://, s3:// or hdfs:// URI")
+                                  "path (in the image or the data volume) or a gs:// URI")
     for key in ("model_dir", "export_dir"):
         path = getattr(config, key)
         if path and not (_URI.match(path) or (spec.has_volume and objects.under_mount(path, spec.mount_path))):
             where = f"a path under the data volume's mount path {spec.mount_path}" if spec.has_volume else \
                 "a data volume (--pvc/--host-path) and a path under its mount path"
             raise ConfigError(f"{key} {path!r} is not shared storage (every rank and a restarted pod must see the "
-                              f"same directory, and the pod's own disk is lost): use a gs://, s3:// or hdfs:// "
-                              f"URI, or {where}")
+                              f"same directory, and the pod's own disk is lost): use a gs:// URI, "
+                              f"or {where}")
     if config.global_batch_size and config.global_batch_size % spec.num_processes:
         raise ConfigError(f"global_batch_size {config.global_batch_size} is not divisible by {spec.num_processes} "
                           f"workers ({spec.workers} node(s) x {spec.slots_per_worker} slot(s))")

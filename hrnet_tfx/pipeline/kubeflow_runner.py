@@ -9,7 +9,8 @@ CPU and memory request (TFX's ResourceSpec) and, when a node selector or tolerat
 second YAML document with the Kubernetes platform spec (what kfp-kubernetes writes) that places it.
 
 Paths (``root``, ``input_base``, ``serving_base``) must be visible from the pods: bucket URIs
-(``gs://``, ``s3://``, ``minio://`` ...) or absolute paths on volumes mounted into the image.
+(``gs://``; ``s3://`` needs tensorflow-io, which is not installed) or absolute paths on volumes mounted
+into the image.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _check_paths(config: PipelineConfig) -> None:
         if not is_uri(value) and not os.path.isabs(value):
             raise ConfigError(
                 f"kubeflow: {key}={value!r} is a relative local path, which the pipeline's pods cannot see; "
-                "use a bucket URI (gs://..., s3://..., minio://...) or an absolute path on a mounted volume")
+                "use a gs:// URI or an absolute path on a mounted volume")
 
 
 def _trainer_resources(config: PipelineConfig):
