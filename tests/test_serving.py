@@ -1006,3 +1006,40 @@ def test_serve_command_runs_the_dev_server_and_stops_cleanly_on_sigterm(exported
             process.wait()
     text = log_path.read_text()
     assert "shutting down" in text and "development server: stopped" in text
+
+
+def test_serve_guard_defaults_are_the_readme_table():
+    """The development server's guard table in the README states each flag's default; both sides are
+    checked against the values here."""
+    import re
+
+    from conftest import REPO
+    from hrnet_tfx.cli.serving import serve as serve_command
+
+    documented = dict(re.findall(r"`(--[a-z-]+)` \(([^)]+)\) \|", (REPO / "README.md").read_text()))
+    assert documented == {"--max-image-pixels": "25,000,000", "--max-aspect-ratio": "50",
+                          "--max-items-per-request": "128", "--max-request-bytes": "16 MiB",
+                          "--max-concurrent-requests": "32", "--max-connections": "128", "--request-timeout": "30 s"}
+    defaults = {p.opts[0]: p.default for p in serve_command.params if p.opts}
+    assert {flag: defaults[flag] for flag in documented} == {
+        "--max-image-pixels": 25_000_000, "--max-aspect-ratio": 50, "--max-items-per-request": 128,
+        "--max-request-bytes": 16 << 20, "--max-concurrent-requests": 32, "--max-connections": 128,
+        "--request-timeout": 30}
+
+
+def test_animated_png_passes_the_guard_and_decodes_as_its_default_image():
+    """README: animated GIFs are refused, animated PNGs are fine (TF decodes the default image only)."""
+    from hrnet_tfx.serving.dev.image_guard import ImageGuard
+
+    frames = [Image.new("RGB", (24, 16), (200, 10, 10)), Image.new("RGB", (24, 16), (10, 10, 200))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    ImageGuard().check_image(data, "images[0]")
+    decoded = tf.io.decode_image(data).numpy()
+    assert decoded.shape == (16, 24, 3) and tuple(decoded[0, 0]) == (200, 10, 10)
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ServingError, match=r"images\[0\]: animated GIF refused"):
+        ImageGuard().check_image(gif.getvalue(), "images[0]")
