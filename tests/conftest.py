@@ -6,8 +6,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import base64  # noqa: E402
+import io  # noqa: E402
 import pathlib  # noqa: E402
 import socket  # noqa: E402
+import struct  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -23,6 +25,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A valid 16x16 JPEG whose frame header (SOF0) claims ``width`` x ``height`` pixels: a decoder that
+    trusts the header would allocate for the claimed size."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(out, format="JPEG")
+    data = bytearray(out.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
 
 
 def b64(data: bytes) -> dict:

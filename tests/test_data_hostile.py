@@ -19,6 +19,8 @@ from PIL import Image
 
 from hrnet_tfx.data import layout as L
 
+from conftest import jpeg_claiming
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT_LIMIT = 3 * 2**30  # a conversion of a few images peaks at ~1.9 GB of address space (TF + Beam)
 DISCOVER_LIMIT = 2**30  # discovery imports neither TF nor Beam
@@ -42,14 +44,6 @@ def _jpeg(size=(16, 16), color=(200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, color).save(out, format="JPEG")
     return out.getvalue()
-
-
-def _claiming(width: int, height: int) -> bytes:
-    """A small valid JPEG whose frame header (SOF0) claims ``width`` x ``height`` pixels."""
-    data = bytearray(_jpeg())
-    sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def _sparse(path, size):
@@ -95,8 +89,8 @@ def hostile_conversion(tmp_path_factory):
     _sparse(cats / "huge.jpg", HUGE)
     (cats / "loop.jpg").symlink_to("loop.jpg")
     (cats / NEWLINE_NAME).write_bytes(b"this is not an image")
-    (cats / "bomb.jpg").write_bytes(_claiming(60000, 60000))
-    (cats / "bomb_100mp.jpg").write_bytes(_claiming(10000, 10000))
+    (cats / "bomb.jpg").write_bytes(jpeg_claiming(60000, 60000))
+    (cats / "bomb_100mp.jpg").write_bytes(jpeg_claiming(10000, 10000))
     out = root / "out"
     code = ("import sys; from hrnet_tfx.cli import main; "
             f"sys.argv = ['hrnet-tfx', 'data', 'convert', {str(src)!r}, {str(out)!r}, '--train-shards', '2', "

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -46,7 +47,7 @@ from hrnet_tfx.serving.model_base import complete_versions, latest_version, reso
 from hrnet_tfx.serving.server import model_server_command, serve  # noqa: E402
 from hrnet_tfx.serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
-from conftest import b64, free_port  # noqa: E402
+from conftest import REPO, b64, free_port  # noqa: E402
 
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 IMAGE_SIZE = 64
@@ -1011,9 +1012,6 @@ def test_serve_command_runs_the_dev_server_and_stops_cleanly_on_sigterm(exported
 def test_serve_guard_defaults_are_the_readme_table():
     """The development server's guard table in the README states each flag's default; both sides are
     checked against the values here."""
-    import re
-
-    from conftest import REPO
     from hrnet_tfx.cli.serving import serve as serve_command
 
     documented = dict(re.findall(r"`(--[a-z-]+)` \(([^)]+)\) \|", (REPO / "README.md").read_text()))

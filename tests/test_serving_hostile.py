@@ -17,7 +17,6 @@ import re
 import resource
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_
 
 from hrnet_tfx.serving.tensors import to_tensor_proto  # noqa: E402
 
-from conftest import b64, free_port  # noqa: E402
+from conftest import b64, free_port, jpeg_claiming  # noqa: E402
 
 LABELS = ["cat", "dog", "eel", "fox", "gnu"]
 MIB = 2**20
@@ -250,14 +249,6 @@ def grpc_error(call):
 
 
 # -- images whose header hides the cost --------------------------------------------------------------------
-def jpeg_claiming(width, height):
-    """A 16x16 JPEG whose frame header says ``width x height``: TF would allocate for the claimed size."""
-    data = bytearray(encode(Image.new("RGB", (16, 16), (90, 120, 30)), "JPEG"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
 IMAGES = {
     # the server runs with the default --max-image-pixels (25,000,000): both refused by the header alone
     "jpeg_header_60000x60000": (lambda: jpeg_claiming(60000, 60000), "image too large to decode (Image size "

@@ -20,6 +20,8 @@ from hrnet_tfx.training.launcher import prepare
 from hrnet_tfx.training.loop import validate
 from hrnet_tfx.training.schedule import WarmupSchedule
 
+from conftest import REPO
+
 
 def _config(records, model_dir, **overrides) -> TrainConfig:
     base = dict(
@@ -101,6 +103,8 @@ def test_schedule_step_warmup_and_cosine():
 
 
 def test_bad_configuration_fails_before_training(color_records, tmp_path):
+    import tensorflow as tf
+
     good = _config(color_records, tmp_path / "m")
     validate(good, 2)
     with pytest.raises(ConfigError, match="unknown model 'hrnet_w99'"):
@@ -118,8 +122,6 @@ def test_bad_configuration_fails_before_training(color_records, tmp_path):
         validate(good, 1, eval_only=True)
     with pytest.raises(ConfigError, match="init_from not found"):
         validate(good.replace(init_from=str(tmp_path / "w.pth")), 1)
-    import tensorflow as tf
-
     validate(good.replace(export_dir=str(tmp_path / "new-export")), 1)
     for existing in (tmp_path / "export", f"ram://{uuid.uuid4().hex}/export"):  # local and a bucket-like path
         tf.io.gfile.makedirs(str(existing))
@@ -742,7 +744,6 @@ def test_failed_horovod_workers_are_one_message_with_the_exit_code(color_records
 
 _REPLICA_CHECK = '''
 import sys
-import tensorflow as tf
 import tf_keras as keras
 from hrnet_tfx.training.distribute import HorovodBackend
 from hrnet_tfx.training.loop import check_replicas_consistent
@@ -765,10 +766,10 @@ print(f"rank {backend.rank}: consistent {len(rows)}", flush=True)
 @pytest.mark.parametrize("case", ["same", "diverge"])
 def test_replica_check_fails_when_horovod_workers_hold_different_weights(case, tmp_path):
     """The check behind "silently diverging workers fail the run", on two real Horovod ranks: equal weights
-    pass, and one BatchNorm statistic off by 1e-6 on rank 1 fails both ranks."""
+    pass, and one BatchNorm statistic off by 1e-6 on rank 1 fails the run."""
     script = tmp_path / "check.py"
     script.write_text(_REPLICA_CHECK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     run = subprocess.run([sys.executable, "-m", "hrnet_tfx.training.horovodrun", "-np", "2", "-H", "localhost:2",
                           "--gloo", sys.executable, str(script), case], capture_output=True, text=True, env=env,
                          timeout=600)

@@ -362,8 +362,8 @@ def open_input(path: str, buffered: bool = True) -> tuple[IO, int]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise InputFileError("symlink_loop", "too many levels of symbolic links") from None
-        if e.errno == errno.ENXIO and _is_socket(path):  # what open() says for a UNIX socket
-            raise InputFileError("not_a_file", "a socket") from None
+        if e.errno == errno.ENXIO and stat_lib.S_ISSOCK(mode := _mode(path)):  # open() of a UNIX socket
+            raise InputFileError("not_a_file", _kind(mode)) from None
         raise InputFileError("unreadable", f"{type(e).__name__}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
@@ -380,11 +380,12 @@ def _check_size(size: int, max_bytes: int) -> None:
         raise InputFileError("too_large", f"{size} bytes or more, above the limit of {max_bytes} bytes")
 
 
-def _is_socket(path: str) -> bool:
+def _mode(path: str) -> int:
+    """The file type and mode bits of local ``path`` (following links); 0 if it cannot be stat'ed."""
     try:
-        return stat_lib.S_ISSOCK(os.stat(path).st_mode)
+        return os.stat(path).st_mode
     except OSError:
-        return False
+        return 0
 
 
 def _kind(mode: int) -> str:
