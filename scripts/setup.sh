@@ -54,7 +54,11 @@ if ! .venv/bin/python -c 'import horovod.tensorflow' 2>/dev/null; then
   CXXFLAGS="${CXXFLAGS:-} -include stdexcept -include string" \
     "${pip[@]}" install -q --no-build-isolation --no-cache-dir -c requirements/constraints.txt horovod==0.28.1
 fi
-.venv/bin/horovodrun --check-build 2>/dev/null | grep -q '\[X\] Gloo' || { echo "error: Horovod was built without Gloo" >&2; exit 1; }
+# Ask the built library itself. (Piping `horovodrun --check-build` into `grep -q` raced: grep exits at the
+# first match, horovodrun's next write hits a closed pipe and exits 1, and pipefail failed the setup.)
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -W ignore -c 'import horovod.tensorflow as hvd, sys; sys.exit(0 if hvd.gloo_built() else 1)' ||
+  { echo "error: Horovod was built without Gloo (horovod.tensorflow.gloo_built() is False); rebuild it:" >&2
+    echo "       .venv/bin/pip uninstall -y horovod && bash scripts/setup.sh" >&2; exit 1; }
 
 echo "$want" > "$stamp"
 echo "==> .venv ready: $(.venv/bin/python --version), $(.venv/bin/pip --disable-pip-version-check list 2>/dev/null | grep -E '^(tfx|tensorflow|horovod) ' | tr -s ' ' | paste -sd, -)"
