@@ -15,13 +15,34 @@ from typing import Sequence
 
 
 def is_uri(path: str) -> bool:
-    """Whether ``path`` names a file system by scheme (``gs://b/x``, ``s3://b/x``, TF's in-memory ``ram://x``)
+    """Whether ``path`` names a file system by scheme (``gs://b/x``, TF's in-memory ``ram://x``)
     rather than a local path."""
     return "://" in path
 
 
+SHARED_SCHEMES = ("gs://",)
+"""The bucket file systems TensorFlow 2.16 and TF Serving 2.16 read by themselves, and so the only URIs that
+pods (Kubeflow steps, MPIJob ranks, TF Serving replicas) can share. ``s3://`` and ``hdfs://`` left TensorFlow
+for tensorflow-io (TF 2.6) and the stock TF Serving image (2.7); neither the pinned stack nor the Dockerfile
+installs tensorflow-io."""
+
+
+def shared_uri_problem(path: str) -> str | None:
+    """Why the URI ``path`` cannot be storage that pods share, or None for a ``gs://`` URI and for any local
+    path (whether a local path is visible from a pod is the caller's question)."""
+    if not is_uri(path) or path.startswith(SHARED_SCHEMES):
+        return None
+    scheme = path.split("://", 1)[0]
+    if scheme == "ram":
+        return "ram:// is TensorFlow's in-memory file system: it lives in one process, and no pod sees another's"
+    if scheme == "file":
+        return "file:// is the pod's own disk, which other pods do not see and a restart loses"
+    return (f"{scheme}:// is not a file system TensorFlow 2.16 or TF Serving 2.16 reads by itself (of the buckets "
+            "only gs:// is; s3:// and hdfs:// need tensorflow-io, which the image does not install)")
+
+
 def gfile():
-    """``tf.io.gfile`` (local paths, ``gs://``, ``s3://``, ``ram://``...), imported when first needed: this
+    """``tf.io.gfile`` (local paths, ``gs://``, ``ram://``...), imported when first needed: this
     module is imported where TensorFlow is not."""
     import tensorflow as tf
 
@@ -84,5 +105,5 @@ def copy_tree(src: str, dst: str, last: Sequence[str] = ()) -> None:
 
 def renames_atomically(path: str) -> bool:
     """Whether directories under ``path`` can be renamed into place in one step: local file systems yes;
-    object stores (``gs://``, ``s3://``, TF's in-memory ``ram://``) no."""
+    object stores (``gs://``, TF's in-memory ``ram://``) no."""
     return not is_uri(path)

@@ -15,7 +15,9 @@ echo "==> [1/4] sample dataset in $out/sample"
 [ -d "$out/sample" ] || "$bin/hrnet-tfx" data make-sample "$out/sample" --classes 4
 
 echo "==> [2/4] pipeline through the tfx CLI (local engine); progress below"
-if "$bin/tfx" pipeline list --engine local 2>/dev/null | grep -qx hrnet-tfx-demo; then action=update; else action=create; fi
+# Read the whole list before matching: `tfx ... | grep -q` races under pipefail (grep exits at the first match).
+pipelines=$("$bin/tfx" pipeline list --engine local 2>/dev/null || true)
+if grep -qx hrnet-tfx-demo <<<"$pipelines"; then action=update; else action=create; fi
 "$bin/tfx" pipeline "$action" --engine local --pipeline_path hrnet_tfx/pipeline/local_runner.py
 "$bin/tfx" run create --engine local --pipeline_name hrnet-tfx-demo
 
@@ -24,7 +26,7 @@ echo "==> [3/4] serving $out/serving and asking for one prediction"
   > "$out/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-image=$(find "$out/sample/val" -name '*.JPEG' | sort | head -n 1)
+image=$(find "$out/sample/val" -name '*.JPEG' | sort | sed -n 1p)
 for _ in $(seq 120); do
   "$bin/hrnet-tfx" predict --server 127.0.0.1:8500 "$image" 2>/dev/null && break
   kill -0 $server 2>/dev/null || { cat "$out/serve.log"; exit 1; }

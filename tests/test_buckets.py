@@ -289,3 +289,28 @@ def test_warmup_images_come_from_a_bucket_and_are_bounded(ram_models):
     predict = next(r.predict_log.request for r in records if r.predict_log.request.model_spec.signature_name
                    == "predict_images")
     assert predict.inputs["images"].string_val == [image]
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/x", "hdfs://namenode/x"])
+def test_tensorflow_reads_no_s3_or_hdfs_by_itself(uri):
+    """The claim behind SHARED_SCHEMES (and the README's Paths note): the pinned TensorFlow has no s3:// or
+    hdfs:// file system. Installing tensorflow-io would make this fail, and the refusals must then change."""
+    with pytest.raises(tf.errors.UnimplementedError, match="not implemented"):
+        gfile.exists(uri)
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("gs://bucket/runs", None),
+    ("/data/runs", None),
+    ("runs", None),  # local paths are the caller's question
+    ("ram://runs", "in-memory file system: it lives in one process"),
+    ("file:///data/runs", "file:// is the pod's own disk"),
+    ("s3://bucket/runs", "s3:// is not a file system TensorFlow 2.16 or TF Serving 2.16 reads by itself"),
+    ("hdfs://namenode/runs", "hdfs:// is not a file system"),
+    ("GS://bucket/runs", "GS:// is not a file system"),
+])
+def test_only_gs_uris_are_storage_pods_share(path, problem):
+    from hrnet_tfx.fs import shared_uri_problem
+
+    found = shared_uri_problem(path)
+    assert (found is None) if problem is None else (problem in found), found

@@ -80,6 +80,9 @@ def test_without_placement_one_document_and_cpu_trainer(tmp_path):
     [
         (CLUSTER[:3], "kubeflow: image is not set"),
         (CLUSTER[1:], "root='outputs/pipeline' is a relative local path"),
+        (CLUSTER + ["root=ram://pipelines"], "kubeflow: root='ram://pipelines': ram:// is TensorFlow's in-memory"),
+        (CLUSTER + ["input_base=s3://bucket/ILSVRC2012"], "kubeflow: input_base='s3://bucket/ILSVRC2012': s3:// is not"),
+        (CLUSTER + ["serving_base=file:///serving"], "kubeflow: serving_base='file:///serving': file:// is the pod's"),
         (CLUSTER + ["name=my_pipeline"], r"name 'my_pipeline' must match"),
         (CLUSTER + ["kubeflow.gpus=2"], r"kubeflow: unknown key\(s\) \['gpus'\]"),
         (CLUSTER + ["kubeflow.trainer_gpus=two"], "kubeflow: trainer_gpus='two' is not a valid int"),

@@ -80,7 +80,9 @@ def test_cpu_image_and_tf_serving_release_match_the_serving_api():
 @pytest.mark.parametrize("changes, message", [
     ({"model_base": "serving"}, "model base 'serving' is not where the pods can read it"),
     ({"model_base": "/data/serving", "pvc": "models"}, r"under --mount-path \(/models\)"),
-    ({"model_base": "ram://x"}, "TF Serving reads gs://, s3://, hdfs:// URIs"),
+    ({"model_base": "ram://x"}, "model base 'ram://x': ram:// is TensorFlow's in-memory file system"),
+    ({"model_base": "s3://b/serving"}, r"model base 's3://b/serving': s3:// is not a file system .* use a gs:// URI"),
+    ({"model_base": "file:///models/serving", "pvc": "models"}, "file:// is the pod's own disk"),
     ({"model_name": "hrnet\n"}, r"model name 'hrnet\\n'"),
     ({"name": "HRNet"}, "must be a lowercase DNS label"),
     ({"memory": "8 GB"}, "memory='8 GB' is not a Kubernetes quantity"),

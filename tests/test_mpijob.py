@@ -227,6 +227,17 @@ def test_model_dir_on_uri_or_volume_is_accepted():
         manifests(train_config(model_dir="/data/runs/w18"), pvc="")
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("model_dir", "ram://runs/w18", "model_dir 'ram://runs/w18': ram:// is TensorFlow's in-memory file system"),
+    ("export_dir", "s3://bucket/export", "export_dir 's3://bucket/export': s3:// is not a file system"),
+    ("train_files", "/data/a-*,hdfs://nn/b-*", "train_files 'hdfs://nn/b-\\*': hdfs:// is not a file system"),
+    ("eval_files", "file:///data/val-*", "eval_files 'file:///data/val-\\*': file:// is the pod's own disk"),
+])
+def test_uris_pods_cannot_share_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        manifests(train_config(**{key: value}))
+
+
 @pytest.mark.parametrize("key", ["train_files", "eval_files", "init_from", "label_map"])
 def test_relative_data_paths_are_refused(key):
     with pytest.raises(ConfigError, match=key):

@@ -4,7 +4,7 @@ TF Serving watches ``<base>/<model_name>/`` and loads every directory whose name
 version (the highest one by default), as soon as it sees the directory; a load that fails is retried a
 few times. A version must therefore never show ``saved_model.pb`` before its variables, assets and
 warm-up file (``assets.extra/tf_serving_warmup_requests``, read once, at load) are complete. The model
-base may be local or a bucket (``gs://``, ``s3://``): every file goes through ``tf.io.gfile``.
+base may be local or a bucket (``gs://``): every file goes through ``tf.io.gfile``.
 
 Layout of ``<base>/<model_name>/`` (TF Serving and :mod:`hrnet_tfx.serving.model_base` only look at
 names made of ASCII digits, so the hidden entries are invisible to them)::

@@ -12,7 +12,7 @@ manifest gives the number.
 GZIP-compressed files cannot be seeked: they are decompressed and read through once (the counter says so
 in a warning; pass the count, e.g. ``num_train_examples``, to skip it).
 
-Buckets (``gs://``, ``s3://``, ``hdfs://``, ``ram://``) are read through ``tf.io.gfile``; local files
+Buckets (``gs://``, ``ram://``) are read through ``tf.io.gfile``; local files
 through ``os``, refusing FIFOs and devices (:func:`hrnet_tfx.data.storage.open_input`).
 """
 

@@ -1,5 +1,5 @@
 """Reading a dataset's inputs wherever they are: a local path or a URL of any TensorFlow file system
-(``gs://``, ``s3://`` with tensorflow-io, ``hdfs://``, the in-process ``ram://`` used by the tests).
+(``gs://``; ``s3://`` and ``hdfs://`` with tensorflow-io; the in-process ``ram://`` used by the tests).
 
 URLs (anything with ``://``) go through ``tf.io.gfile``, also inside Beam workers (Beam's own FileSystems
 does not know TensorFlow's file systems such as ``ram://``). Local paths go through ``os``, for three reasons

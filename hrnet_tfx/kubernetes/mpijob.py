@@ -14,11 +14,11 @@ import dataclasses
 import json
 import os
 import posixpath
-import re
 import types
 from typing import Any, Mapping, Sequence
 
 import hrnet_tfx  # noqa: F401
+from hrnet_tfx.fs import is_uri, shared_uri_problem
 from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.training.config import TrainConfig
@@ -32,7 +32,6 @@ DATA_VOLUME = "data"
 HOSTFILE = "/etc/mpi/hostfile"  # written and mounted by mpi-operator v2 (ConfigMap <job>-config)
 WORKER_COMMAND = ("/usr/sbin/sshd", "-De")  # foreground sshd (the Dockerfile configures it)
 DEFAULT_NCCL_ENV = types.MappingProxyType({"NCCL_DEBUG": "WARN"})
-_URI = re.compile(r"^(?!file://)[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # shared storage, not file://
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,17 +129,25 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
             raise ConfigError(f"{key} is not set")
     for key in ("train_files", "eval_files", "label_map", "init_from"):
         for part in filter(None, (p.strip() for p in getattr(config, key).split(","))):
-            if not (_URI.match(part) or posixpath.isabs(part)):
+            problem = shared_uri_problem(part)
+            if problem:
+                raise ConfigError(f"{key} {part!r}: {problem}; use a gs:// URI or an absolute path (in the image "
+                                  "or the data volume)")
+            if not (is_uri(part) or posixpath.isabs(part)):
                 raise ConfigError(f"{key} {part!r} is a relative path the pods cannot see: use an absolute "
                                   "path (in the image or the data volume) or a gs:// URI")
     for key in ("model_dir", "export_dir"):
         path = getattr(config, key)
-        if path and not (_URI.match(path) or (spec.has_volume and objects.under_mount(path, spec.mount_path))):
-            where = f"a path under the data volume's mount path {spec.mount_path}" if spec.has_volume else \
-                "a data volume (--pvc/--host-path) and a path under its mount path"
+        if not path:
+            continue
+        where = f"a path under the data volume's mount path {spec.mount_path}" if spec.has_volume else \
+            "a data volume (--pvc/--host-path) and a path under its mount path"
+        problem = shared_uri_problem(path)
+        if problem:
+            raise ConfigError(f"{key} {path!r}: {problem}; use a gs:// URI, or {where}")
+        if not (is_uri(path) or (spec.has_volume and objects.under_mount(path, spec.mount_path))):
             raise ConfigError(f"{key} {path!r} is not shared storage (every rank and a restarted pod must see the "
-                              f"same directory, and the pod's own disk is lost): use a gs:// URI, "
-                              f"or {where}")
+                              f"same directory, and the pod's own disk is lost): use a gs:// URI, or {where}")
     if config.global_batch_size and config.global_batch_size % spec.num_processes:
         raise ConfigError(f"global_batch_size {config.global_batch_size} is not divisible by {spec.num_processes} "
                           f"workers ({spec.workers} node(s) x {spec.slots_per_worker} slot(s))")

@@ -29,7 +29,7 @@ import math
 import posixpath
 from typing import Any, Mapping, Sequence
 
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import SHARED_SCHEMES, shared_uri_problem
 from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.serving.batching import BatchingOptions
@@ -48,7 +48,6 @@ BATCHING_SUFFIX = "-batching"
 """The batching ConfigMap is ``<name>-batching``."""
 BATCHING_VOLUME = "batching"
 MODELS_VOLUME = "models"
-_URI_SCHEMES = ("gs://", "s3://", "hdfs://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +112,12 @@ class ServingSpec:
         if self.service_type not in ("ClusterIP", "LoadBalancer", "NodePort"):
             raise ConfigError(f"serving: service_type {self.service_type!r} is not ClusterIP, LoadBalancer or NodePort")
         objects.check_env_names("serving", self.env)
-        if self.model_base.startswith(_URI_SCHEMES):
+        problem = shared_uri_problem(self.model_base)
+        if problem:
+            raise ConfigError(f"serving: model base {self.model_base!r}: {problem}; use a gs:// URI or --pvc with a "
+                              f"path under --mount-path ({self.mount_path})")
+        if self.model_base.startswith(SHARED_SCHEMES):
             return
-        if is_uri(self.model_base):
-            raise ConfigError(f"serving: model base {self.model_base!r}: TF Serving reads {', '.join(_URI_SCHEMES)} "
-                              "URIs or paths on a mounted volume")
         if not (self.pvc and objects.under_mount(self.model_base, self.mount_path)):
             raise ConfigError(
                 f"serving: model base {self.model_base!r} is not where the pods can read it: use a bucket URI "

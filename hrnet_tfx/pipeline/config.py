@@ -51,7 +51,7 @@ class KubeflowConfig:
 
 
 def resolve_path(path: str) -> str:
-    """An absolute local path, or a URI (``gs://``, ``s3://``, ``ram://`` ...) as it is."""
+    """An absolute local path, or a URI (``gs://``, ``ram://`` ...) as it is."""
     return path if is_uri(path) else os.path.abspath(path)
 
 

@@ -9,7 +9,7 @@ CPU and memory request (TFX's ResourceSpec) and, when a node selector or tolerat
 second YAML document with the Kubernetes platform spec (what kfp-kubernetes writes) that places it.
 
 Paths (``root``, ``input_base``, ``serving_base``) must be visible from the pods: bucket URIs
-(``gs://``; ``s3://`` needs tensorflow-io, which is not installed) or absolute paths on volumes mounted
+(``gs://``; see :data:`hrnet_tfx.fs.SHARED_SCHEMES`) or absolute paths on volumes mounted
 into the image.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import hrnet_tfx  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import is_uri, shared_uri_problem
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.pipeline.config import PipelineConfig
 from hrnet_tfx.pipeline.pipeline import create_pipeline
@@ -38,6 +38,10 @@ def _check_paths(config: PipelineConfig) -> None:
     fields = ["root", "input_base"] + (["serving_base"] if config.push else [])
     for key in fields:
         value = getattr(config, key)
+        problem = shared_uri_problem(value)
+        if problem:
+            raise ConfigError(f"kubeflow: {key}={value!r}: {problem}; use a gs:// URI or an absolute path on a "
+                              "mounted volume")
         if not is_uri(value) and not os.path.isabs(value):
             raise ConfigError(
                 f"kubeflow: {key}={value!r} is a relative local path, which the pipeline's pods cannot see; "
