@@ -41,6 +41,21 @@ def shared_uri_problem(path: str) -> str | None:
             "only gs:// is; s3:// and hdfs:// need tensorflow-io, which the image does not install)")
 
 
+def unreadable_scheme(path: str) -> str | None:
+    """Why TensorFlow here cannot reach the URI ``path`` at all (no file system is registered for its scheme,
+    as for ``s3://`` and ``hdfs://`` without tensorflow-io), or None. ``tf.io.gfile.isdir`` and ``exists``
+    answer False for such a URI, which would read as "does not exist"."""
+    if not is_uri(path):
+        return None
+    scheme = path.split("://", 1)[0]
+    registered = gfile().get_registered_schemes()
+    if scheme in registered:
+        return None
+    known = ", ".join(f"{s}://" for s in sorted(registered) if s and s != "file")
+    return (f"TensorFlow here has no file system for {scheme}:// (it reads local paths and {known}; s3:// and "
+            "hdfs:// need tensorflow-io, which is not installed)")
+
+
 def gfile():
     """``tf.io.gfile`` (local paths, ``gs://``, ``ram://``...), imported when first needed: this
     module is imported where TensorFlow is not."""

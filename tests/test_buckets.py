@@ -314,3 +314,33 @@ def test_only_gs_uris_are_storage_pods_share(path, problem):
 
     found = shared_uri_problem(path)
     assert (found is None) if problem is None else (problem in found), found
+
+
+@pytest.mark.parametrize("args", [
+    ["data", "convert", "{tmp}", "s3://bucket/out"],
+    ["data", "convert", "hdfs://namenode/ILSVRC2012", "{tmp}/out"],
+    ["pipeline", "run", "--preset", "demo", "-s", "input_base={tmp}", "-s", "root=s3://bucket/pipelines",
+     "-s", "metadata_path={tmp}/metadata.sqlite"],
+    ["pipeline", "run", "--preset", "demo", "-s", "input_base=s3://bucket/ILSVRC2012", "-s", "root={tmp}/p"],
+    ["pipeline", "run", "--preset", "demo", "-s", "input_base={tmp}", "-s", "root={tmp}/p",
+     "-s", "serving_base=hdfs://namenode/serving"],
+    ["train", "--model", "hrnet_w18_small", "--model-dir", "s3://bucket/runs", "-s", "train_files={tmp}/t-*",
+     "-s", "eval_files={tmp}/e-*", "-s", "num_classes=2"],
+    ["train", "--model", "hrnet_w18_small", "--model-dir", "{tmp}/runs", "-s", "train_files={tmp}/t-*",
+     "-s", "eval_files=s3://bucket/e-*", "-s", "num_classes=2"],
+    ["serve", "s3://bucket/serving", "--model-name", "hrnet"],
+    ["models", "import-weights", "hrnet_w18_small", "{tmp}/w.pth", "--output", "hdfs://namenode/w18"],
+])
+def test_a_bucket_tensorflow_cannot_read_is_named_before_any_work(args, tmp_path):
+    """s3:// and hdfs:// are not "missing" (gfile.isdir answers False for them) and not a traceback: each command
+    says that TensorFlow here has no file system for the scheme, and writes nothing."""
+    from click.testing import CliRunner
+
+    from hrnet_tfx.cli import main
+
+    result = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
+    scheme = next(a for a in args if "://" in a).split("=")[-1].split("://")[0]
+    assert result.exit_code == 1, result.output
+    assert f"TensorFlow here has no file system for {scheme}://" in result.output, result.output
+    assert "Traceback" not in result.output and "does not exist" not in result.output
+    assert os.listdir(tmp_path) == []

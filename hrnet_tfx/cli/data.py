@@ -64,7 +64,7 @@ def convert_cmd(input_dir: str, output_dir: str, beam_args: tuple[str, ...], lay
     Without --runner, Beam's FnApiRunner (the DirectRunner's local engine) runs the job in this process.
     An interrupted run is resumed by running the same command again.
     """
-    from hrnet_tfx.data.convert import convert
+    from hrnet_tfx.data.convert import check_output_dir, convert
     from hrnet_tfx.data.labels import DataError
     from hrnet_tfx.data.sources import discover
 
@@ -72,6 +72,7 @@ def convert_cmd(input_dir: str, output_dir: str, beam_args: tuple[str, ...], lay
         options = ConvertOptions(train_shards=train_shards, eval_shards=eval_shards, compression=compression,
                                  max_bad_fraction=max_bad_fraction, verify=verify, label_offset=label_offset,
                                  seed=seed, max_image_bytes=int(max_image_mb * _MB))
+        check_output_dir(output_dir)
         dataset = discover(input_dir, layout=layout, fingerprint=fingerprint)
         click.echo(_describe(dataset), err=True)
         result = convert(dataset, output_dir, options, beam_args=list(beam_args), overwrite=overwrite)

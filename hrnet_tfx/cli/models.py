@@ -123,8 +123,15 @@ def import_weights(name: str, weights: str, output: str, labels_path: str | None
 
 
 def _check_output(output: str) -> None:
-    """Refuses a non-empty --output; removes an empty one (the export publishes a new directory)."""
+    """Refuses a non-empty --output, or one no file system here can write; removes an empty one (the export
+    publishes a new directory)."""
     import tensorflow as tf
+
+    from hrnet_tfx.fs import unreadable_scheme
+
+    problem = unreadable_scheme(output)
+    if problem:
+        raise click.ClickException(f"--output {output}: {problem}")
 
     if tf.io.gfile.exists(output):
         if not tf.io.gfile.isdir(output) or tf.io.gfile.listdir(output):

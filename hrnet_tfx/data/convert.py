@@ -64,6 +64,7 @@ from hrnet_tfx.data.options import ConvertOptions
 from hrnet_tfx.data.records import (BadRecordError, ExampleBuilder, RecordScan, RecordWriter, lost_records_estimate,
                                     read_records, relabel_record, scan_records)
 from hrnet_tfx.data.sources import Dataset
+from hrnet_tfx.fs import unreadable_scheme
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +398,14 @@ def _config(dataset: Dataset, options: ConvertOptions) -> dict:
     return config
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Raises :class:`DataError` when no file system here can write ``output_dir`` (e.g. ``s3://`` without
+    tensorflow-io): checked before the input is scanned, which takes minutes on ImageNet."""
+    problem = unreadable_scheme(output_dir)
+    if problem:
+        raise DataError(f"output directory {output_dir}: {problem}")
+
+
 def _prepare_output(output_dir: str, config: dict, overwrite: bool) -> dict | None:
     """Makes ``output_dir`` ready; returns the manifest if it already holds this very conversion. A
     complete conversion of other input or options is left in place (publishing replaces it)."""
@@ -667,6 +676,7 @@ def convert(dataset: Dataset, output_dir: str, options: ConvertOptions = Convert
         names them).
     """
     output_dir = os.fspath(output_dir)
+    check_output_dir(output_dir)
     config = _config(dataset, options)
     existing = _prepare_output(output_dir, config, overwrite)
     if existing is not None:

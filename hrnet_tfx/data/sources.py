@@ -41,6 +41,7 @@ from hrnet_tfx.data import storage
 from hrnet_tfx.data.labels import Box, ClassInfo, DataError
 from hrnet_tfx.data.layout import EVAL, TRAIN
 from hrnet_tfx.data.options import DEFAULT_FINGERPRINT, DEFAULT_LAYOUT, FINGERPRINTS, LAYOUTS
+from hrnet_tfx.fs import unreadable_scheme
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ class _Fingerprint:
 
 
 def _require_dir(path: str, what: str) -> None:
+    problem = unreadable_scheme(path)
+    if problem:
+        raise DataError(f"{what} {path}: {problem}")
     if not storage.is_dir(path):
         raise DataError(f"{what} does not exist or is not a directory: {path}")
 

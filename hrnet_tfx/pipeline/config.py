@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 from hrnet_tfx import config_io
 from hrnet_tfx.config_io import ConfigError
 from hrnet_tfx.data.options import DEFAULT_FINGERPRINT, DEFAULT_LAYOUT, FINGERPRINTS, LAYOUTS, ConvertOptions
-from hrnet_tfx.fs import is_uri
+from hrnet_tfx.fs import is_uri, unreadable_scheme
 from hrnet_tfx.models.registry import get_config, list_models
 from hrnet_tfx.training.config import ARTIFACT_FIELDS, FROM_DATA, TrainConfig
 
@@ -58,6 +58,9 @@ def resolve_path(path: str) -> str:
 def _require(path: str, key: str, *, directory: bool, hint: str) -> None:
     import tensorflow as tf
 
+    problem = unreadable_scheme(path)
+    if problem:
+        raise ConfigError(f"pipeline config: {key} {path}: {problem}")
     try:
         found = tf.io.gfile.isdir(path) if directory else (
             tf.io.gfile.exists(path) or bool(tf.io.gfile.glob(path + ".index")))
@@ -148,7 +151,12 @@ class PipelineConfig:
 
     def check_inputs(self) -> None:
         """Raises :class:`ConfigError` unless ``input_base`` is a directory and ``train.init_from`` (when set)
-        exists; bucket paths are checked with ``tf.io.gfile``."""
+        exists, and unless TensorFlow has a file system for ``root`` and ``serving_base`` (no ``s3://`` without
+        tensorflow-io); bucket paths are checked with ``tf.io.gfile``."""
+        for key in ("root",) + (("serving_base",) if self.push else ()):
+            problem = unreadable_scheme(getattr(self, key))
+            if problem:
+                raise ConfigError(f"pipeline config: {key} {getattr(self, key)}: {problem}")
         _require(self.input_base, "input_base", directory=True,
                  hint="the dataset: ImageNet as extracted, train/ and val/ image folders, or inception TFRecords; "
                       "'hrnet-tfx data make-sample DIR' makes a small one")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from hrnet_tfx.fs import gfile, is_uri
+from hrnet_tfx.fs import gfile, is_uri, unreadable_scheme
 from hrnet_tfx.serving.names import check_model_name
 
 SAVED_MODEL_PB = "saved_model.pb"
@@ -81,6 +81,9 @@ def resolve_model(model_base: str, model_name: str | None = None) -> tuple[str, 
     Returns ``(model_name, model_dir)``; the directory may not exist yet when ``model_name`` is given (a server
     can start before the first push). Raises ``ValueError`` listing what was found when no name can be inferred.
     """
+    problem = unreadable_scheme(model_base)
+    if problem:
+        raise ValueError(f"model base {model_base!r}: {problem}")
     base = model_base if is_uri(model_base) else os.path.abspath(model_base)
     base = base.rstrip("/") or "/"
     base_is_model = bool(version_dirs(base))

@@ -28,10 +28,11 @@ from hrnet_tfx.data import input as data_input
 from hrnet_tfx.data.counting import count_records
 from hrnet_tfx.data.labels import read_label_map
 from hrnet_tfx.data.progress import format_duration
+from hrnet_tfx.fs import unreadable_scheme
 from hrnet_tfx.models import ConfigError, build_model, get_config, load_pytorch_weights, read_state_dict
 from hrnet_tfx.training.checkpoints import PREFIX as CHECKPOINT_PREFIX
 from hrnet_tfx.training.checkpoints import list_checkpoints, prepare_resume, restore_newest
-from hrnet_tfx.training.config import MODEL_FIELDS, RESUME_FIELDS, TrainConfig
+from hrnet_tfx.training.config import ARTIFACT_FIELDS, MODEL_FIELDS, RESUME_FIELDS, TrainConfig
 from hrnet_tfx.training.distribute import make_backend
 from hrnet_tfx.training.schedule import WarmupSchedule
 
@@ -83,6 +84,11 @@ def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
                           "num_classes, or train on converted data (hrnet-tfx data convert, ImageExampleGen)")
     if not config.model_dir:
         raise ConfigError("model_dir is not set")
+    for key in ARTIFACT_FIELDS + ("init_from",):
+        for part in filter(None, (p.strip() for p in getattr(config, key).split(","))):
+            problem = unreadable_scheme(part)
+            if problem:
+                raise ConfigError(f"{key} {part}: {problem}")
     config.for_workers(num_workers)  # an explicit global batch must divide by the workers
     data_files(config.eval_files, "eval_files")
     if eval_only:
