@@ -331,6 +331,7 @@ def test_only_gs_uris_are_storage_pods_share(path, problem):
     ["serve", "s3://bucket/serving", "--model-name", "hrnet"],
     ["models", "import-weights", "hrnet_w18_small", "{tmp}/w.pth", "--output", "hdfs://namenode/w18"],
 ])
+@pytest.mark.timeout(300)  # without the check, `serve --model-name` waits for ever for a push it cannot see
 def test_a_bucket_tensorflow_cannot_read_is_named_before_any_work(args, tmp_path):
     """s3:// and hdfs:// are not "missing" (gfile.isdir answers False for them) and not a traceback: each command
     says that TensorFlow here has no file system for the scheme, and writes nothing."""
