@@ -20,6 +20,10 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0]
+
+
 SHARED_SCHEMES = ("gs://",)
 """The bucket file systems TensorFlow 2.16 and TF Serving 2.16 read by themselves, and so the only URIs that
 pods (Kubeflow steps, MPIJob ranks, TF Serving replicas) can share. ``s3://`` and ``hdfs://`` left TensorFlow
@@ -32,7 +36,7 @@ def shared_uri_problem(path: str) -> str | None:
     path (whether a local path is visible from a pod is the caller's question)."""
     if not is_uri(path) or path.startswith(SHARED_SCHEMES):
         return None
-    scheme = path.split("://", 1)[0]
+    scheme = _scheme(path)
     if scheme == "ram":
         return "ram:// is TensorFlow's in-memory file system: it lives in one process, and no pod sees another's"
     if scheme == "file":
@@ -47,7 +51,7 @@ def unreadable_scheme(path: str) -> str | None:
     answer False for such a URI, which would read as "does not exist"."""
     if not is_uri(path):
         return None
-    scheme = path.split("://", 1)[0]
+    scheme = _scheme(path)
     registered = gfile().get_registered_schemes()
     if scheme in registered:
         return None

@@ -21,7 +21,7 @@ import hrnet_tfx  # noqa: F401
 from hrnet_tfx.fs import is_uri, shared_uri_problem
 from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
-from hrnet_tfx.training.config import TrainConfig
+from hrnet_tfx.training.config import TrainConfig, split_paths
 from hrnet_tfx.training.launcher import worker_command
 
 API_VERSION = "kubeflow.org/v2beta1"
@@ -128,7 +128,7 @@ def check_cluster_config(config: TrainConfig, spec: MPIJobSpec, eval_only: bool 
         if not getattr(config, key):
             raise ConfigError(f"{key} is not set")
     for key in ("train_files", "eval_files", "label_map", "init_from"):
-        for part in filter(None, (p.strip() for p in getattr(config, key).split(","))):
+        for part in split_paths(getattr(config, key)):
             problem = shared_uri_problem(part)
             if problem:
                 raise ConfigError(f"{key} {part!r}: {problem}; use a gs:// URI or an absolute path (in the image "

@@ -29,7 +29,7 @@ import math
 import posixpath
 from typing import Any, Mapping, Sequence
 
-from hrnet_tfx.fs import SHARED_SCHEMES, shared_uri_problem
+from hrnet_tfx.fs import is_uri, shared_uri_problem
 from hrnet_tfx.kubernetes import objects
 from hrnet_tfx.models.config import ConfigError
 from hrnet_tfx.serving.batching import BatchingOptions
@@ -116,7 +116,7 @@ class ServingSpec:
         if problem:
             raise ConfigError(f"serving: model base {self.model_base!r}: {problem}; use a gs:// URI or --pvc with a "
                               f"path under --mount-path ({self.mount_path})")
-        if self.model_base.startswith(SHARED_SCHEMES):
+        if is_uri(self.model_base):  # a gs:// URI: shared_uri_problem refused every other scheme
             return
         if not (self.pvc and objects.under_mount(self.model_base, self.mount_path)):
             raise ConfigError(

@@ -21,6 +21,12 @@ ARTIFACT_FIELDS = ("train_files", "eval_files", "label_map", "model_dir", "expor
 """Fields the HorovodTrainer fills from its artifacts (a pipeline's ``train:`` may not set them)."""
 
 
+def split_paths(value: str) -> list[str]:
+    """The entries of a comma-separated path field (``train_files``, ``eval_files``...), stripped, empty ones
+    dropped."""
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training or evaluation run needs; the defaults are the official recipe (the official

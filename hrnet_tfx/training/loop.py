@@ -32,7 +32,7 @@ from hrnet_tfx.fs import unreadable_scheme
 from hrnet_tfx.models import ConfigError, build_model, get_config, load_pytorch_weights, read_state_dict
 from hrnet_tfx.training.checkpoints import PREFIX as CHECKPOINT_PREFIX
 from hrnet_tfx.training.checkpoints import list_checkpoints, prepare_resume, restore_newest
-from hrnet_tfx.training.config import ARTIFACT_FIELDS, MODEL_FIELDS, RESUME_FIELDS, TrainConfig
+from hrnet_tfx.training.config import ARTIFACT_FIELDS, MODEL_FIELDS, RESUME_FIELDS, TrainConfig, split_paths
 from hrnet_tfx.training.distribute import make_backend
 from hrnet_tfx.training.schedule import WarmupSchedule
 
@@ -54,11 +54,11 @@ def data_files(pattern: str, what: str) -> list[str]:
         raise ConfigError(f"{what} is not set: give the data (hrnet-tfx train --data DIR, or -s "
                           "train_files=PATTERN -s eval_files=PATTERN with TFRecord shard globs)")
     files = []
-    for part in pattern.split(","):
+    for part in split_paths(pattern):
         try:
-            files += sorted(tf.io.gfile.glob(part.strip()))
+            files += sorted(tf.io.gfile.glob(part))
         except tf.errors.OpError as e:  # e.g. a bucket without credentials, an unknown file system
-            raise ConfigError(f"{what}: cannot list {part.strip()!r}: {_one_line(e)}") from None
+            raise ConfigError(f"{what}: cannot list {part!r}: {_one_line(e)}") from None
     if not files:
         raise ConfigError(f"{what}: no files match {pattern!r}")
     return files
@@ -85,7 +85,7 @@ def _validate(config: TrainConfig, num_workers: int, eval_only: bool) -> None:
     if not config.model_dir:
         raise ConfigError("model_dir is not set")
     for key in ARTIFACT_FIELDS + ("init_from",):
-        for part in filter(None, (p.strip() for p in getattr(config, key).split(","))):
+        for part in split_paths(getattr(config, key)):
             problem = unreadable_scheme(part)
             if problem:
                 raise ConfigError(f"{key} {part}: {problem}")
