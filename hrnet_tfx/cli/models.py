@@ -77,8 +77,9 @@ MODEL_INFO_FILE = "hrnet_model.json"
 )
 @click.option("--serving-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="savedmodel: compute dtype of the served graph (BatchNorm folded into the convolutions; "
-              "bfloat16 pays off only where its convolutions are fast, e.g. AMX: see the README's Performance "
-              "section). The training weights are kept in float32 beside it, for fine-tuning.")
+              "bfloat16 pays off only where its convolutions are fast: 1.78x float32 on an AMD EPYC Zen 4, "
+              "0.65-0.70x on an Intel Xeon without AMX; see the README's Performance section). The training "
+              "weights are kept in float32 beside it, for fine-tuning.")
 def import_weights(name: str, weights: str, output: str, labels_path: str | None, num_classes: int | None,
                    image_size: int, fmt: str, serving_dtype: str) -> None:
     """Import official/timm PyTorch WEIGHTS (.pth or .safetensors) into NAME and write it to --output.
