@@ -37,13 +37,23 @@ from hrnet_tfx.models.config import BLOCK_EXPANSION, HRNetConfig, StageConfig
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
-_BN_POLICY = {"mixed_bfloat16": "float32"}
-"""BatchNormalization's dtype policy under a model policy, where it differs. Under ``mixed_bfloat16`` BN
-computes in float32 (Keras casts its input up and the next layer's input back down): TensorFlow 2.16's
-oneDNN runs bfloat16 BN in its generic kernel for every channel count that is not a multiple of 16
-(256 of HRNet-W18's 325 BNs), 1.9x the float32 BN time, and its remapper does not fuse a bfloat16 BN
-into the convolution; with float32 BN the ``mixed_bfloat16`` training step took 3-11% less CPU in
-interleaved A/B runs, inference the same (``benchmarks/README.md``). The variables are float32 either way."""
+BF16_BN_CHANNEL_MULTIPLE = 16
+"""Under ``mixed_bfloat16``, a BatchNormalization computes in bfloat16 only when its channel count is a
+multiple of this, and in float32 otherwise (Keras casts its input up and the next layer's input back
+down; the variables are float32 either way). TensorFlow 2.16's oneDNN (3.3) has a jit bfloat16 BN kernel
+only for channel counts that are multiples of 16 and runs the others (256 of HRNet-W18's 325 BNs: 18, 36
+and 72 channels) in its generic kernel, 1.9x the float32 BN time; the wide stem, stage-1, head and
+144-channel BNs get the jit kernel and skip two casts of large activations. hrnet_w18 ``mixed_bfloat16``,
+interleaved A/B runs in one process on an AMD EPYC (Zen 4): float32 BN everywhere beat bfloat16 BN
+everywhere by 17% (training step and inference), and this rule beat float32 BN everywhere by 6% (training
+step) and 10% (inference) (``benchmarks/README.md``)."""
+
+
+def _bn_dtype(dtype_policy: str | None, channels: int) -> str | None:
+    """The dtype policy of a BatchNormalization over ``channels`` under the model's ``dtype_policy``."""
+    if dtype_policy == "mixed_bfloat16" and channels % BF16_BN_CHANNEL_MULTIPLE:
+        return "float32"
+    return dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="hrnet_tfx")
@@ -187,7 +197,6 @@ class _Builder:
 
     def __init__(self, dtype_policy: str | None):
         self.dtype = dtype_policy
-        self.bn_dtype = _BN_POLICY.get(dtype_policy, dtype_policy)
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str, bias: bool = False):
         """Conv2D named ``name``; stride-2 convs pad symmetrically like PyTorch's ``padding=k//2``."""
@@ -212,7 +221,7 @@ class _Builder:
 
     def bn(self, x, name: str):
         return BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=self.bn_dtype
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=_bn_dtype(self.dtype, x.shape[-1])
         )(x)
 
     def relu(self, x, name: str):
