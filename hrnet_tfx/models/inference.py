@@ -25,9 +25,9 @@ the classifier, which stay float32 so the logits are float32 and the 2048-channe
 float32. oneDNN runs bfloat16 convolutions with AVX512_BF16 or AMX instructions where the CPU has them and
 converts to float32 elsewhere. Even with AVX512_BF16 the gain depends on the CPU: the served hrnet_w18 ran
 1.78x float32's img/s on an AMD EPYC (Zen 4) and 0.65-0.70x on an Intel Xeon (Emerald Rapids, no AMX);
-``benchmarks/bench_model.py``'s ``bf16 served`` row tells for a given machine. bfloat16 keeps 8 significant bits: on the tests' photo-like images the
-logits stay within 2% of their spread of the float32 ones and the top-1 class agrees on ~98% of the
-images (``tests/test_inference.py`` bounds both).
+``benchmarks/bench_model.py``'s ``bf16 served`` row tells for a given machine. bfloat16 keeps 8
+significant bits: on the tests' photo-like images the logits stay within 2% of their spread of the float32
+ones and the top-1 class agrees on ~98% of the images (``tests/test_inference.py`` bounds both).
 """
 
 from __future__ import annotations
