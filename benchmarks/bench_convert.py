@@ -228,7 +228,7 @@ def breakdown(files: list[str], work: str, chunk: int = 50) -> list[tuple[str, f
             datas = stage(names[0], lambda path: storage.read_input(path, 64 * 2**20), files[i:i + chunk])
             images = stage(names[1], prepare_image, datas)
             records = stage(names[2], lambda im: builder.build(im, cls, "class00/x.JPEG"), images)
-            stage(names[3], writer.write, records)
+            stage(names[3], lambda parts: writer.write(*parts), records)
     return [(name, seconds / len(files) * 1e6) for name, seconds in spent.items()]
 
 

@@ -1,6 +1,7 @@
-"""tf.Example building and TFRecord writing: the fast paths give exactly the bytes of the plain ones."""
+"""tf.Example building and TFRecord writing: the fast paths give the messages and bytes of the plain ones."""
 
 import os
+import random
 
 import pytest
 
@@ -39,18 +40,58 @@ def _fresh(image, cls, filename, boxes, class_index) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def test_reused_builder_gives_the_bytes_of_fresh_messages():
+def _parsed(record: bytes) -> example_pb2.Example:
+    example = example_pb2.Example()
+    example.ParseFromString(record)
+    return example
+
+
+def test_reused_builder_gives_the_messages_of_fresh_ones():
     """One builder over a sequence that changes class, size, name and boxes (and drops them again): every
-    record equals a freshly built one, so nothing of an earlier image leaks into a later one."""
+    record parses into the message of a freshly built one, so nothing of an earlier image leaks into a
+    later one, and the same input gives the same bytes."""
     classes = [ClassInfo(0, "n01", "tench"), ClassInfo(1, "n02", "goldfish, Carassius"), ClassInfo(2, "x\udcff", "y")]
     index = {c.id: c.index for c in classes}
     boxes = [Box("n02", 1.0, 2.0, 30.0, 40.0), Box("n01", -5.0, 0.0, 90.0, 10.0)]
     sequence = [(PreparedImage(b"\xff\xd8" + bytes([i]) * (100 * (5 - i)), 40 + i, 30 + 2 * i), classes[i % 3],
                  f"dir/img{i}\udcfe.JPEG", boxes[:i % 3]) for i in range(7)]
-    builder = ExampleBuilder()
+    builder, first = ExampleBuilder(), []
     for image, cls, name, bxs in sequence:
-        assert builder.build(image, cls, name, bxs, index) == _fresh(image, cls, name, bxs, index)
-        assert make_example(image, cls, name, bxs, index) == _fresh(image, cls, name, bxs, index)
+        rest, encoded = builder.build(image, cls, name, bxs, index)
+        assert encoded is image.encoded  # written beside the rest, never copied into the message
+        record = rest + encoded
+        assert _parsed(record) == _parsed(_fresh(image, cls, name, bxs, index))
+        assert make_example(image, cls, name, bxs, index) == record
+        first.append(record)
+    again = ExampleBuilder()
+    assert [b"".join(again.build(image, cls, name, bxs, index)) for image, cls, name, bxs in sequence] == first
+
+
+def _lengths_across_varint_boundaries() -> list[int]:
+    """Image sizes at which the image's own length or one of the four lengths enclosing it (16-30 bytes
+    more) steps from 1 to 2, 2 to 3 or 3 to 4 varint bytes, and a few on either side."""
+    return sorted({n for edge in (2**7, 2**14, 2**21) for n in range(edge - 34, edge + 2)} | {0, 1, 5})
+
+
+def test_record_in_parts_parses_as_one_message_at_every_length():
+    """The image's enclosing keys and lengths are written by hand: at every size where one of them changes
+    width, protobuf and TensorFlow's own Example parser read back exactly the fresh message."""
+    rng = random.Random(0)
+    cls, builder = ClassInfo(7, "n07", "seven"), ExampleBuilder()
+    records, images = [], []
+    for n in _lengths_across_varint_boundaries():
+        image = PreparedImage(rng.randbytes(n), 3 + n % 5, 4)
+        record = b"".join(builder.build(image, cls, "a/b.JPEG"))
+        assert _parsed(record) == _parsed(_fresh(image, cls, "a/b.JPEG", (), {})), n
+        records.append(record)
+        images.append(image.encoded)
+    parsed = tf.io.parse_example(tf.constant(records), {
+        F.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string), F.LABEL: tf.io.FixedLenFeature([], tf.int64),
+        F.HEIGHT: tf.io.FixedLenFeature([], tf.int64), F.FILENAME: tf.io.FixedLenFeature([], tf.string)})
+    assert parsed[F.IMAGE_ENCODED].numpy().tolist() == images
+    assert set(parsed[F.LABEL].numpy().tolist()) == {7}
+    assert parsed[F.HEIGHT].numpy().tolist() == [3 + len(i) % 5 for i in images]
+    assert set(parsed[F.FILENAME].numpy().tolist()) == {b"a/b.JPEG"}
 
 
 @pytest.mark.parametrize("count", [0, 1, 5])
@@ -65,6 +106,27 @@ def test_record_writer_writes_the_bytes_of_tensorflows_writer(tmp_path, count):
             w.write(r)
     assert open(ours, "rb").read() == open(theirs, "rb").read()
     assert [r.numpy() for r in tf.data.TFRecordDataset(ours)] == records
+
+
+@pytest.mark.parametrize("where", ["local", "ram", "gzip"])
+def test_record_writer_joins_a_record_given_in_parts(tmp_path, where):
+    """A record given as parts is one record, checksum and length over all of them, on every file kind."""
+    parts = [(b"head", b"x" * 70000), (b"", b"y"), (b"a", b"", b"bc")]
+    ram = f"ram://{tmp_path.name}"  # a name no other test writes
+    path = {"local": str(tmp_path / "p"), "ram": f"{ram}/parts", "gzip": str(tmp_path / "p.gz")}[where]
+    compression = "gzip" if where == "gzip" else "none"
+    with RecordWriter(path, compression) as w:
+        for p in parts:
+            w.write(*p)
+    kind = "GZIP" if compression == "gzip" else ""
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path, kind)] == [b"".join(p) for p in parts]
+    if where != "gzip":
+        theirs = f"{ram}/joined"
+        with tf.io.TFRecordWriter(theirs) as w:
+            for p in parts:
+                w.write(b"".join(p))
+        with tf.io.gfile.GFile(path, "rb") as a, tf.io.gfile.GFile(theirs, "rb") as b:
+            assert a.read() == b.read()
 
 
 def test_record_writer_on_ram_and_gzip(tmp_path):

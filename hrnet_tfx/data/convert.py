@@ -242,9 +242,9 @@ class WriteShard(beam.DoFn):
                     continue
                 if image.fixed:
                     result["fixed"].append([result["split"], relpath, image.fixed])
-                record = build(image, self._class_list[label], relpath, [Box(*b) for b in boxes] if boxes else (),
-                               self._class_index)
-                writer.write(record, functools.partial(reads.release, nbytes))
+                parts = build(image, self._class_list[label], relpath, [Box(*b) for b in boxes] if boxes else (),
+                              self._class_index)
+                writer.write(parts, functools.partial(reads.release, nbytes))
 
     def _records(self, task: dict, result: dict, writer: "_ShardWriter") -> None:
         root, split, seed = self._roots[task["split"]], task["split"], self._options.seed
@@ -270,7 +270,7 @@ class WriteShard(beam.DoFn):
         result["classes"] = [[label, *v] for label, v in sorted(seen.items())]
         keyed.sort()
         for _, record in keyed:
-            writer.write(record)
+            writer.write((record,))
 
     def process(self, task_path: str):
         import tensorflow as tf
@@ -313,20 +313,21 @@ class _ShardWriter:
             self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
             self._thread.start()
 
-    def write(self, record: bytes, done: Callable[[], None] | None = None) -> None:
+    def write(self, parts: tuple[bytes, ...], done: Callable[[], None] | None = None) -> None:
+        """Writes one record, the concatenation of ``parts``."""
         if self._error is not None:
             raise self._error
         if self._thread is None:
-            self._write(record, done)
+            self._write(parts, done)
         else:
-            self._queue.put((record, done))
+            self._queue.put((parts, done))
 
-    def _write(self, record: bytes, done: Callable[[], None] | None) -> None:
+    def _write(self, parts: tuple[bytes, ...], done: Callable[[], None] | None) -> None:
         if self._error is None:
             try:
-                self._writer.write(record)
+                self._writer.write(*parts)
                 self.examples += 1
-                self.bytes += len(record)
+                self.bytes += sum(map(len, parts))
             except BaseException as e:  # raised by the next write() or on leaving
                 self._error = e
         if done:
@@ -365,13 +366,16 @@ def _task_path(staging: str, split: str, shard: int) -> str:
     return os.path.join(staging, _TASKS, f"{split}-{shard:05d}.json")
 
 
-def _write_json(path: str, obj) -> None:
-    """Writes JSON atomically (temporary name, then rename)."""
+def _write_json(path: str, obj, readable: bool = False) -> None:
+    """Writes JSON atomically (temporary name, then rename); indented if ``readable`` (files meant for
+    people; the staging files the workers exchange are compact: Python indents JSON with its pure-Python
+    encoder, ~2 ms per 210-image shard task, measured)."""
     import tensorflow as tf
 
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    text = json.dumps(obj, indent=1, sort_keys=True) if readable else json.dumps(obj, separators=(",", ":"))
     with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1, sort_keys=True))  # one write call; json.dump makes one per token
+        f.write(text)  # one write call; json.dump makes one per token
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -439,7 +443,7 @@ def _prepare_output(output_dir: str, config: dict, overwrite: bool) -> dict | No
         _remove(os.path.join(staging, sub))
     for sub in [_RESULTS, _PROGRESS, _COUNTS, _COUNT_PROGRESS, _TASKS] + [L.split_dirname(s) for s in L.SPLITS]:
         tf.io.gfile.makedirs(os.path.join(staging, sub))
-    _write_json(config_path, config)
+    _write_json(config_path, config, readable=True)
     return None
 
 
@@ -635,7 +639,7 @@ def _publish(output_dir: str, staging: str, options: ConvertOptions, manifest: d
         _parallel(lambda n: tf.io.gfile.rename(os.path.join(src, n), os.path.join(dst, n), overwrite=True), names)
     for name in (L.BAD_FILES_FILENAME, L.FIXED_FILES_FILENAME, LABEL_MAP_FILENAME):
         tf.io.gfile.rename(os.path.join(staging, name), os.path.join(output_dir, name), overwrite=True)
-    _write_json(os.path.join(output_dir, L.MANIFEST_FILENAME), manifest)
+    _write_json(os.path.join(output_dir, L.MANIFEST_FILENAME), manifest, readable=True)
     _remove(staging)
 
 

