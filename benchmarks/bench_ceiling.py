@@ -23,6 +23,12 @@ model (channels_last; bfloat16 under ``torch.autocast``). The last lines put iss
 >= 1.5x timm, training step >= 1.2x timm) against the ceiling: a goal above the ceiling cannot be met with
 TensorFlow 2.16's oneDNN 3.3.4 on this CPU, however the rest of the graph is arranged.
 
+Measured on a 2-core AMD EPYC (Zen 4, AVX512_BF16, idle), two runs, hrnet_w18, 224, batch 8: ceilings
+18.05-19.16 img/s float32 inference, 35.91-36.04 bfloat16, 5.81-5.95 float32 training step, 10.08-10.24
+bfloat16; the served network 1.00-1.02x (float32) and 0.94-1.01x (bfloat16) its ceiling, the training
+steps 0.78-0.80x and 0.63-0.67x; issue #12's goals 1.28-1.36x, 1.14-1.15x, 0.79-0.81x and 0.87-0.88x the
+ceiling (``benchmarks/README.md``, sixth phase).
+
 Example::
 
     .venv/bin/python benchmarks/bench_ceiling.py --vs-timm /work/torchvenv/bin/python
