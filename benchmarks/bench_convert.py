@@ -37,7 +37,8 @@ ours, per image after the fixed cost (0.12 s)    4,960
 Ratio ours / naive decode + re-encode: 14.8x (CPU per image: 15.2x); ours / naive decode only: 9.2x. A
 re-run later that day (load 1.1-1.2): ours 4,344 img/s, 200 us/img (5,192 after a 0.16 s fixed cost),
 naive 273 and 454 img/s, 15.9x and 9.6x; a day later 4,401 img/s, 214 us (76 us in the kernel), naive 259
-and 438 img/s, 17.0x and 10.0x. The 12x goal is met; 7,000 img/s is not.
+and 438 img/s, 17.0x and 10.0x. The 12x goal is met; 7,000 img/s was not then (on 42,000 inputs it is
+now, below).
 
 **A larger run** (``--images 4000 --links 10 --workers 2 --no-naive``: 42,000 inputs, ten hard links to
 each of the 4,200 files, so the reads still come from the page cache; best of 3, load 1.0-1.4): one
