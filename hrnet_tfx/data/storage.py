@@ -19,7 +19,6 @@ file systems (and ``ram://``) do not, so there each listed name costs one ``isdi
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat as stat_lib
 import threading
@@ -173,7 +172,10 @@ def _open_whole(path: str) -> tuple[IO | int, int]:
 
 
 def _close(f: IO | int) -> None:
-    os.close(f) if isinstance(f, int) else f.close()
+    if isinstance(f, int):
+        os.close(f)
+    else:
+        f.close()
 
 
 def _read_open(f: IO | int, size: int, max_bytes: int) -> bytes:
