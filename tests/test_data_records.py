@@ -57,14 +57,32 @@ def test_reused_builder_gives_the_messages_of_fresh_ones():
                  f"dir/img{i}\udcfe.JPEG", boxes[:i % 3]) for i in range(7)]
     builder, first = ExampleBuilder(), []
     for image, cls, name, bxs in sequence:
-        rest, encoded = builder.build(image, cls, name, bxs, index)
+        *pieces, encoded = builder.build(image, cls, name, bxs, index)
         assert encoded is image.encoded  # written beside the rest, never copied into the message
-        record = rest + encoded
+        record = b"".join(pieces) + encoded
         assert _parsed(record) == _parsed(_fresh(image, cls, name, bxs, index))
         assert make_example(image, cls, name, bxs, index) == record
         first.append(record)
     again = ExampleBuilder()
     assert [b"".join(again.build(image, cls, name, bxs, index)) for image, cls, name, bxs in sequence] == first
+    fresh = [_fresh(image, cls, name, bxs, index) for image, cls, name, bxs in sequence]
+    assert _parsed_by_tensorflow(first) == _parsed_by_tensorflow(fresh)  # TensorFlow's own parser too
+
+
+def _parsed_by_tensorflow(records: list[bytes]) -> dict:
+    """Every feature of ``records`` as ``tf.io.parse_example`` reads them (its fast C++ parser, not
+    protobuf's): scalars as lists, the box lists as lists per record."""
+    scalars = {F.IMAGE_ENCODED: tf.string, F.IMAGE_FORMAT: tf.string, F.LABEL: tf.int64, F.SYNSET: tf.string,
+               F.CLASS_TEXT: tf.string, F.HEIGHT: tf.int64, F.WIDTH: tf.int64, F.CHANNELS: tf.int64,
+               F.COLORSPACE: tf.string, F.FILENAME: tf.string}
+    lists = {F.BBOX_XMIN: tf.float32, F.BBOX_YMIN: tf.float32, F.BBOX_XMAX: tf.float32, F.BBOX_YMAX: tf.float32,
+             F.BBOX_LABEL: tf.int64}
+    spec = {k: tf.io.FixedLenFeature([], t) for k, t in scalars.items()}
+    spec.update({k: tf.io.VarLenFeature(t) for k, t in lists.items()})
+    parsed = tf.io.parse_example(tf.constant(records), spec)
+    out = {k: parsed[k].numpy().tolist() for k in scalars}
+    out.update({k: tf.sparse.to_dense(parsed[k]).numpy().tolist() for k in lists})
+    return out
 
 
 def _lengths_across_varint_boundaries() -> list[int]:

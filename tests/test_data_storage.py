@@ -106,3 +106,33 @@ def test_read_input_reads_whole_local_files(tmp_path, size):
     path = tmp_path / "f"
     path.write_bytes(os.urandom(size))
     assert storage.read_input(str(path), 10**6) == path.read_bytes()
+
+
+@pytest.mark.parametrize("limit", [10**6, 800])
+def test_a_file_that_grew_after_it_was_measured_is_read_whole_or_refused(tmp_path, monkeypatch, limit):
+    """The size is measured before the read; bytes appended since then are read too (and count against
+    the limit), never cut off at the measured size."""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1000))
+    real = storage.os.fstat
+
+    def measured_early(fd):  # the file as it was when it held 600 bytes
+        st = real(fd)
+        return os.stat_result((st.st_mode, *st[1:6], 600, *st[7:]))
+
+    monkeypatch.setattr(storage.os, "fstat", measured_early)
+    if limit > 1000:
+        assert storage.read_input(str(path), limit) == path.read_bytes()
+    else:
+        with pytest.raises(storage.InputFileError, match="too_large"):
+            storage.read_input(str(path), limit)
+
+
+def test_short_reads_are_continued(tmp_path, monkeypatch):
+    """A read may return fewer bytes than asked for before the end (a network file system, a signal):
+    the file is still read whole."""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(70000))
+    real = storage.os.read
+    monkeypatch.setattr(storage.os, "read", lambda fd, n: real(fd, min(n, 999)))
+    assert storage.read_input(str(path), 10**6) == path.read_bytes()

@@ -325,9 +325,8 @@ class _ShardWriter:
     def _write(self, parts: tuple[bytes, ...], done: Callable[[], None] | None) -> None:
         if self._error is None:
             try:
-                self._writer.write(*parts)
+                self.bytes += self._writer.write(*parts)
                 self.examples += 1
-                self.bytes += sum(map(len, parts))
             except BaseException as e:  # raised by the next write() or on leaving
                 self._error = e
         if done:

@@ -181,7 +181,7 @@ def _close(f: IO | int) -> None:
 def _read_open(f: IO | int, size: int, max_bytes: int) -> bytes:
     """The rest of an open file measured at ``size`` bytes, reading at most ``max_bytes + 1``."""
     try:
-        data = _read_upto(f, size + 1)
+        data = _read_upto(f, size + 1, size)
         if len(data) > size:  # it grew since it was measured
             data += _read_upto(f, max_bytes + 1 - len(data))
     except (OSError, _tf_error()) as e:
@@ -190,10 +190,12 @@ def _read_open(f: IO | int, size: int, max_bytes: int) -> bytes:
     return data
 
 
-def _read_upto(f: IO | int, n: int) -> bytes:
+def _read_upto(f: IO | int, n: int, size: int = -1) -> bytes:
     """``n`` bytes, or fewer at the end of the file. A GFile's read does that itself; a local file's
-    descriptor gives what one system call gave, so it is read again until ``n`` bytes or the end (a local
-    file whole: one system call for the data and one that finds the end, without a buffer's copy)."""
+    descriptor gives what one system call gave, so it is read again until ``n`` bytes or the end, or until
+    ``size`` bytes (the size the file was measured at: a local file's read returns fewer bytes than asked
+    for only at its end, so a file read whole in one call needs no second call to find the end; one that
+    grew since it was measured returns more in the same call)."""
     if not isinstance(f, int):
         return f.read(n)
     parts, total = [], 0
@@ -203,6 +205,8 @@ def _read_upto(f: IO | int, n: int) -> bytes:
             break
         parts.append(data)
         total += len(data)
+        if total == size:
+            break
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
