@@ -17,7 +17,16 @@ can), the way the network would run it at its best:
 The **ceiling** is the batch size divided by the sum over the network of each convolution's best time:
 the img/s the network would reach if nothing but its convolutions cost anything, and each of them ran
 as fast as it does alone. Nothing else (BatchNorm, upsampling, adds, casts, the optimizer, the classifier)
-is counted, so no implementation built on these kernels can pass it. Beside it, in the same run: our
+is counted, so no implementation built on these kernels can pass it.
+
+A training step also runs every BatchNorm forward and backward (the served network has none: they are
+folded into the convolutions). The **convolution + BatchNorm ceiling** adds the best time of each of the
+network's 325 BatchNorm layers alone, timed the same way: the layer itself (``Layer.from_config`` of the
+network's, so the same implementation and dtype: Keras' fused kernel, or the row-view BN for narrow
+float32 layers), in training mode with its moving-average updates, on the convolution's output dtype,
+with the cast back to it where the layer computes in float32 under ``mixed_bfloat16``, and its input,
+gamma and beta gradients. BatchNorm is part of the official network, so this second ceiling bounds any
+implementation of it on TensorFlow's kernels too. Beside it, in the same run: our
 served network and training step (as in ``bench_model.py``), and with ``--vs-timm PYTHON`` timm's eager
 model (channels_last; bfloat16 under ``torch.autocast``). The last lines put issue #12's goals (inference
 >= 1.5x timm, training step >= 1.2x timm) against the ceiling: a goal above the ceiling cannot be met with
@@ -27,7 +36,8 @@ Measured on a 2-core AMD EPYC (Zen 4, AVX512_BF16, idle), two runs, hrnet_w18, 2
 18.05-19.16 img/s float32 inference, 35.91-36.04 bfloat16, 5.81-5.95 float32 training step, 10.08-10.24
 bfloat16; the served network 1.00-1.02x (float32) and 0.94-1.01x (bfloat16) its ceiling, the training
 steps 0.78-0.80x and 0.63-0.67x; issue #12's goals 1.28-1.36x, 1.14-1.15x, 0.79-0.81x and 0.87-0.88x the
-ceiling (``benchmarks/README.md``, sixth phase).
+ceiling (``benchmarks/README.md``, sixth phase). The convolution + BatchNorm ceilings of the training
+steps: ``benchmarks/README.md``, seventh phase.
 
 Example::
 
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import platform
 import statistics
@@ -85,6 +96,43 @@ def network_convolutions(tf, model, batch: int, image_size: int) -> collections.
             convs[Conv(tuple(op.inputs[0].shape), tuple(op.inputs[1].shape), tuple(op.get_attr("strides")),
                        padding, tuple(op.outputs[0].shape))] += 1
     return convs
+
+
+BatchNorm = collections.namedtuple("BatchNorm", "input layer_class config")
+
+
+def network_batchnorms(keras, model, batch: int) -> collections.Counter:
+    """Every BatchNormalization layer of ``model``, as a Counter of :class:`BatchNorm` (its input shape
+    with ``batch``, and what rebuilds the layer: its class and its config without the name, as JSON)."""
+    norms = collections.Counter()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+            norms[BatchNorm((batch, *layer.input_shape[1:]), type(layer), json.dumps(config, sort_keys=True))] += 1
+    return norms
+
+
+def time_batchnorm(tf, np, norm: BatchNorm, conv_dtype: str, calls: int, copies: int) -> float:
+    """Best seconds of one training-mode run of the BatchNorm layer ``norm``, forward with its moving-average updates and the gradients of its input, gamma and beta, on
+    the ``conv_dtype`` output of a convolution and cast back to it (module docstring)."""
+    rng = np.random.default_rng(0)
+    dt = tf.as_dtype(conv_dtype)
+    layer = norm.layer_class.from_config(json.loads(norm.config))
+    layer.build(norm.input)
+
+    def inputs():  # one per copy, as in time_convolution
+        return [tf.cast(tf.constant(rng.standard_normal(norm.input, dtype=np.float32)), dt) for _ in range(copies)]
+
+    xs, dys = inputs(), inputs()
+
+    @tf.function(autograph=False)
+    def train():
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            ys = [tf.cast(layer(x, training=True), dt) for x in xs]
+        return tape.gradient(ys, xs + layer.trainable_variables, output_gradients=dys)
+
+    return _best(train, calls) / copies
 
 
 def _best(fn, calls: int) -> float:
@@ -169,7 +217,7 @@ def main(argv=None):
     print(f"# {sum(convs.values())} convolutions, {len(convs)} distinct; "
           f"{total_macs / args.batch / 1e9:.3f} GMAC per image in convolutions")
 
-    ceiling, per_conv = {}, {}
+    ceiling, per_conv, with_bn = {}, {}, {}
     for dtype in args.dtypes:
         for op in ("infer", "train"):
             spent = 0.0
@@ -179,6 +227,15 @@ def main(argv=None):
                 spent += count * t
             ceiling[(dtype, op)] = args.batch / spent
             print(f"# ceiling {dtype} {op}: {ceiling[(dtype, op)]:.2f} img/s", file=sys.stderr, flush=True)
+        policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
+        norms = network_batchnorms(keras, models.build_model(args.model, num_classes=1000, image_size=args.image_size,
+                                                             dtype_policy=policy), args.batch)
+        bn_spent = sum(count * time_batchnorm(tf, np, norm, dtype, args.calls, args.copies)
+                       for norm, count in norms.items())
+        with_bn[dtype] = args.batch / (args.batch / ceiling[(dtype, "train")] + bn_spent)
+        print(f"# {sum(norms.values())} BatchNorms ({len(norms)} distinct), {bn_spent * 1e3:.0f} ms per step: "
+              f"convolution + BatchNorm ceiling {dtype} train: {with_bn[dtype]:.2f} img/s", file=sys.stderr,
+              flush=True)
 
     rows = []
     for dtype in args.dtypes:
@@ -210,6 +267,7 @@ def main(argv=None):
     for dtype in args.dtypes:
         short = "bf16" if dtype == "bfloat16" else dtype
         print(f"{'convolution ceiling ' + short:34s}{ceiling[(dtype, 'infer')]:18.2f}{ceiling[(dtype, 'train')]:18.2f}")
+        print(f"{'convolution + BatchNorm ceiling ' + short:34s}{'-':>18s}{with_bn[dtype]:18.2f}")
         print(f"{'ours ' + short + ' (served / step)':34s}{med(f'keras {short} served', 'infer'):18.2f}"
               f"{med(f'keras {short}', 'train'):18.2f}")
         if worker:
@@ -221,10 +279,14 @@ def main(argv=None):
         for op, ours in (("infer", f"keras {short} served"), ("train", f"keras {short}")):
             c = ceiling[(dtype, op)]
             line = f"{short} {op}: ours = {med(ours, op) / c:.2f} of the ceiling"
+            if op == "train":
+                line += f" ({med(ours, op) / with_bn[dtype]:.2f} of the convolution + BatchNorm ceiling)"
             if worker:
                 goal = GOALS[op] * med(f"timm {short}", op)
                 line += (f"; timm = {med(f'timm {short}', op) / c:.2f}; goal {GOALS[op]}x timm = "
                          f"{goal:.2f} img/s = {goal / c:.2f} of the ceiling")
+                if op == "train":
+                    line += f", {goal / with_bn[dtype]:.2f} of the convolution + BatchNorm ceiling"
             print(line)
     print("\nwhere the ceiling's inference time goes: the convolutions that take the most of it, with the rate"
           " each reaches alone (GFLOP/s)")

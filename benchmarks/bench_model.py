@@ -116,6 +116,7 @@ class KerasRow:
         from hrnet_tfx import models
         from hrnet_tfx.models.inference import inference_model
         from hrnet_tfx.serving.export import ServingModule
+        from hrnet_tfx.training.optimizer import MomentumSGD
 
         self.label, self.bf16 = label, dtype_policy != "float32"
         self.ops = args.ops if form == "training" else ("infer",)
@@ -133,7 +134,7 @@ class KerasRow:
                 logits = inference_model(model, dtype=dtype)
             self.fns = {"infer": tf.function(lambda: logits(x), autograph=False)}
             return
-        opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+        opt = MomentumSGD(learning_rate=0.01, momentum=0.9)  # the trainer's optimizer
 
         @tf.function(jit_compile=jit, autograph=False)
         def infer():

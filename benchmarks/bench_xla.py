@@ -22,12 +22,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from hrnet_tfx import models
+from hrnet_tfx.training.optimizer import MomentumSGD
 
 SIZES = {"tiny.yaml": 64, "hrnet_w18": 224}
 
 
 def make_step(model, jit: bool, num_classes: int):
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
+    optimizer = MomentumSGD(0.01, momentum=0.9, nesterov=True)  # the trainer's optimizer
     variables = model.trainable_variables
     forward = tf.function(lambda x: model(x, training=True), jit_compile=jit, autograph=False)
 

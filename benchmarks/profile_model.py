@@ -71,6 +71,7 @@ def make_step(name, args):
     from hrnet_tfx import models
     from hrnet_tfx.models.inference import inference_model
     from hrnet_tfx.serving.export import ServingModule
+    from hrnet_tfx.training.optimizer import MomentumSGD
 
     op, policy, fold, dtype = GRAPHS[name]
     model = models.build_model(args.model, num_classes=1000, image_size=args.image_size, dtype_policy=policy)
@@ -85,7 +86,7 @@ def make_step(name, args):
         model = inference_model(model, dtype=dtype)
     if op == "infer":
         return tf.function(lambda: model(x, training=False), autograph=False)
-    opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    opt = MomentumSGD(learning_rate=0.01, momentum=0.9)  # the trainer's optimizer
 
     @tf.function
     def train():

@@ -34,6 +34,7 @@ from hrnet_tfx.training.checkpoints import PREFIX as CHECKPOINT_PREFIX
 from hrnet_tfx.training.checkpoints import list_checkpoints, prepare_resume, restore_newest
 from hrnet_tfx.training.config import ARTIFACT_FIELDS, MODEL_FIELDS, RESUME_FIELDS, TrainConfig, split_paths
 from hrnet_tfx.training.distribute import make_backend
+from hrnet_tfx.training.optimizer import MomentumSGD
 from hrnet_tfx.training.schedule import WarmupSchedule
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ def _build(config: TrainConfig, backend, steps_per_epoch: int, total_steps: int)
             config.peak_lr, steps_per_epoch, total_steps / steps_per_epoch, config.resolved_warmup_epochs,
             config.schedule, config.lr_decay_epochs, config.lr_decay_rate,
         )
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
+        optimizer = MomentumSGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
         if config.dtype_policy == "mixed_float16":
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
