@@ -36,8 +36,9 @@ Measured on a 2-core AMD EPYC (Zen 4, AVX512_BF16, idle), two runs, hrnet_w18, 2
 18.05-19.16 img/s float32 inference, 35.91-36.04 bfloat16, 5.81-5.95 float32 training step, 10.08-10.24
 bfloat16; the served network 1.00-1.02x (float32) and 0.94-1.01x (bfloat16) its ceiling, the training
 steps 0.78-0.80x and 0.63-0.67x; issue #12's goals 1.28-1.36x, 1.14-1.15x, 0.79-0.81x and 0.87-0.88x the
-ceiling (``benchmarks/README.md``, sixth phase). The convolution + BatchNorm ceilings of the training
-steps: ``benchmarks/README.md``, seventh phase.
+ceiling (``benchmarks/README.md``, sixth phase). Three later runs: convolution + BatchNorm ceilings of
+4.71-5.07 img/s (float32 step) and 7.77-7.86 (bfloat16), our steps at 0.87-0.94x and 0.77-0.87x of them,
+issue #12's training goals 0.90-1.06x and 0.90-1.11x (``benchmarks/README.md``, seventh phase).
 
 Example::
 
