@@ -101,7 +101,7 @@ class ExampleBuilder:
     own (size, file name, boxes), per image; and the keys and lengths of a piece holding only the image
     bytes, followed by the bytes themselves, which never enter a message. That skips protobuf's two copies of
     each image, into the message and out of it, and the serialization of the shared features (build +
-    serialize 26 -> 15 -> 8 us per 110 KB image, measured). Tests parse the records through protobuf and
+    serialize 26 -> 15 -> 8-10 us per 110 KB image, measured). Tests parse the records through protobuf and
     TensorFlow's ``tf.io.parse_example`` at every length where an enclosing length changes width. The bytes are
     deterministic: each piece is serialized with ``deterministic=True``. Not thread-safe: one per thread.
     """
