@@ -109,13 +109,15 @@ def network_batchnorms(keras, model, batch: int) -> collections.Counter:
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             config = {k: v for k, v in layer.get_config().items() if k != "name"}
-            norms[BatchNorm((batch, *layer.input_shape[1:]), type(layer), json.dumps(config, sort_keys=True))] += 1
+            key = BatchNorm((batch, *layer.input_shape[1:]), type(layer), json.dumps(config, sort_keys=True))
+            norms[key] += 1
     return norms
 
 
 def time_batchnorm(tf, np, norm: BatchNorm, conv_dtype: str, calls: int, copies: int) -> float:
-    """Best seconds of one training-mode run of the BatchNorm layer ``norm``, forward with its moving-average updates and the gradients of its input, gamma and beta, on
-    the ``conv_dtype`` output of a convolution and cast back to it (module docstring)."""
+    """Best seconds of one training-mode run of the BatchNorm layer ``norm``: forward with its
+    moving-average updates, and the gradients of its input, gamma and beta, on the ``conv_dtype`` output
+    of a convolution and cast back to it (module docstring)."""
     rng = np.random.default_rng(0)
     dt = tf.as_dtype(conv_dtype)
     layer = norm.layer_class.from_config(json.loads(norm.config))

@@ -14,8 +14,9 @@ class MomentumSGD(keras.optimizers.SGD):
     Nesterov ``v += momentum * m - lr * g``. Keras' own ``update_step`` builds that from about eight small
     ops per variable (casts, multiplies, a negation, an add, an assignment and an ``assign_add``); HRNet-W18
     has 981 trainable variables (kernels, BatchNorm scales and offsets, the classifier), and its traced
-    update has 6,875 ops instead of 13,742 (training step +2-4% on a 2-core CPU, ``benchmarks/README.md``). The momentum slots are the parent's, so checkpoints of either class restore
-    into the other. Sparse gradients (``tf.IndexedSlices``) run the parent's code."""
+    update has 6,875 ops instead of 13,742 (training step +2-4% on a 2-core CPU, ``benchmarks/README.md``).
+    The momentum slots are the parent's, so checkpoints of either class restore into the other. Sparse
+    gradients (``tf.IndexedSlices``) run the parent's code."""
 
     def update_step(self, gradient, variable):
         """Applies ``gradient`` to ``variable`` (see the class docstring)."""
