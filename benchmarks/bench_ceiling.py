@@ -5,8 +5,8 @@ HRNet-W18 spends 92-97% of a served call and 65-79% of a training step in its 32
 (``benchmarks/README.md``). This script takes every convolution of the network (its input shape, filter
 shape, stride and padding, read from the traced graph), groups the identical ones, and times each
 distinct one alone, ``--copies`` independent copies per call (so the per-call cost of a ``tf.function`` is
-spread over them; each copy has its own input, and the copies may run side by side on the two inter-op threads, as the network's branches
-can), the way the network would run it at its best:
+spread over them; each copy has its own input, and the copies may run side by side on the two inter-op
+threads, as the network's branches can), the way the network would run it at its best:
 
 * inference: a ``tf.function`` of conv + bias + ReLU with the filter and bias as graph constants (what the
   served export runs: oneDNN fuses the three and reorders the filter once);
