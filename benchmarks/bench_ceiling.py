@@ -26,11 +26,13 @@ network's, so the same implementation and dtype: Keras' fused kernel, or the row
 float32 layers), in training mode with its moving-average updates, on the convolution's output dtype,
 with the cast back to it where the layer computes in float32 under ``mixed_bfloat16``, and its input,
 gamma and beta gradients. BatchNorm is part of the official network, so this second ceiling bounds any
-implementation of it on TensorFlow's kernels too. Beside it, in the same run: our
-served network and training step (as in ``bench_model.py``), and with ``--vs-timm PYTHON`` timm's eager
-model (channels_last; bfloat16 under ``torch.autocast``). The last lines put issue #12's goals (inference
->= 1.5x timm, training step >= 1.2x timm) against the ceiling: a goal above the ceiling cannot be met with
-TensorFlow 2.16's oneDNN 3.3.4 on this CPU, however the rest of the graph is arranged.
+implementation of it on TensorFlow's kernels too.
+
+Beside the two ceilings, in the same run: our served network and training step (as in
+``bench_model.py``), and with ``--vs-timm PYTHON`` timm's eager model (channels_last; bfloat16 under
+``torch.autocast``). The last lines put issue #12's goals (inference >= 1.5x timm, training step >= 1.2x
+timm) against the ceilings: a goal above one cannot be met with TensorFlow 2.16's oneDNN 3.3.4 on this CPU,
+however the rest of the graph is arranged.
 
 Measured on a 2-core AMD EPYC (Zen 4, AVX512_BF16, idle), two runs, hrnet_w18, 224, batch 8: ceilings
 18.05-19.16 img/s float32 inference, 35.91-36.04 bfloat16, 5.81-5.95 float32 training step, 10.08-10.24
