@@ -31,8 +31,9 @@ implementation of it on TensorFlow's kernels too.
 Beside the two ceilings, in the same run: our served network and training step (as in
 ``bench_model.py``), and with ``--vs-timm PYTHON`` timm's eager model (channels_last; bfloat16 under
 ``torch.autocast``). The last lines put issue #12's goals (inference >= 1.5x timm, training step >= 1.2x
-timm) against the ceilings: a goal above one cannot be met with TensorFlow 2.16's oneDNN 3.3.4 on this CPU,
-however the rest of the graph is arranged.
+timm) against the ceilings, once from timm's median round and once from its best (timm's training step
+jumps between two speeds from round to round, see ``bench_model.py``): a goal above one cannot be met with
+TensorFlow 2.16's oneDNN 3.3.4 on this CPU, however the rest of the graph is arranged.
 
 Measured on a 2-core AMD EPYC (Zen 4, AVX512_BF16, idle), two runs, hrnet_w18, 224, batch 8: ceilings
 18.05-19.16 img/s float32 inference, 35.91-36.04 bfloat16, 5.81-5.95 float32 training step, 10.08-10.24
@@ -40,7 +41,10 @@ bfloat16; the served network 1.00-1.02x (float32) and 0.94-1.01x (bfloat16) its 
 steps 0.78-0.80x and 0.63-0.67x; issue #12's goals 1.28-1.36x, 1.14-1.15x, 0.79-0.81x and 0.87-0.88x the
 ceiling (``benchmarks/README.md``, sixth phase). Three later runs: convolution + BatchNorm ceilings of
 4.71-5.07 img/s (float32 step) and 7.77-7.86 (bfloat16), our steps at 0.87-0.94x and 0.77-0.87x of them,
-issue #12's training goals 0.90-1.06x and 0.90-1.11x (``benchmarks/README.md``, seventh phase).
+issue #12's training goals 0.90-1.06x and 0.90-1.11x (``benchmarks/README.md``, seventh phase). On
+2026-12-01 (timm at its fast speed): the training goals at 1.07x (float32) and 1.08x (bfloat16) the
+convolution + BatchNorm ceiling, the inference goals at 1.29x and 1.11x the convolution ceiling (eighth
+phase).
 
 Example::
 
@@ -287,11 +291,14 @@ def main(argv=None):
             if op == "train":
                 line += f" ({med(ours, op) / with_bn[dtype]:.2f} of the convolution + BatchNorm ceiling)"
             if worker:
-                goal = GOALS[op] * med(f"timm {short}", op)
-                line += (f"; timm = {med(f'timm {short}', op) / c:.2f}; goal {GOALS[op]}x timm = "
-                         f"{goal:.2f} img/s = {goal / c:.2f} of the ceiling")
-                if op == "train":
-                    line += f", {goal / with_bn[dtype]:.2f} of the convolution + BatchNorm ceiling"
+                line += f"; timm = {med(f'timm {short}', op) / c:.2f}"
+                # the goal from timm's median round, then from its best (its step's speed jumps, bench_model.py)
+                for which, timm in (("", med(f"timm {short}", op)), (" (timm's best round)",
+                                                                     max(measured[(f"timm {short}", op)]))):
+                    goal = GOALS[op] * timm
+                    line += f"; goal{which} {GOALS[op]}x timm = {goal:.2f} img/s = {goal / c:.2f} of the ceiling"
+                    if op == "train":
+                        line += f", {goal / with_bn[dtype]:.2f} of the convolution + BatchNorm ceiling"
             print(line)
     print("\nwhere the ceiling's inference time goes: the convolutions that take the most of it, with the rate"
           " each reaches alone (GFLOP/s)")
